@@ -1,0 +1,180 @@
+#include "kernels/cpu/attention.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+namespace lserve::cpu {
+namespace {
+
+constexpr int kQueryBlock = kAttentionQueryBlock;
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+// Whether any query in [p_lo, p_hi] sees any key in [a, b].
+bool SpanVisible(const HeadWindow& window, int64_t p_lo, int64_t p_hi, int64_t a, int64_t b) {
+  if (a > p_hi) return false;
+  if (!window.streaming) return true;
+  return a < window.sink || b > p_lo - window.local;
+}
+
+// Whether every query in [p_lo, p_hi] sees every key in [a, b]: no mask needed.
+bool SpanFull(const HeadWindow& window, int64_t p_lo, int64_t p_hi, int64_t a, int64_t b) {
+  if (b > p_lo) return false;
+  if (!window.streaming) return true;
+  return b < window.sink || p_hi - a < window.local;
+}
+
+float Dot(const float* a, const float* b, int n) {
+  float sum = 0.0f;
+  for (int i = 0; i < n; ++i) sum += a[i] * b[i];
+  return sum;
+}
+
+struct BlockState {
+  std::vector<float> scores;  // [kQueryBlock][span rows]
+  std::vector<float> acc;     // [kQueryBlock][head_dim]
+  std::vector<float> row_max;
+  std::vector<float> row_sum;
+};
+
+void RunBlock(const AttentionParams& params, const AttentionTask& task, int32_t q_begin,
+              int32_t q_end, BlockState& state, int64_t* visited) {
+  const int d = params.head_dim;
+  const int nq = q_end - q_begin;
+  const int64_t p_lo = task.first_query_pos + q_begin;
+  const int64_t p_hi = task.first_query_pos + q_end - 1;
+  state.acc.assign(static_cast<size_t>(nq) * d, 0.0f);
+  state.row_max.assign(nq, kNegInf);
+  state.row_sum.assign(nq, 0.0f);
+  for (int32_t s = 0; s < task.num_spans; ++s) {
+    const KvSpan& span = task.spans[s];
+    const int64_t a = span.first_pos;
+    const int64_t b = a + span.num_rows - 1;
+    if (span.num_rows <= 0 || !SpanVisible(task.window, p_lo, p_hi, a, b)) continue;
+    ++*visited;
+    const bool full = SpanFull(task.window, p_lo, p_hi, a, b);
+    const float* k = task.k_base + span.page * task.page_stride + int64_t{span.row_begin} * d;
+    const float* v = task.v_base + span.page * task.page_stride + int64_t{span.row_begin} * d;
+    const int rows = span.num_rows;
+    state.scores.resize(static_cast<size_t>(rows));
+    for (int i = 0; i < nq; ++i) {
+      const float* q = task.q + (q_begin + i) * task.q_stride;
+      const int64_t p = p_lo + i;
+      float* scores = state.scores.data();
+      float block_max = kNegInf;
+      for (int r = 0; r < rows; ++r) {
+        const bool visible = full || KeyVisible(task.window, p, a + r);
+        scores[r] = visible ? Dot(q, k + int64_t{r} * d, d) * params.scale : kNegInf;
+        block_max = std::max(block_max, scores[r]);
+      }
+      if (block_max == kNegInf) continue;
+      const float new_max = std::max(state.row_max[i], block_max);
+      const float correction = std::exp(state.row_max[i] - new_max);  // exp(-inf) = 0
+      float* acc = state.acc.data() + int64_t{i} * d;
+      if (correction != 1.0f) {
+        for (int c = 0; c < d; ++c) acc[c] *= correction;
+      }
+      float sum = state.row_sum[i] * correction;
+      for (int r = 0; r < rows; ++r) {
+        if (scores[r] == kNegInf) continue;
+        const float w = std::exp(scores[r] - new_max);
+        sum += w;
+        const float* vr = v + int64_t{r} * d;
+        for (int c = 0; c < d; ++c) acc[c] += w * vr[c];
+      }
+      state.row_max[i] = new_max;
+      state.row_sum[i] = sum;
+    }
+  }
+  for (int i = 0; i < nq; ++i) {
+    float* out = task.out + (q_begin + i) * task.out_stride;
+    const float inv = state.row_sum[i] > 0.0f ? 1.0f / state.row_sum[i] : 0.0f;
+    const float* acc = state.acc.data() + int64_t{i} * d;
+    for (int c = 0; c < d; ++c) out[c] = acc[c] * inv;
+  }
+}
+
+}  // namespace
+
+bool KeyVisible(const HeadWindow& window, int64_t query_pos, int64_t key_pos) {
+  if (key_pos > query_pos) return false;
+  if (!window.streaming) return true;
+  return key_pos < window.sink || query_pos - key_pos < window.local;
+}
+
+int64_t DenseCausalTiles(int64_t num_queries, int64_t kv_len, int64_t page_size) {
+  int64_t tiles = 0;
+  const int64_t first = kv_len - num_queries;
+  for (int64_t q = 0; q < num_queries; q += kQueryBlock) {
+    const int64_t last_pos = first + std::min(num_queries, q + kQueryBlock) - 1;
+    tiles += (last_pos + page_size) / page_size;
+  }
+  return tiles;
+}
+
+void PagedAttention(const AttentionParams& params, ThreadPool* pool, AttentionStats* stats) {
+  // Work items are (task, query block) pairs, flattened so threads balance across heads.
+  std::vector<std::pair<int32_t, int32_t>> items;
+  int64_t total_tiles = 0;
+  for (int32_t t = 0; t < static_cast<int32_t>(params.tasks.size()); ++t) {
+    const AttentionTask& task = params.tasks[t];
+    for (int32_t q = 0; q < task.num_queries; q += kQueryBlock) {
+      items.emplace_back(t, q);
+      total_tiles += task.num_spans;
+    }
+  }
+  std::atomic<int64_t> visited{0};
+  ParallelFor(pool, static_cast<int64_t>(items.size()), 1, [&](int64_t begin, int64_t end) {
+    BlockState state;
+    int64_t local_visited = 0;
+    for (int64_t i = begin; i < end; ++i) {
+      const AttentionTask& task = params.tasks[items[i].first];
+      const int32_t q_begin = items[i].second;
+      const int32_t q_end = std::min(task.num_queries, q_begin + kQueryBlock);
+      RunBlock(params, task, q_begin, q_end, state, &local_visited);
+    }
+    visited += local_visited;
+  });
+  if (stats != nullptr) {
+    stats->tiles_visited += visited.load();
+    stats->tiles_total += total_tiles;
+  }
+}
+
+void PagedAttentionReference(const AttentionParams& params) {
+  const int d = params.head_dim;
+  for (const AttentionTask& task : params.tasks) {
+    for (int32_t i = 0; i < task.num_queries; ++i) {
+      const float* q = task.q + i * task.q_stride;
+      const int64_t p = task.first_query_pos + i;
+      std::vector<double> scores;
+      std::vector<const float*> values;
+      double max_score = -std::numeric_limits<double>::infinity();
+      for (int32_t s = 0; s < task.num_spans; ++s) {
+        const KvSpan& span = task.spans[s];
+        for (int32_t r = 0; r < span.num_rows; ++r) {
+          if (!KeyVisible(task.window, p, span.first_pos + r)) continue;
+          const int64_t offset = span.page * task.page_stride + int64_t{span.row_begin + r} * d;
+          double dot = 0.0;
+          for (int c = 0; c < d; ++c) dot += double{q[c]} * task.k_base[offset + c];
+          scores.push_back(dot * params.scale);
+          values.push_back(task.v_base + offset);
+          max_score = std::max(max_score, scores.back());
+        }
+      }
+      std::vector<double> out(d, 0.0);
+      double sum = 0.0;
+      for (size_t j = 0; j < scores.size(); ++j) {
+        const double w = std::exp(scores[j] - max_score);
+        sum += w;
+        for (int c = 0; c < d; ++c) out[c] += w * values[j][c];
+      }
+      float* dst = task.out + i * task.out_stride;
+      for (int c = 0; c < d; ++c) dst[c] = sum > 0.0 ? static_cast<float>(out[c] / sum) : 0.0f;
+    }
+  }
+}
+
+}  // namespace lserve::cpu

@@ -1,0 +1,162 @@
+#include "kernels/cpu/norm_activation.h"
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+
+namespace lserve::cpu {
+namespace {
+
+// Partial sums are kept in this many independent lanes: float addition is not associative,
+// so without -ffast-math the compiler only vectorizes a reduction that is written with
+// explicit lanes.
+constexpr int kLanes = 16;
+
+// exp(x) for float32 within ~2 ulp (Cephes expf polynomial), written without branches or
+// library calls so that loops over it vectorize; std::exp is a scalar libm call. Returns 0
+// below the normal range and +inf above 88 (exp(88) is within 2x of FLT_MAX).
+inline float FastExp(float x) {
+  constexpr float kLog2e = 1.44269504088896341f;
+  constexpr float kLn2Hi = 0.693359375f;
+  constexpr float kLn2Lo = -2.12194440e-4f;
+  // Adding 1.5·2²³ rounds to the nearest integer in the low mantissa bits.
+  constexpr float kRound = 12582912.0f;
+  // Clamping keeps 2^n a normal float; the out-of-range results are patched at the end.
+  constexpr float kMin = -87.3365447f;
+  constexpr float kMax = 88.0f;
+  const float xc = std::min(std::max(x, kMin), kMax);
+  const float n = (xc * kLog2e + kRound) - kRound;
+  float r = xc - n * kLn2Hi;
+  r = r - n * kLn2Lo;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  const float er = p * r * r + r + 1.0f;
+  const int32_t biased = static_cast<int32_t>(n) + 127;
+  const float scale = std::bit_cast<float>(static_cast<uint32_t>(biased) << 23);
+  const float y = x > kMax ? std::numeric_limits<float>::infinity() : er * scale;
+  return x < kMin ? 0.0f : y;
+}
+
+float SumOfSquares(const float* x, int64_t n) {
+  float lanes[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int l = 0; l < kLanes; ++l) lanes[l] += x[i + l] * x[i + l];
+  float s = 0.0f;
+  for (; i < n; ++i) s += x[i] * x[i];
+  for (int l = 0; l < kLanes; ++l) s += lanes[l];
+  return s;
+}
+
+float MaxOf(const float* x, int64_t n) {
+  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+  float lanes[kLanes];
+  std::fill(lanes, lanes + kLanes, kNegInf);
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int l = 0; l < kLanes; ++l) lanes[l] = std::max(lanes[l], x[i + l]);
+  float m = kNegInf;
+  for (; i < n; ++i) m = std::max(m, x[i]);
+  for (int l = 0; l < kLanes; ++l) m = std::max(m, lanes[l]);
+  return m;
+}
+
+// x[i] = exp(x[i] - shift); returns the sum.
+float ExpShiftedAndSum(float* x, int64_t n, float shift) {
+  float lanes[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int l = 0; l < kLanes; ++l) {
+      x[i + l] = FastExp(x[i + l] - shift);
+      lanes[l] += x[i + l];
+    }
+  }
+  float s = 0.0f;
+  for (; i < n; ++i) {
+    x[i] = FastExp(x[i] - shift);
+    s += x[i];
+  }
+  for (int l = 0; l < kLanes; ++l) s += lanes[l];
+  return s;
+}
+
+}  // namespace
+
+void RmsNorm(const float* x, int64_t rows, int64_t dim, const float* weight, float eps,
+             float* out) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * dim;
+    float* outr = out + r * dim;
+    const float mean = SumOfSquares(xr, dim) / static_cast<float>(dim);
+    const float inv = 1.0f / std::sqrt(mean + eps);
+    // Normalize first, then scale by the weight: the order Hugging Face rounds in.
+    for (int64_t i = 0; i < dim; ++i) outr[i] = weight[i] * (xr[i] * inv);
+  }
+}
+
+void RmsNormReference(const float* x, int64_t rows, int64_t dim, const float* weight, float eps,
+                      float* out) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * dim;
+    double s = 0.0;
+    for (int64_t i = 0; i < dim; ++i) s += static_cast<double>(xr[i]) * xr[i];
+    const double inv = 1.0 / std::sqrt(s / static_cast<double>(dim) + eps);
+    for (int64_t i = 0; i < dim; ++i) {
+      out[r * dim + i] = static_cast<float>(static_cast<double>(weight[i]) * xr[i] * inv);
+    }
+  }
+}
+
+void SiluMul(const float* gate, const float* up, int64_t n, float* out) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float g = gate[i];
+    out[i] = g / (1.0f + FastExp(-g)) * up[i];
+  }
+}
+
+void SiluMulReference(const float* gate, const float* up, int64_t n, float* out) {
+  for (int64_t i = 0; i < n; ++i) {
+    const double g = gate[i];
+    out[i] = static_cast<float>(g / (1.0 + std::exp(-g)) * up[i]);
+  }
+}
+
+void AddInPlace(float* acc, const float* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) acc[i] += x[i];
+}
+
+void Softmax(float* x, int64_t n) {
+  if (n <= 0) return;
+  const float max = MaxOf(x, n);
+  if (max == -std::numeric_limits<float>::infinity()) {
+    std::fill(x, x + n, 0.0f);
+    return;
+  }
+  // The max entry contributes exp(0) = 1, so the sum is at least 1.
+  const float inv = 1.0f / ExpShiftedAndSum(x, n, max);
+  for (int64_t i = 0; i < n; ++i) x[i] *= inv;
+}
+
+void SoftmaxReference(const float* x, int64_t n, double* out) {
+  if (n <= 0) return;
+  double max = -std::numeric_limits<double>::infinity();
+  for (int64_t i = 0; i < n; ++i) max = std::max(max, static_cast<double>(x[i]));
+  if (max == -std::numeric_limits<double>::infinity()) {
+    std::fill(out, out + n, 0.0);
+    return;
+  }
+  double sum = 0.0;
+  for (int64_t i = 0; i < n; ++i) {
+    out[i] = std::exp(static_cast<double>(x[i]) - max);
+    sum += out[i];
+  }
+  for (int64_t i = 0; i < n; ++i) out[i] /= sum;
+}
+
+}  // namespace lserve::cpu

@@ -1,0 +1,19 @@
+// Device discovery and stream synchronization for the CUDA backend. No CUDA types here:
+// streams travel as `void*` (a cudaStream_t; nullptr is the legacy default stream).
+#ifndef LSERVE_KERNELS_CUDA_DEVICE_H_
+#define LSERVE_KERNELS_CUDA_DEVICE_H_
+
+#include "absl/status/status.h"
+
+namespace lserve::cuda {
+
+// Number of visible CUDA devices; 0 when no driver or device is present. Never fails,
+// prints nothing, and leaves no pending error behind for later launch checks.
+int DeviceCount();
+
+// Waits for all work queued on `stream` and reports any asynchronous kernel error.
+absl::Status SynchronizeStream(void* stream);
+
+}  // namespace lserve::cuda
+
+#endif  // LSERVE_KERNELS_CUDA_DEVICE_H_

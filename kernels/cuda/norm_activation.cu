@@ -1,0 +1,167 @@
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <utility>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "kernels/cuda/bf16_vec.cuh"
+#include "kernels/cuda/cuda_status.h"
+#include "kernels/cuda/norm_activation.h"
+
+namespace lserve::cuda {
+namespace {
+
+using internal::kBf16PerVector;
+
+constexpr int kRmsNormMaxThreads = 512;
+constexpr int kElementwiseThreads = 256;
+// Grid-stride loops cover the rest; this many blocks fill any current GPU several times.
+constexpr int64_t kMaxElementwiseBlocks = 1 << 16;
+
+// One block per row. Pass 1 reduces the sum of squares; pass 2 re-reads the row (from
+// L1/L2) and writes it. Each thread touches the same elements in both passes, and the
+// reduction's barrier separates them, so out may alias x.
+template <int kVec>
+__global__ void RmsNormKernel(RmsNormParams p) {
+  const int64_t row = blockIdx.x;
+  const uint16_t* x = p.x + row * p.x_row_stride;
+  uint16_t* out = p.out + row * p.out_row_stride;
+  const int64_t num_vectors = p.dim / kVec;
+
+  float sum_squares = 0.0f;
+  for (int64_t v = threadIdx.x; v < num_vectors; v += blockDim.x) {
+    float values[kVec];
+    internal::LoadBf16<kVec>(x + v * kVec, values);
+#pragma unroll
+    for (int k = 0; k < kVec; ++k) sum_squares += values[k] * values[k];
+  }
+  sum_squares = internal::BlockSum(sum_squares);
+  const float inv_rms = rsqrtf(sum_squares / static_cast<float>(p.dim) + p.eps);
+
+  for (int64_t v = threadIdx.x; v < num_vectors; v += blockDim.x) {
+    float values[kVec];
+    float weights[kVec];
+    internal::LoadBf16<kVec>(x + v * kVec, values);
+    internal::LoadBf16<kVec>(p.weight + v * kVec, weights);
+#pragma unroll
+    for (int k = 0; k < kVec; ++k) values[k] = weights[k] * (values[k] * inv_rms);
+    internal::StoreBf16<kVec>(out + v * kVec, values);
+  }
+}
+
+__device__ __forceinline__ float Silu(float g) { return g / (1.0f + expf(-g)); }
+
+template <int kVec>
+__global__ void SiluMulKernel(SiluMulParams p) {
+  const int64_t vectors_per_row = p.cols / kVec;
+  const int64_t total = p.rows * vectors_per_row;
+  const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
+       i += step) {
+    const int64_t row = i / vectors_per_row;
+    const int64_t col = (i - row * vectors_per_row) * kVec;
+    float gate[kVec];
+    float up[kVec];
+    internal::LoadBf16<kVec>(p.gate + row * p.gate_row_stride + col, gate);
+    internal::LoadBf16<kVec>(p.up + row * p.up_row_stride + col, up);
+#pragma unroll
+    for (int k = 0; k < kVec; ++k) gate[k] = Silu(gate[k]) * up[k];
+    internal::StoreBf16<kVec>(p.out + row * p.out_row_stride + col, gate);
+  }
+}
+
+// The vector widths the launchers dispatch to.
+template __global__ void RmsNormKernel<1>(RmsNormParams);
+template __global__ void RmsNormKernel<kBf16PerVector>(RmsNormParams);
+template __global__ void SiluMulKernel<1>(SiluMulParams);
+template __global__ void SiluMulKernel<kBf16PerVector>(SiluMulParams);
+
+absl::Status CheckStride(const char* name, int64_t stride, int64_t width) {
+  if (stride >= width) return absl::OkStatus();
+  return absl::InvalidArgumentError(
+      absl::StrCat(name, " (", stride, ") is smaller than the row width ", width));
+}
+
+bool VectorFriendly(const void* pointer, int64_t stride) {
+  return internal::IsAligned16(pointer) && stride % kBf16PerVector == 0;
+}
+
+}  // namespace
+
+absl::Status RmsNorm(const RmsNormParams& params, void* stream) {
+  RmsNormParams p = params;
+  if (p.rows < 0 || p.dim <= 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("RmsNorm: need rows >= 0 and dim > 0, got rows=", p.rows, " dim=", p.dim));
+  }
+  if (p.rows > 0x7FFFFFFF) {
+    return absl::InvalidArgumentError(absl::StrCat("RmsNorm: too many rows (", p.rows, ")"));
+  }
+  if (!(p.eps >= 0.0f) || !std::isfinite(p.eps)) {
+    return absl::InvalidArgumentError(absl::StrCat("RmsNorm: bad eps ", p.eps));
+  }
+  if (p.x_row_stride == 0) p.x_row_stride = p.dim;
+  if (p.out_row_stride == 0) p.out_row_stride = p.dim;
+  RETURN_IF_ERROR(CheckStride("RmsNorm: x_row_stride", p.x_row_stride, p.dim));
+  RETURN_IF_ERROR(CheckStride("RmsNorm: out_row_stride", p.out_row_stride, p.dim));
+  if (p.rows == 0) return absl::OkStatus();
+  if (p.x == nullptr || p.weight == nullptr || p.out == nullptr) {
+    return absl::InvalidArgumentError("RmsNorm: x, weight and out must be non-null");
+  }
+
+  const bool vectorized = p.dim % kBf16PerVector == 0 && VectorFriendly(p.x, p.x_row_stride) &&
+                          VectorFriendly(p.out, p.out_row_stride) &&
+                          internal::IsAligned16(p.weight);
+  const int64_t num_vectors = vectorized ? p.dim / kBf16PerVector : p.dim;
+  const int threads =
+      static_cast<int>(std::min<int64_t>(kRmsNormMaxThreads, (num_vectors + 31) / 32 * 32));
+  const cudaStream_t s = internal::AsStream(stream);
+  const dim3 grid(static_cast<unsigned>(p.rows));
+  if (vectorized) {
+    RmsNormKernel<kBf16PerVector><<<grid, threads, 0, s>>>(p);
+  } else {
+    RmsNormKernel<1><<<grid, threads, 0, s>>>(p);
+  }
+  return internal::CheckLaunch("RmsNormKernel");
+}
+
+absl::Status SiluMul(const SiluMulParams& params, void* stream) {
+  SiluMulParams p = params;
+  if (p.rows < 0 || p.cols <= 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("SiluMul: need rows >= 0 and cols > 0, got rows=", p.rows, " cols=", p.cols));
+  }
+  if (p.gate_row_stride == 0) p.gate_row_stride = p.cols;
+  if (p.up_row_stride == 0) p.up_row_stride = p.cols;
+  if (p.out_row_stride == 0) p.out_row_stride = p.cols;
+  for (const auto& [name, stride] : {std::pair{"SiluMul: gate_row_stride", p.gate_row_stride},
+                                     std::pair{"SiluMul: up_row_stride", p.up_row_stride},
+                                     std::pair{"SiluMul: out_row_stride", p.out_row_stride}}) {
+    RETURN_IF_ERROR(CheckStride(name, stride, p.cols));
+  }
+  if (p.rows == 0) return absl::OkStatus();
+  if (p.gate == nullptr || p.up == nullptr || p.out == nullptr) {
+    return absl::InvalidArgumentError("SiluMul: gate, up and out must be non-null");
+  }
+
+  const bool vectorized =
+      p.cols % kBf16PerVector == 0 && VectorFriendly(p.gate, p.gate_row_stride) &&
+      VectorFriendly(p.up, p.up_row_stride) && VectorFriendly(p.out, p.out_row_stride);
+  const int64_t work = p.rows * (vectorized ? p.cols / kBf16PerVector : p.cols);
+  const int64_t blocks = std::min<int64_t>(kMaxElementwiseBlocks,
+                                           (work + kElementwiseThreads - 1) / kElementwiseThreads);
+  const cudaStream_t s = internal::AsStream(stream);
+  const dim3 grid(static_cast<unsigned>(blocks));
+  if (vectorized) {
+    SiluMulKernel<kBf16PerVector><<<grid, kElementwiseThreads, 0, s>>>(p);
+  } else {
+    SiluMulKernel<1><<<grid, kElementwiseThreads, 0, s>>>(p);
+  }
+  return internal::CheckLaunch("SiluMulKernel");
+}
+
+}  // namespace lserve::cuda

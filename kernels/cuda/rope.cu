@@ -1,0 +1,116 @@
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "kernels/cuda/bf16_vec.cuh"
+#include "kernels/cuda/cuda_status.h"
+#include "kernels/cuda/rope.h"
+
+// Large positions need the accurate sincosf; --use_fast_math would turn it into __sincosf,
+// whose error grows with the angle.
+#ifdef __USE_FAST_MATH__
+#error "kernels/cuda/rope.cu must be compiled without --use_fast_math"
+#endif
+
+namespace lserve::cuda {
+namespace {
+
+using internal::kBf16PerVector;
+
+constexpr int kRopeMaxThreads = 256;
+
+// One block per token. The token's cos/sin table (head_dim/2 angles) is computed once in
+// shared memory and shared by all of its heads. sincosf (not __sincosf) keeps full accuracy
+// for the large angles of long contexts: at position 131072 the angle is ~1.3e5 rad.
+template <int kVec>
+__global__ void RopeKernel(RopeParams p) {
+  extern __shared__ float table[];  // cos [half], then sin [half]
+  const int half = p.head_dim / 2;
+  const int64_t token = blockIdx.x;
+  const float position = static_cast<float>(p.positions[token]);
+  for (int i = threadIdx.x; i < half; i += blockDim.x) {
+    // __fmul_rn: the product is rounded to float32 on its own, as in transformers.
+    float sin_a;
+    float cos_a;
+    sincosf(__fmul_rn(position, p.inv_freq[i]), &sin_a, &cos_a);
+    table[i] = cos_a;
+    table[half + i] = sin_a;
+  }
+  __syncthreads();
+
+  uint16_t* base = p.x + token * p.token_stride;
+  const int vectors_per_head = half / kVec;
+  const int work = p.num_heads * vectors_per_head;
+  for (int j = threadIdx.x; j < work; j += blockDim.x) {
+    const int head = j / vectors_per_head;
+    const int i0 = (j - head * vectors_per_head) * kVec;
+    uint16_t* lo_ptr = base + static_cast<int64_t>(head) * p.head_dim + i0;
+    uint16_t* hi_ptr = lo_ptr + half;
+    float lo[kVec];
+    float hi[kVec];
+    internal::LoadBf16<kVec>(lo_ptr, lo);
+    internal::LoadBf16<kVec>(hi_ptr, hi);
+#pragma unroll
+    for (int k = 0; k < kVec; ++k) {
+      const float c = table[i0 + k];
+      const float s = table[half + i0 + k];
+      const float new_lo = lo[k] * c - hi[k] * s;
+      hi[k] = hi[k] * c + lo[k] * s;
+      lo[k] = new_lo;
+    }
+    internal::StoreBf16<kVec>(lo_ptr, lo);
+    internal::StoreBf16<kVec>(hi_ptr, hi);
+  }
+}
+
+// The vector widths ApplyRope dispatches to.
+template __global__ void RopeKernel<1>(RopeParams);
+template __global__ void RopeKernel<kBf16PerVector>(RopeParams);
+
+}  // namespace
+
+absl::Status ApplyRope(const RopeParams& params, void* stream) {
+  RopeParams p = params;
+  if (p.num_tokens < 0 || p.num_tokens > 0x7FFFFFFF || p.num_heads <= 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("ApplyRope: need 0 <= num_tokens < 2^31 and "
+                     "num_heads > 0, got num_tokens=",
+                     p.num_tokens, " num_heads=", p.num_heads));
+  }
+  if (p.head_dim <= 0 || p.head_dim % 2 != 0 || p.head_dim > kMaxRopeHeadDim) {
+    return absl::InvalidArgumentError(absl::StrCat("ApplyRope: head_dim must be even and in (0, ",
+                                                   kMaxRopeHeadDim, "], got ", p.head_dim));
+  }
+  const int64_t row_width = static_cast<int64_t>(p.num_heads) * p.head_dim;
+  if (p.token_stride == 0) p.token_stride = row_width;
+  if (p.token_stride < row_width) {
+    return absl::InvalidArgumentError(absl::StrCat("ApplyRope: token_stride (", p.token_stride,
+                                                   ") is smaller than num_heads·head_dim ",
+                                                   row_width));
+  }
+  if (p.num_tokens == 0) return absl::OkStatus();
+  if (p.x == nullptr || p.positions == nullptr || p.inv_freq == nullptr) {
+    return absl::InvalidArgumentError("ApplyRope: x, positions and inv_freq must be non-null");
+  }
+
+  // Both halves of a head start on a 16-byte boundary when D/2 is a multiple of 8.
+  const int half = p.head_dim / 2;
+  const bool vectorized = half % kBf16PerVector == 0 && p.token_stride % kBf16PerVector == 0 &&
+                          internal::IsAligned16(p.x);
+  const int work = p.num_heads * (vectorized ? half / kBf16PerVector : half);
+  const int threads = std::min(kRopeMaxThreads, (std::max(work, half) + 31) / 32 * 32);
+  const size_t shared_bytes = sizeof(float) * p.head_dim;
+  const cudaStream_t s = internal::AsStream(stream);
+  const dim3 grid(static_cast<unsigned>(p.num_tokens));
+  if (vectorized) {
+    RopeKernel<kBf16PerVector><<<grid, threads, shared_bytes, s>>>(p);
+  } else {
+    RopeKernel<1><<<grid, threads, shared_bytes, s>>>(p);
+  }
+  return internal::CheckLaunch("RopeKernel");
+}
+
+}  // namespace lserve::cuda
