@@ -29,7 +29,9 @@ NeedleTrialResult RunNeedleTrial(const NeedleTrialConfig& config, uint64_t seed,
   std::uniform_int_distribution<int64_t> where(0, n - config.page_size - 1);
   std::set<int64_t> needles;
   while (static_cast<int>(needles.size()) < config.num_needles) needles.insert(where(rng));
-  const float scale = static_cast<float>(config.needle_logit * std::sqrt(double{d}) / q_norm);
+  // q.(scale * q) / sqrt(d) = needle_logit.
+  const float scale =
+      static_cast<float>(config.needle_logit * std::sqrt(double{d}) / (q_norm * q_norm));
 
   KvCacheConfig kv;
   kv.num_layers = 1;

@@ -14,7 +14,7 @@ struct NeedleTrialConfig {
   int64_t context = 16384;
   int num_needles = 4;
   // Needle strength: q.k_needle / sqrt(head_dim); ordinary keys score ~N(0, 1) on that scale.
-  float needle_logit = 8.0f;
+  float needle_logit = 16.0f;
   int head_dim = 128;
   int page_size = 64;
   int logical_page_size = 16;

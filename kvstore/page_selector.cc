@@ -6,10 +6,30 @@
 
 namespace lserve {
 
+namespace {
+
+// Sums term(c) over channels with eight interleaved partial sums (one SIMD register).
+template <typename Term>
+float InterleavedSum(int n, Term term) {
+  float partial[8] = {};
+  int c = 0;
+  for (; c + 8 <= n; c += 8) {
+    for (int j = 0; j < 8; ++j) partial[j] += term(c + j);
+  }
+  for (int j = 0; c < n; ++c, ++j) partial[j] += term(c);
+  float sum = 0.0f;
+  for (int j = 0; j < 8; ++j) sum += partial[j];
+  return sum;
+}
+
+}  // namespace
+
 float LogicalPageScore(const float* q, const float* kmax, const float* kmin, int head_dim) {
-  float score = 0.0f;
-  for (int c = 0; c < head_dim; ++c) score += std::max(q[c] * kmax[c], q[c] * kmin[c]);
-  return score;
+  return InterleavedSum(head_dim, [&](int c) { return std::max(q[c] * kmax[c], q[c] * kmin[c]); });
+}
+
+float ScoreOrderDot(const float* q, const float* k, int head_dim) {
+  return InterleavedSum(head_dim, [&](int c) { return q[c] * k[c]; });
 }
 
 void ScorePhysicalPages(const PagedKvCache& cache, int layer, SeqId seq, int slot, int64_t kv_len,
@@ -57,31 +77,47 @@ std::vector<int32_t> SelectTopPages(std::span<const float> scores, int64_t max_p
   return pages;
 }
 
-const std::vector<int32_t>& PageSelectionCache::Select(SeqId seq, int layer, int head, int slot,
-                                                       int64_t kv_len, int64_t decode_step,
-                                                       std::span<const float* const> queries) {
+PageSelectionCache::Entry& PageSelectionCache::EntryFor(SeqId seq, int layer, int head) {
   auto& layers = selections_[seq];
   if (layers.empty()) layers.resize(cache_->config().num_layers);
   auto& heads = layers[layer];
   if (static_cast<int>(heads.size()) <= head) heads.resize(head + 1);
-  Entry& entry = heads[head];
+  return heads[head];
+}
+
+bool PageSelectionCache::Due(SeqId seq, int layer, int head, int64_t decode_step) {
+  const Entry& entry = EntryFor(seq, layer, head);
+  return entry.computed_at < 0 || decode_step % config_.reuse_interval == 0 ||
+         decode_step - entry.computed_at >= config_.reuse_interval;
+}
+
+const std::vector<int32_t>& PageSelectionCache::Update(SeqId seq, int layer, int head,
+                                                       int64_t decode_step,
+                                                       std::span<const float> scores) {
+  Entry& entry = EntryFor(seq, layer, head);
+  entry.pages = SelectTopPages(scores, config_.BudgetPages());
+  entry.computed_at = decode_step;
+  ++recomputations_;
+  return entry.pages;
+}
+
+const std::vector<int32_t>& PageSelectionCache::Reuse(SeqId seq, int layer, int head,
+                                                      int64_t kv_len) {
+  Entry& entry = EntryFor(seq, layer, head);
   const int64_t p = cache_->config().page_size;
-  const int64_t num_pages = (kv_len + p - 1) / p;
-  const bool due = entry.computed_at < 0 || decode_step % config_.reuse_interval == 0 ||
-                   decode_step - entry.computed_at >= config_.reuse_interval;
-  if (due) {
-    ScorePhysicalPages(*cache_, layer, seq, slot, kv_len, queries, &scores_);
-    entry.pages = SelectTopPages(scores_, config_.BudgetPages());
-    entry.computed_at = decode_step;
-    ++recomputations_;
-    return entry.pages;
-  }
-  // Reused selection: the newest page may have appeared since; attend it regardless.
-  const int32_t newest = static_cast<int32_t>(num_pages - 1);
+  const int32_t newest = static_cast<int32_t>((kv_len + p - 1) / p - 1);
   if (std::binary_search(entry.pages.begin(), entry.pages.end(), newest)) return entry.pages;
   entry.with_newest = entry.pages;
   entry.with_newest.push_back(newest);
   return entry.with_newest;
+}
+
+const std::vector<int32_t>& PageSelectionCache::Select(SeqId seq, int layer, int head, int slot,
+                                                       int64_t kv_len, int64_t decode_step,
+                                                       std::span<const float* const> queries) {
+  if (!Due(seq, layer, head, decode_step)) return Reuse(seq, layer, head, kv_len);
+  ScorePhysicalPages(*cache_, layer, seq, slot, kv_len, queries, &scores_);
+  return Update(seq, layer, head, decode_step, scores_);
 }
 
 }  // namespace lserve

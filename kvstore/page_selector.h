@@ -18,6 +18,11 @@ namespace lserve {
 
 float LogicalPageScore(const float* q, const float* kmax, const float* kmin, int head_dim);
 
+// q.k summed in the same order as LogicalPageScore (eight interleaved partial sums), so
+// the float32 bound S_j >= q.k holds exactly: each term of S_j is >= the matching term of
+// q.k and rounding is monotonic.
+float ScoreOrderDot(const float* q, const float* k, int head_dim);
+
 // Scores of the sequence's physical pages holding [0, kv_len) for one dense head slot of a
 // layer; with several queries (a GQA group scored per KV head) a page takes the max.
 void ScorePhysicalPages(const PagedKvCache& cache, int layer, SeqId seq, int slot, int64_t kv_len,
@@ -38,11 +43,21 @@ class PageSelectionCache {
   // slot reads at this decode step. `queries` are the post-RoPE query vectors scored.
   const std::vector<int32_t>& Select(SeqId seq, int layer, int head, int slot, int64_t kv_len,
                                      int64_t decode_step, std::span<const float* const> queries);
+  // The same in two halves, so callers can score many heads in parallel: Due says whether
+  // the schedule asks for fresh scores; Update stores a selection made from them; Reuse
+  // returns the selection in use plus the newest page.
+  bool Due(SeqId seq, int layer, int head, int64_t decode_step);
+  const std::vector<int32_t>& Update(SeqId seq, int layer, int head, int64_t decode_step,
+                                     std::span<const float> scores);
+  const std::vector<int32_t>& Reuse(SeqId seq, int layer, int head, int64_t kv_len);
   void Forget(SeqId seq) { selections_.erase(seq); }
 
   int64_t recomputations() const { return recomputations_; }
 
  private:
+  struct Entry;
+  Entry& EntryFor(SeqId seq, int layer, int head);
+
   struct Entry {
     std::vector<int32_t> pages;
     int64_t computed_at = -1;

@@ -47,7 +47,7 @@ Engine::Engine(ModelWeights weights, std::unique_ptr<PagedKvCache> kv,
       kv_(std::move(kv)),
       attention_(attention),
       pool_(std::make_unique<ThreadPool>(num_threads)),
-      selector_(kv_.get(), attention),
+      attention_runner_(kv_.get(), attention, weights_.config.num_heads),
       inv_freq_(cpu::RopeInverseFrequencies(RopeSpecFor(weights_.config))) {}
 
 absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(ModelWeights weights,
@@ -99,7 +99,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(ModelWeights weights,
 absl::Status Engine::AddSequence(SeqId seq) { return kv_->AddSequence(seq); }
 
 absl::Status Engine::FreeSequence(SeqId seq) {
-  selector_.Forget(seq);
+  attention_runner_.Forget(seq);
   decode_steps_.erase(seq);
   return kv_->FreeSequence(seq);
 }
@@ -135,110 +135,6 @@ absl::Status Engine::ValidateBatch(const std::vector<StepInput>& batch) const {
     }
   }
   return absl::OkStatus();
-}
-
-void Engine::CollectSpans(int layer, const StepInput& input, int64_t q_row, int64_t start_pos,
-                          std::vector<int>* head_list) {
-  const ModelConfig& config = weights_.config;
-  const int d = config.head_dim;
-  const int group = config.num_heads / config.num_kv_heads;
-  const LayerHeadLayout& heads = kv_->layout().layers[layer];
-  auto new_list = [this]() {
-    if (span_lists_used_ == span_storage_.size()) span_storage_.emplace_back();
-    span_storage_[span_lists_used_].clear();
-    return static_cast<int>(span_lists_used_++);
-  };
-  const bool decode = input.phase == StepPhase::kDecode;
-  const int64_t kv_len = start_pos + static_cast<int64_t>(input.tokens.size());
-  head_list->assign(config.num_heads, -1);
-  if (heads.num_streaming > 0) {
-    const int list = new_list();
-    kv_->StreamingSpans(input.seq, kv_len, start_pos,
-                        decode ? attention_.decode_local : attention_.prefill_local,
-                        &span_storage_[list]);
-    for (int h = 0; h < config.num_heads; ++h) {
-      if (heads.streaming[h / group]) (*head_list)[h] = list;
-    }
-  }
-  if (heads.num_dense == 0) return;
-  const int64_t num_pages = (kv_len + attention_.page_size - 1) / attention_.page_size;
-  const bool select = decode && attention_.page_selection && num_pages > attention_.BudgetPages();
-  if (!select) {
-    const int list = new_list();
-    kv_->DenseSpans(input.seq, kv_len, &span_storage_[list]);
-    for (int h = 0; h < config.num_heads; ++h) {
-      if (!heads.streaming[h / group]) (*head_list)[h] = list;
-    }
-    return;
-  }
-  const int64_t step = decode_steps_[input.seq];
-  const float* q = q_.data() + q_row * int64_t{config.num_heads} * d;
-  for (int kv_head = 0; kv_head < config.num_kv_heads; ++kv_head) {
-    if (heads.streaming[kv_head]) continue;
-    const int slot = heads.slot[kv_head];
-    if (attention_.scoring == PageScoring::kPerKvHead) {
-      std::vector<const float*> queries;
-      for (int h = kv_head * group; h < (kv_head + 1) * group; ++h) queries.push_back(q + h * d);
-      const auto& pages = selector_.Select(input.seq, layer, kv_head, slot, kv_len, step, queries);
-      const int list = new_list();
-      kv_->SelectedDenseSpans(input.seq, kv_len, pages, &span_storage_[list]);
-      for (int h = kv_head * group; h < (kv_head + 1) * group; ++h) (*head_list)[h] = list;
-      continue;
-    }
-    for (int h = kv_head * group; h < (kv_head + 1) * group; ++h) {
-      const float* query = q + h * d;
-      const auto& pages = selector_.Select(input.seq, layer, h, slot, kv_len, step, {&query, 1});
-      const int list = new_list();
-      kv_->SelectedDenseSpans(input.seq, kv_len, pages, &span_storage_[list]);
-      (*head_list)[h] = list;
-    }
-  }
-}
-
-void Engine::Attention(int layer, const std::vector<StepInput>& batch,
-                       const std::vector<int64_t>& offsets, const std::vector<int64_t>& start_pos) {
-  const ModelConfig& config = weights_.config;
-  const int d = config.head_dim;
-  const int group = config.num_heads / config.num_kv_heads;
-  const int64_t q_dim = int64_t{config.num_heads} * d;
-  const LayerHeadLayout& heads = kv_->layout().layers[layer];
-  span_lists_used_ = 0;
-  std::vector<std::vector<int>> head_lists(batch.size());
-  for (size_t b = 0; b < batch.size(); ++b) {
-    CollectSpans(layer, batch[b], offsets[b], start_pos[b], &head_lists[b]);
-  }
-  tasks_.clear();
-  for (size_t b = 0; b < batch.size(); ++b) {
-    const bool decode = batch[b].phase == StepPhase::kDecode;
-    for (int h = 0; h < config.num_heads; ++h) {
-      const int kv_head = h / group;
-      const bool streaming = heads.streaming[kv_head];
-      const int64_t head_offset = heads.slot[kv_head] * kv_->HeadStride();
-      const std::vector<cpu::KvSpan>& spans = span_storage_[head_lists[b][h]];
-      cpu::AttentionTask task;
-      task.q = q_.data() + offsets[b] * q_dim + int64_t{h} * d;
-      task.out = attn_.data() + offsets[b] * q_dim + int64_t{h} * d;
-      task.q_stride = q_dim;
-      task.out_stride = q_dim;
-      task.num_queries = static_cast<int32_t>(batch[b].tokens.size());
-      task.first_query_pos = start_pos[b];
-      task.spans = spans.data();
-      task.num_spans = static_cast<int32_t>(spans.size());
-      task.k_base = (streaming ? kv_->StreamingK(layer) : kv_->DenseK(layer)) + head_offset;
-      task.v_base = (streaming ? kv_->StreamingV(layer) : kv_->DenseV(layer)) + head_offset;
-      task.page_stride = streaming ? kv_->StreamingPageStride(layer) : kv_->DensePageStride(layer);
-      task.window = {streaming, attention_.sink,
-                     decode ? attention_.decode_local : attention_.prefill_local};
-      tasks_.push_back(task);
-      attention_stats_.tiles_dense += cpu::DenseCausalTiles(
-          task.num_queries, start_pos[b] + task.num_queries, attention_.page_size);
-    }
-  }
-  cpu::AttentionParams params;
-  params.head_dim = d;
-  params.scale = 1.0f / std::sqrt(static_cast<float>(d));
-  params.tasks = tasks_;
-  cpu::PagedAttention(params, pool_.get(), &attention_stats_);
 }
 
 absl::StatusOr<std::vector<StepOutput>> Engine::Step(const std::vector<StepInput>& batch) {
@@ -278,6 +174,12 @@ absl::StatusOr<std::vector<StepOutput>> Engine::Step(const std::vector<StepInput
       std::copy(embedding, embedding + hidden, x_.data() + row * hidden);
     }
   }
+  std::vector<AttentionSequence> sequences;
+  for (size_t b = 0; b < batch.size(); ++b) {
+    const bool decode = batch[b].phase == StepPhase::kDecode;
+    sequences.push_back({batch[b].seq, offsets[b], static_cast<int64_t>(batch[b].tokens.size()),
+                         start_pos[b], decode, decode ? decode_steps_[batch[b].seq] : 0});
+  }
   ThreadPool* pool = pool_.get();
   for (int layer = 0; layer < config.num_layers; ++layer) {
     const LayerWeights& w = weights_.layers[layer];
@@ -293,7 +195,7 @@ absl::StatusOr<std::vector<StepOutput>> Engine::Step(const std::vector<StepInput
       kv_->Write(layer, batch[b].seq, start_pos[b], static_cast<int64_t>(batch[b].tokens.size()),
                  k_.data() + offsets[b] * kv_dim, v_.data() + offsets[b] * kv_dim, kv_dim);
     }
-    Attention(layer, batch, offsets, start_pos);
+    attention_runner_.Run(layer, sequences, q_.data(), attn_.data(), pool);
     cpu::Linear(attn_.data(), total, q_dim, w.o_proj.data, hidden, OrNull(w.o_bias), proj_.data(),
                 pool);
     cpu::AddInPlace(x_.data(), proj_.data(), total * hidden);

@@ -10,9 +10,9 @@
 
 #include "absl/status/statusor.h"
 #include "common/thread_pool.h"
-#include "kvstore/page_selector.h"
 #include "kvstore/paged_kv_cache.h"
 #include "kvstore/sparse_attention_config.h"
+#include "worker/hybrid_attention.h"
 #include "worker/model_weights.h"
 
 namespace lserve {
@@ -59,34 +59,25 @@ class Engine {
   const PagedKvCache& kv_cache() const { return *kv_; }
   const SparseAttentionConfig& attention_config() const { return attention_; }
   // Attention work since creation: (query block, KV span) tiles visited out of listed.
-  const cpu::AttentionStats& attention_stats() const { return attention_stats_; }
-  int64_t selection_recomputations() const { return selector_.recomputations(); }
+  const cpu::AttentionStats& attention_stats() const { return attention_runner_.stats(); }
+  int64_t selection_recomputations() const { return attention_runner_.selection_recomputations(); }
   ThreadPool* pool() { return pool_.get(); }
 
  private:
   Engine(ModelWeights weights, std::unique_ptr<PagedKvCache> kv,
          const SparseAttentionConfig& attention, int num_threads);
-  // Span lists of one sequence's heads for this layer; returns per-query-head list index.
-  void CollectSpans(int layer, const StepInput& input, int64_t q_row, int64_t start_pos,
-                    std::vector<int>* head_list);
   absl::Status ValidateBatch(const std::vector<StepInput>& batch) const;
-  void Attention(int layer, const std::vector<StepInput>& batch,
-                 const std::vector<int64_t>& offsets, const std::vector<int64_t>& start_pos);
 
   ModelWeights weights_;
   std::unique_ptr<PagedKvCache> kv_;
   SparseAttentionConfig attention_;
   std::unique_ptr<ThreadPool> pool_;
-  PageSelectionCache selector_;
+  HybridAttention attention_runner_;
   std::unordered_map<SeqId, int64_t> decode_steps_;
-  cpu::AttentionStats attention_stats_;
   std::vector<float> inv_freq_;
   // Activations, reused across steps.
   std::vector<float> x_, xn_, q_, k_, v_, attn_, proj_, gate_, up_, logits_;
   std::vector<int32_t> positions_;
-  std::vector<std::vector<cpu::KvSpan>> span_storage_;
-  size_t span_lists_used_ = 0;
-  std::vector<cpu::AttentionTask> tasks_;
 };
 
 }  // namespace lserve

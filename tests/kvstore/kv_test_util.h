@@ -27,7 +27,9 @@ class KvDriver {
 
   // Appends n tokens to seq in every layer (a prefill chunk, or one decode token).
   void Append(SeqId seq, int64_t n, bool decode) {
-    if (!cache_->HasSequence(seq)) ASSERT_TRUE(cache_->AddSequence(seq).ok());
+    if (!cache_->HasSequence(seq)) {
+      ASSERT_TRUE(cache_->AddSequence(seq).ok());
+    }
     const int64_t start = *cache_->Length(seq);
     ASSERT_TRUE(cache_->Extend(seq, n, decode).ok()) << "seq " << seq << " +" << n;
     std::normal_distribution<float> normal(0.0f, 1.0f);

@@ -1,6 +1,7 @@
 // Invariants 3 and 4 of DESIGN.md §3 on mixed-length batches with chunked prefill and
 // decode appends: stored kmax/kmin equal the min/max recomputed over every logical page,
-// and each logical page's score bounds q.k of every key in it.
+// and each logical page's score bounds q.k of every key in it (float32, q.k summed in the
+// scorer's order).
 #include <algorithm>
 #include <vector>
 
@@ -116,8 +117,7 @@ TEST_P(PageStatisticsTest, LogicalPageScoreBoundsEveryKeyInThePage) {
             const float score = LogicalPageScore(q.data(), cache.KeyMax(layer) + offset,
                                                  cache.KeyMin(layer) + offset, d);
             const float* k = driver.Key(seq, layer, pos, h);
-            float dot = 0.0f;
-            for (int c = 0; c < d; ++c) dot += q[c] * k[c];
+            const float dot = ScoreOrderDot(q.data(), k, d);
             ASSERT_GE(score, dot) << "seq " << seq << " layer " << layer << " pos " << pos;
           }
         }

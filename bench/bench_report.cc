@@ -1,0 +1,53 @@
+#include "bench/bench_report.h"
+
+#include <cstdio>
+#include <ctime>
+#include <fstream>
+#include <thread>
+
+namespace lserve::bench {
+namespace {
+
+std::string FirstLine(const char* command) {
+  std::string line;
+  if (FILE* pipe = popen(command, "r")) {
+    char buffer[256];
+    if (fgets(buffer, sizeof(buffer), pipe)) line = buffer;
+    pclose(pipe);
+  }
+  while (!line.empty() && (line.back() == '\n' || line.back() == ' ')) line.pop_back();
+  return line;
+}
+
+}  // namespace
+
+std::string FlagValue(int argc, char** argv, const std::string& name, const std::string& fallback) {
+  const std::string prefix = "--" + name + "=";
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg.rfind(prefix, 0) == 0) return arg.substr(prefix.size());
+  }
+  return fallback;
+}
+
+nlohmann::json Provenance(int argc, char** argv) {
+  char date[32];
+  const std::time_t now = std::time(nullptr);
+  std::strftime(date, sizeof(date), "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));
+  std::string command;
+  for (int i = 0; i < argc; ++i) command += (i ? " " : "") + std::string(argv[i]);
+  return {{"date", date},
+          {"cpu", FirstLine("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2")},
+          {"hardware_threads", std::thread::hardware_concurrency()},
+          {"commit", FirstLine("git rev-parse --short HEAD 2>/dev/null")},
+          {"command", command}};
+}
+
+bool WriteReport(const nlohmann::json& report, const std::string& path) {
+  if (path.empty()) return true;
+  std::ofstream out(path);
+  out << report.dump(2) << "\n";
+  return static_cast<bool>(out);
+}
+
+}  // namespace lserve::bench
