@@ -35,7 +35,10 @@ nlohmann::json Provenance(int argc, char** argv) {
   const std::time_t now = std::time(nullptr);
   std::strftime(date, sizeof(date), "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));
   std::string command;
-  for (int i = 0; i < argc; ++i) command += (i ? " " : "") + std::string(argv[i]);
+  for (int i = 0; i < argc; ++i) {
+    if (i > 0) command += ' ';
+    command += argv[i];
+  }
   return {{"date", date},
           {"cpu", FirstLine("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2")},
           {"hardware_threads", std::thread::hardware_concurrency()},

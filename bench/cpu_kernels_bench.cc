@@ -11,6 +11,7 @@
 #include <string_view>
 #include <vector>
 
+#include "bench/bench_report.h"
 #include "bench/memory_bandwidth.h"
 #include "common/thread_pool.h"
 #include "kernels/cpu/matmul.h"
@@ -81,6 +82,7 @@ int Main(int argc, char** argv) {
 
   const int kThreadCounts[] = {1, 2};
   nlohmann::json report;
+  report["provenance"] = bench::Provenance(argc, argv);
   report["copy_bandwidth_gbs"] = nlohmann::json::object();
   double copy_gbs[3] = {};
   std::printf("%-28s %8s\n", "copy bandwidth (read+write)", "GB/s");

@@ -30,8 +30,8 @@ NeedleTrialResult RunNeedleTrial(const NeedleTrialConfig& config, uint64_t seed,
   std::set<int64_t> needles;
   while (static_cast<int>(needles.size()) < config.num_needles) needles.insert(where(rng));
   // q.(scale * q) / sqrt(d) = needle_logit.
-  const float scale =
-      static_cast<float>(config.needle_logit * std::sqrt(double{d}) / (q_norm * q_norm));
+  const float scale = static_cast<float>(config.needle_logit * std::sqrt(static_cast<double>(d)) /
+                                         (q_norm * q_norm));
 
   KvCacheConfig kv;
   kv.num_layers = 1;

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <new>
 
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
@@ -65,20 +66,31 @@ absl::StatusOr<std::unique_ptr<PagedKvCache>> PagedKvCache::Create(KvCacheConfig
   const KvCacheConfig& c = cache->config_;
   cache->has_streaming_ = c.layout.TotalStreamingHeads() > 0;
   cache->num_sink_pages_ = CeilDiv(c.sink, c.page_size);
+  try {
+    cache->AllocateStorage();
+  } catch (const std::bad_alloc&) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("cannot allocate the KV cache: ", c.num_dense_pages, " dense and ",
+                     c.num_streaming_pages, " streaming pages do not fit in memory"));
+  }
+  return cache;
+}
+
+void PagedKvCache::AllocateStorage() {
+  const KvCacheConfig& c = config_;
   const int64_t head_floats = int64_t{c.page_size} * c.head_dim;
   const int64_t stats_floats = int64_t{c.page_size / c.logical_page_size} * c.head_dim;
   for (int layer = 0; layer < c.num_layers; ++layer) {
     const auto& heads = c.layout.layers[layer];
     const size_t dense = c.num_dense_pages * heads.num_dense * head_floats;
     const size_t streaming = c.num_streaming_pages * heads.num_streaming * head_floats;
-    cache->dense_k_.emplace_back(dense);
-    cache->dense_v_.emplace_back(dense);
-    cache->streaming_k_.emplace_back(streaming);
-    cache->streaming_v_.emplace_back(streaming);
-    cache->key_max_.emplace_back(c.num_dense_pages * heads.num_dense * stats_floats);
-    cache->key_min_.emplace_back(c.num_dense_pages * heads.num_dense * stats_floats);
+    dense_k_.emplace_back(dense);
+    dense_v_.emplace_back(dense);
+    streaming_k_.emplace_back(streaming);
+    streaming_v_.emplace_back(streaming);
+    key_max_.emplace_back(c.num_dense_pages * heads.num_dense * stats_floats);
+    key_min_.emplace_back(c.num_dense_pages * heads.num_dense * stats_floats);
   }
-  return cache;
 }
 
 int64_t PagedKvCache::DensePageStride(int layer) const {

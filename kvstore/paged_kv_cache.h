@@ -118,6 +118,7 @@ class PagedKvCache {
   };
 
   explicit PagedKvCache(KvCacheConfig config);
+  void AllocateStorage();  // may throw std::bad_alloc
   int64_t RingSlots(bool decode) const;
   // Where a streaming token lives: (page, row).
   std::pair<PageId, int32_t> StreamingLocation(const Sequence& s, int64_t pos) const;

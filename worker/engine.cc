@@ -79,18 +79,37 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(ModelWeights weights,
   }
   const int64_t p = attention.page_size;
   const int64_t pages_per_context = (config.max_position_embeddings + p - 1) / p;
-  kv_config.num_dense_pages = options.num_dense_pages > 0
-                                  ? options.num_dense_pages
-                                  : pages_per_context * options.max_sequences;
   // A streaming sequence holds its sink pages plus a ring sized for the prefill window.
+  const bool has_streaming = kv_config.layout.TotalStreamingHeads() > 0;
   const int64_t streaming_per_sequence = std::min(
       pages_per_context, (attention.sink + p - 1) / p +
                              (attention.prefill_local + options.max_chunk_tokens + p - 1) / p + 1);
-  kv_config.num_streaming_pages = options.num_streaming_pages > 0
-                                      ? options.num_streaming_pages
-                                      : (kv_config.layout.TotalStreamingHeads() > 0
-                                             ? streaming_per_sequence * options.max_sequences
-                                             : 0);
+  kv_config.num_streaming_pages =
+      options.num_streaming_pages > 0
+          ? options.num_streaming_pages
+          : (has_streaming ? streaming_per_sequence * options.max_sequences : 0);
+  // Bytes of one page in each pool over all layers: K and V, plus kmax/kmin for dense heads.
+  const int64_t head_page_bytes = int64_t{4} * p * config.head_dim;
+  const int64_t stats_bytes = int64_t{4} * 2 * (p / attention.logical_page_size) * config.head_dim;
+  int64_t dense_page_bytes = 0, streaming_page_bytes = 0;
+  for (const LayerHeadLayout& layer : kv_config.layout.layers) {
+    dense_page_bytes += layer.num_dense * (2 * head_page_bytes + stats_bytes);
+    streaming_page_bytes += layer.num_streaming * 2 * head_page_bytes;
+  }
+  if (options.num_dense_pages > 0) {
+    kv_config.num_dense_pages = options.num_dense_pages;
+  } else {
+    const int64_t left =
+        options.max_kv_cache_bytes - kv_config.num_streaming_pages * streaming_page_bytes;
+    kv_config.num_dense_pages =
+        std::min(pages_per_context * options.max_sequences,
+                 dense_page_bytes > 0 ? left / dense_page_bytes : pages_per_context);
+    if (kv_config.num_dense_pages <= 0) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("max_kv_cache_bytes (", options.max_kv_cache_bytes,
+                       ") leaves no room for dense KV pages after the streaming pool"));
+    }
+  }
   ASSIGN_OR_RETURN(std::unique_ptr<PagedKvCache> kv, PagedKvCache::Create(std::move(kv_config)));
   return std::unique_ptr<Engine>(
       new Engine(std::move(weights), std::move(kv), attention, options.num_threads));

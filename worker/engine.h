@@ -21,10 +21,12 @@ struct EngineOptions {
   int num_threads = 0;  // 0: one per core
   // Hybrid sparse attention; SparseAttentionConfig::Dense() turns every sparsity off.
   SparseAttentionConfig attention;
-  // KV pages per pool; 0 sizes each pool for max_sequences full contexts.
+  // KV pages per pool; 0 sizes each pool for max_sequences full contexts, within
+  // max_kv_cache_bytes for both pools together.
   int64_t num_dense_pages = 0;
   int64_t num_streaming_pages = 0;
   int max_sequences = 8;
+  int64_t max_kv_cache_bytes = int64_t{4} << 30;
   int64_t max_chunk_tokens = 2048;  // longest prefill chunk the streaming ring must hold
 };
 

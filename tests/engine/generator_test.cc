@@ -154,3 +154,28 @@ TEST(GeneratorTest, StreamsEveryTokenThroughTheCallback) {
 
 }  // namespace
 }  // namespace lserve
+
+namespace lserve {
+namespace {
+
+TEST(EngineCreateTest, KvCacheStaysWithinItsByteBudget) {
+  const ModelConfig config = TinySyntheticConfig();
+  EngineOptions options;
+  options.attention = SparseAttentionConfig::Dense();
+  options.max_kv_cache_bytes = 1 << 20;
+  auto engine = Engine::Create(*MakeSyntheticWeights(config, 1), options);
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  // K + V per page: layers x KV heads x page x head_dim floats, plus kmax/kmin.
+  const int64_t page_bytes = int64_t{4} * config.num_layers * config.num_kv_heads *
+                             config.head_dim * (2 * 64 + 2 * (64 / 16));
+  const int64_t pages = (*engine)->kv_cache().dense_allocator().num_pages();
+  EXPECT_GT(pages, 0);
+  EXPECT_LE(pages * page_bytes, 1 << 20);
+  EXPECT_GT((pages + 1) * page_bytes, 1 << 20);
+  options.max_kv_cache_bytes = 100;
+  EXPECT_EQ(Engine::Create(*MakeSyntheticWeights(config, 1), options).status().code(),
+            absl::StatusCode::kResourceExhausted);
+}
+
+}  // namespace
+}  // namespace lserve
