@@ -4,6 +4,7 @@
 set -uo pipefail
 bin=$1
 shared=$2
+synthetic=$3
 failures=0
 passes=0
 check() {  # check NAME CONDITION...
@@ -32,6 +33,17 @@ out=$("$bin" --model="$shared/models/stories260K" --prompt_ids=1 --max_tokens=64
   --gate_file="$shared/attn_patterns/Meta-Llama-3.1-8B-Instruct/full_attention_heads.tsv" 2>&1)
 check "gate file of the wrong geometry is refused" test $? -ne 0
 check "  ...naming the file" grep -q "full_attention_heads.tsv" <<<"$out"
+
+dir=$(mktemp -d)
+trap 'rm -rf "$dir"' EXIT
+"$synthetic" --geometry=tiny --layers=2 --dtype=bfloat16 --seed=5 --out="$dir/tiny" >/dev/null
+check "synthetic bf16 model folder is written" test -f "$dir/tiny/model.safetensors"
+out=$("$bin" --model="$dir/tiny" --prompt_ids=5,6,7 --max_tokens=4 --json)
+check "generator answers from the written folder" \
+  python3 -c "import json,sys; assert len(json.loads(sys.argv[1])['generated_ids'])==4" "$out"
+printf 'not a safetensors file' >"$dir/tiny/model.safetensors"
+msg=$("$bin" --model="$dir/tiny" --prompt_ids=1 2>&1)
+check "corrupt checkpoint is refused naming the file" grep -q "model.safetensors" <<<"$msg"
 
 expect_error() {  # expect_error NAME PATTERN ARGS...
   local name=$1 pattern=$2
