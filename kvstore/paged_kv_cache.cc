@@ -65,6 +65,7 @@ absl::StatusOr<std::unique_ptr<PagedKvCache>> PagedKvCache::Create(KvCacheConfig
   auto cache = std::unique_ptr<PagedKvCache>(new PagedKvCache(std::move(config)));
   const KvCacheConfig& c = cache->config_;
   cache->has_streaming_ = c.layout.TotalStreamingHeads() > 0;
+  cache->has_dense_ = c.layout.TotalDenseHeads() > 0;
   cache->num_sink_pages_ = CeilDiv(c.sink, c.page_size);
   try {
     cache->AllocateStorage();
@@ -145,7 +146,7 @@ int64_t PagedKvCache::StreamingPagesHeld(SeqId seq) const {
 }
 
 int64_t PagedKvCache::DensePagesFor(int64_t tokens) const {
-  return CeilDiv(tokens, config_.page_size);
+  return has_dense_ ? CeilDiv(tokens, config_.page_size) : 0;
 }
 
 int64_t PagedKvCache::StreamingPagesFor(int64_t tokens) const {
@@ -198,38 +199,57 @@ absl::StatusOr<std::pair<int64_t, int64_t>> PagedKvCache::PagesNeeded(SeqId seq,
   const int64_t new_len = s.length + num_tokens;
   const int64_t p = config_.page_size;
   const int64_t dense =
-      std::max<int64_t>(0, CeilDiv(new_len, p) - static_cast<int64_t>(s.dense_pages.size()));
+      has_dense_
+          ? std::max<int64_t>(0, CeilDiv(new_len, p) - static_cast<int64_t>(s.dense_pages.size()))
+          : 0;
   if (!has_streaming_) return std::make_pair(dense, int64_t{0});
   const int64_t sink = std::max<int64_t>(0, std::min(num_sink_pages_, CeilDiv(new_len, p)) -
                                                 static_cast<int64_t>(s.sink_pages.size()));
-  // Entering decode shrinks the ring first, which frees at least the pages it needs.
-  const bool shrinking = decode && !s.decode_ring && !s.ring.empty();
-  const int64_t ring = shrinking ? 0 : RingPagesNeeded(s, new_len, decode || s.decode_ring);
+  int64_t ring = 0;
+  if (decode && !s.decode_ring) {
+    // Entering decode shrinks the ring first; the pages it frees serve the new token.
+    Sequence shrunk = s;
+    shrunk.ring = ShrunkRing(s, new_len);
+    shrunk.decode_ring = true;
+    const auto occupied = [](const std::vector<PageId>& r) {
+      return std::count_if(r.begin(), r.end(), [](PageId page) { return page != kNoPage; });
+    };
+    const int64_t freed = occupied(s.ring) - occupied(shrunk.ring);
+    ring = std::max<int64_t>(0, RingPagesNeeded(shrunk, new_len, true) - freed);
+  } else {
+    ring = RingPagesNeeded(s, new_len, s.decode_ring);
+  }
   return std::make_pair(dense, sink + ring);
 }
 
-void PagedKvCache::ShrinkRingForDecode(Sequence& s, int64_t new_len) {
-  s.decode_ring = true;
-  if (s.ring.empty()) return;
+// The decode-window ring a sequence of `new_len` tokens switches to: the pages of the
+// newest query's window move to their decode slots; the others are left to release.
+std::vector<PageId> PagedKvCache::ShrunkRing(const Sequence& s, int64_t new_len) const {
+  if (s.ring.empty()) return {};
   const int64_t p = config_.page_size;
   const int64_t sink_tokens = SinkTokensStored();
   const int64_t new_slots = RingSlots(/*decode=*/true);
-  std::vector<PageId> ring(new_slots, kNoPage);
   const int64_t old_slots = static_cast<int64_t>(s.ring.size());
-  // Keep the pages of the decode window of the newest query (position new_len - 1).
+  std::vector<PageId> ring(new_slots, kNoPage);
   const int64_t window_start = std::max(sink_tokens, new_len - config_.decode_local);
-  const int64_t written_end = s.reserved;  // tokens [sink_tokens, written_end) are in the ring
-  if (written_end > sink_tokens && window_start < written_end) {
-    const int64_t lp_lo = (window_start - sink_tokens) / p;
-    const int64_t lp_hi = (written_end - 1 - sink_tokens) / p;
-    for (int64_t lp = lp_lo; lp <= lp_hi; ++lp) {
-      std::swap(ring[lp % new_slots], s.ring[lp % old_slots]);
+  if (s.length > sink_tokens && window_start < s.length) {
+    const int64_t lp_hi = (s.length - 1 - sink_tokens) / p;
+    for (int64_t lp = (window_start - sink_tokens) / p; lp <= lp_hi; ++lp) {
+      ring[lp % new_slots] = s.ring[lp % old_slots];
     }
   }
+  return ring;
+}
+
+void PagedKvCache::ShrinkRingForDecode(Sequence& s, int64_t new_len) {
+  std::vector<PageId> ring = ShrunkRing(s, new_len);
   for (PageId page : s.ring) {
-    if (page != kNoPage) CHECK(streaming_allocator_.Release(page).ok());
+    if (page != kNoPage && std::find(ring.begin(), ring.end(), page) == ring.end()) {
+      CHECK(streaming_allocator_.Release(page).ok());
+    }
   }
   s.ring = std::move(ring);
+  s.decode_ring = true;
 }
 
 absl::Status PagedKvCache::Extend(SeqId seq, int64_t num_tokens, bool decode) {
@@ -242,7 +262,7 @@ absl::Status PagedKvCache::Extend(SeqId seq, int64_t num_tokens, bool decode) {
   if (decode && num_tokens != 1) {
     return absl::InvalidArgumentError("a decode step appends exactly one token");
   }
-  if (has_streaming_ && s.decode_ring && !decode && num_tokens > 1) {
+  if (has_streaming_ && s.decode_ring && !decode) {
     return absl::FailedPreconditionError(absl::StrCat(
         "sequence ", seq, " is decoding: its streaming ring no longer holds a prefill window"));
   }
@@ -252,7 +272,6 @@ absl::Status PagedKvCache::Extend(SeqId seq, int64_t num_tokens, bool decode) {
                                                    config_.max_chunk_tokens));
   }
   s.reserved = s.length;  // storage past the committed length from a failed step is reused
-  if (has_streaming_ && decode && !s.decode_ring) ShrinkRingForDecode(s, s.length + 1);
   auto needed = PagesNeeded(seq, num_tokens, decode);
   if (!needed.ok()) return needed.status();
   if (needed->first > dense_allocator_.num_free()) {
@@ -265,9 +284,10 @@ absl::Status PagedKvCache::Extend(SeqId seq, int64_t num_tokens, bool decode) {
                                                      needed->second, " pages, ",
                                                      streaming_allocator_.num_free(), " free"));
   }
+  if (has_streaming_ && decode && !s.decode_ring) ShrinkRingForDecode(s, s.length + 1);
   const int64_t new_len = s.length + num_tokens;
   const int64_t p = config_.page_size;
-  while (static_cast<int64_t>(s.dense_pages.size()) < CeilDiv(new_len, p)) {
+  while (has_dense_ && static_cast<int64_t>(s.dense_pages.size()) < CeilDiv(new_len, p)) {
     s.dense_pages.push_back(*dense_allocator_.Allocate());
   }
   if (has_streaming_) {

@@ -63,7 +63,7 @@ class PagedKvCache {
 
   // Makes room for num_tokens more tokens, all or nothing (RESOURCE_EXHAUSTED leaves the
   // sequence untouched). `decode` switches the streaming ring to the decode window for
-  // good; a decode step appends exactly one token.
+  // good; a decode step appends exactly one token, and no prefill may follow it.
   absl::Status Extend(SeqId seq, int64_t num_tokens, bool decode);
   // Marks the tokens written by the step as part of the sequence.
   absl::Status Commit(SeqId seq, int64_t num_tokens);
@@ -122,12 +122,14 @@ class PagedKvCache {
   int64_t RingSlots(bool decode) const;
   // Where a streaming token lives: (page, row).
   std::pair<PageId, int32_t> StreamingLocation(const Sequence& s, int64_t pos) const;
+  std::vector<PageId> ShrunkRing(const Sequence& s, int64_t new_len) const;
   void ShrinkRingForDecode(Sequence& s, int64_t new_len);
   int64_t RingPagesNeeded(const Sequence& s, int64_t new_len, bool decode) const;
   void UpdateStats(int layer, PageId page, int32_t row, int slot, const float* key);
 
   KvCacheConfig config_;
   bool has_streaming_ = false;
+  bool has_dense_ = false;
   int64_t num_sink_pages_ = 0;
   PageAllocator dense_allocator_;
   PageAllocator streaming_allocator_;

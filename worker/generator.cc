@@ -67,6 +67,17 @@ std::vector<GenerationResult> Generate(Engine& engine,
                                        const TokenCallback& on_token) {
   const Clock::time_point start = Clock::now();
   std::vector<GenerationResult> results(requests.size());
+  if (options.max_running <= 0 || options.max_step_tokens <= 0 || options.prefill_chunk < 0) {
+    for (GenerationResult& result : results) {
+      result.status = absl::InvalidArgumentError(
+          absl::StrCat("generator options: max_running (", options.max_running,
+                       ") and max_step_tokens (", options.max_step_tokens,
+                       ") must be positive, prefill_chunk (", options.prefill_chunk, ") >= 0"));
+    }
+    return results;
+  }
+  // A prefill chunk never exceeds what the KV cache's streaming ring is sized for.
+  const int64_t chunk_limit = engine.kv_cache().config().max_chunk_tokens;
   std::deque<size_t> waiting;
   for (size_t i = 0; i < requests.size(); ++i) {
     results[i].status = ValidateRequest(requests[i], engine.config());
@@ -135,6 +146,7 @@ std::vector<GenerationResult> Generate(Engine& engine,
       if (r.prefilled >= prompt.size()) continue;
       int64_t chunk = std::min<int64_t>(budget, prompt.size() - r.prefilled);
       if (options.prefill_chunk > 0) chunk = std::min(chunk, options.prefill_chunk);
+      chunk = std::min(chunk, chunk_limit);
       batch.push_back(
           {r.seq,
            std::vector<int32_t>(prompt.begin() + r.prefilled, prompt.begin() + r.prefilled + chunk),

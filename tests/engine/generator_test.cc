@@ -179,3 +179,57 @@ TEST(EngineCreateTest, KvCacheStaysWithinItsByteBudget) {
 
 }  // namespace
 }  // namespace lserve
+
+namespace lserve {
+namespace {
+
+TEST(GeneratorOptionsTest, InvalidOptionsFailEveryRequestInsteadOfHanging) {
+  EngineOptions options;
+  options.max_sequences = 2;
+  auto engine = Engine::Create(*MakeSyntheticWeights(TinySyntheticConfig(), 1), options);
+  ASSERT_TRUE(engine.ok());
+  GenerationRequest request;
+  request.prompt = {1, 2, 3};
+  for (GeneratorOptions bad :
+       {GeneratorOptions{0, 0, 8}, GeneratorOptions{2048, 0, 0}, GeneratorOptions{2048, -1, 8}}) {
+    const auto results = Generate(**engine, {request, request}, bad);
+    for (const auto& r : results) EXPECT_EQ(r.status.code(), absl::StatusCode::kInvalidArgument);
+  }
+}
+
+TEST(GeneratorOptionsTest, StepBudgetLargerThanTheEnginesChunkStillWorks) {
+  EngineOptions options;
+  options.max_chunk_tokens = 16;  // the streaming ring holds 16-token chunks at most
+  options.attention.page_size = 16;
+  auto engine = Engine::Create(*MakeSyntheticWeights(TinySyntheticConfig(), 1), options);
+  ASSERT_TRUE(engine.ok());
+  GenerationRequest request;
+  request.prompt = std::vector<int32_t>(100, 7);
+  request.sampling.max_tokens = 3;
+  const auto results = Generate(**engine, {request}, GeneratorOptions{});
+  EXPECT_TRUE(results[0].status.ok()) << results[0].status;
+  EXPECT_EQ(results[0].tokens.size(), 3u);
+}
+
+TEST(GeneratorOptionsTest, AllStreamingModelServesSeveralLongSequences) {
+  EngineOptions options;
+  options.attention.streaming_ratio = 1.0f;
+  options.attention.page_size = 16;
+  options.attention.sink = 16;
+  options.attention.prefill_local = 256;
+  options.attention.decode_local = 64;
+  options.max_sequences = 3;
+  auto engine = Engine::Create(*MakeSyntheticWeights(TinySyntheticConfig(), 1), options);
+  ASSERT_TRUE(engine.ok());
+  std::vector<GenerationRequest> requests(3);
+  for (auto& r : requests) {
+    r.prompt = std::vector<int32_t>(2000, 9);
+    r.sampling.max_tokens = 4;
+  }
+  const auto results = Generate(**engine, requests, GeneratorOptions{});
+  for (const auto& r : results) EXPECT_TRUE(r.status.ok()) << r.status;
+  EXPECT_EQ((*engine)->kv_cache().streaming_allocator().num_used(), 0);
+}
+
+}  // namespace
+}  // namespace lserve

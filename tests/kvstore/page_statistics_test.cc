@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "kvstore/page_selector.h"
 #include "tests/kvstore/kv_test_util.h"
@@ -130,9 +131,33 @@ INSTANTIATE_TEST_SUITE_P(PageSizes, PageStatisticsTest,
                          ::testing::Values(std::pair{16, 16}, std::pair{32, 16}, std::pair{64, 16},
                                            std::pair{128, 16}, std::pair{64, 8}),
                          [](const auto& info) {
-                           return "P" + std::to_string(info.param.first) + "L" +
-                                  std::to_string(info.param.second);
+                           return absl::StrCat("P", info.param.first, "L", info.param.second);
                          });
+
+}  // namespace
+}  // namespace lserve
+
+namespace lserve {
+namespace {
+
+// A logical page holding a single key has kmax = kmin = k, so its score equals q.k up to
+// rounding: the tightest case of the float32 bound.
+TEST(PageScoreBoundTest, HoldsExactlyForSingleKeyPages) {
+  std::mt19937 rng(23);
+  std::normal_distribution<float> normal(0.0f, 4.0f);
+  for (int d : {16, 64, 128, 100}) {
+    std::vector<float> q(d), k(d);
+    for (int trial = 0; trial < 20000; ++trial) {
+      for (int c = 0; c < d; ++c) {
+        q[c] = normal(rng);
+        k[c] = normal(rng);
+      }
+      ASSERT_GE(LogicalPageScore(q.data(), k.data(), k.data(), d),
+                ScoreOrderDot(q.data(), k.data(), d))
+          << "d " << d << " trial " << trial;
+    }
+  }
+}
 
 }  // namespace
 }  // namespace lserve

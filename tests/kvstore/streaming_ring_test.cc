@@ -2,6 +2,7 @@
 // and, once decoding, hold at most ceil(sink/P) + ceil(local/P) + 1 pages; the ring never
 // overwrites a token its window still needs.
 #include <algorithm>
+#include <random>
 #include <set>
 #include <vector>
 
@@ -126,6 +127,69 @@ INSTANTIATE_TEST_SUITE_P(Windows, StreamingRingTest,
                                            RingCase{64, 128, 300, 256, 64},
                                            RingCase{128, 5, 200, 7, 130},
                                            RingCase{16, 16, 64, 64, 64}));
+
+}  // namespace
+}  // namespace lserve
+
+namespace lserve {
+namespace {
+
+TEST(StreamingRingEdgeTest, NoPrefillOnceDecoding) {
+  testing::KvDriver driver(RingConfig({16, 16, 64, 16, 64}), 9);
+  driver.Prefill(1, 128, 64);
+  driver.Append(1, 1, true);
+  // Even a one-token prefill would read the shrunk ring with the prefill window.
+  EXPECT_EQ(driver.cache().Extend(1, 1, false).code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(driver.cache().Extend(1, 5, false).code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(driver.cache().Extend(1, 1, true).ok());
+}
+
+// PagesNeeded must predict exactly what Extend takes from each pool, including the step
+// that enters decode and shrinks the ring, over many random shapes.
+TEST(StreamingRingEdgeTest, PagesNeededMatchesWhatExtendTakes) {
+  std::mt19937 rng(17);
+  for (int trial = 0; trial < 300; ++trial) {
+    const int page = 2 << (rng() % 3);  // 2, 4, 8
+    RingCase c{page, static_cast<int64_t>(rng() % 10), 0, 0, 0};
+    c.decode_local = 1 + rng() % 12;
+    c.prefill_local = c.decode_local + rng() % 20;
+    c.max_chunk = 1 + rng() % 24;
+    KvCacheConfig config = RingConfig(c);
+    config.logical_page_size = page;
+    config.num_dense_pages = 100000;
+    config.num_streaming_pages = 100000;
+    auto cache = *PagedKvCache::Create(config);
+    ASSERT_TRUE(cache->AddSequence(0).ok());
+    const int64_t prompt = 1 + rng() % 60;
+    for (int64_t len = 0, step = 0; len < prompt + 30; ++step) {
+      const bool decode = len >= prompt;
+      const int64_t n = decode ? 1 : std::min<int64_t>(prompt - len, 1 + rng() % c.max_chunk);
+      const auto needed = *cache->PagesNeeded(0, n, decode);
+      const int64_t dense_before = cache->dense_allocator().num_used();
+      const int64_t streaming_before = cache->streaming_allocator().num_used();
+      ASSERT_TRUE(cache->Extend(0, n, decode).ok());
+      ASSERT_TRUE(cache->Commit(0, n).ok());
+      len += n;
+      ASSERT_EQ(cache->dense_allocator().num_used() - dense_before, needed.first)
+          << "trial " << trial << " len " << len;
+      // Entering decode may free more ring pages than it takes: PagesNeeded is the net
+      // draw on the free list, never negative.
+      const int64_t drawn = cache->streaming_allocator().num_used() - streaming_before;
+      ASSERT_EQ(std::max<int64_t>(0, drawn), needed.second) << "trial " << trial << " len " << len;
+    }
+  }
+}
+
+TEST(StreamingRingEdgeTest, AllStreamingLayoutTakesNoDensePages) {
+  KvCacheConfig config = RingConfig({16, 16, 64, 32, 64});
+  config.layout = HeadLayout::FromStreamingMask({{true, true}, {true, true}});
+  config.num_dense_pages = 0;
+  testing::KvDriver driver(config, 5);
+  driver.Prefill(1, 500, 64);
+  driver.Prefill(2, 500, 64);
+  EXPECT_EQ(driver.cache().dense_allocator().num_used(), 0);
+  EXPECT_EQ(driver.cache().DensePagesFor(500), 0);
+}
 
 }  // namespace
 }  // namespace lserve
