@@ -52,8 +52,16 @@ Engine::Engine(ModelWeights weights, std::unique_ptr<PagedKvCache> kv,
 
 absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(ModelWeights weights,
                                                        const EngineOptions& options) {
+  RETURN_IF_ERROR(ValidateModelConfig(weights.config));
+  // Sliding-window attention (Mistral v0.1, some Qwen2) equals full attention up to the
+  // window, so serving contexts up to the window is exact; longer ones are refused.
+  if (weights.config.sliding_window > 0 &&
+      weights.config.sliding_window < weights.config.max_position_embeddings) {
+    LOG(Warning) << "model uses a " << weights.config.sliding_window
+                 << "-token sliding window: serving contexts up to that length";
+    weights.config.max_position_embeddings = weights.config.sliding_window;
+  }
   const ModelConfig& config = weights.config;
-  RETURN_IF_ERROR(ValidateModelConfig(config));
   const SparseAttentionConfig& attention = options.attention;
   RETURN_IF_ERROR(ValidateSparseAttentionConfig(attention));
   if (options.max_sequences <= 0) return absl::InvalidArgumentError("max_sequences must be > 0");

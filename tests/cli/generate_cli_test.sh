@@ -41,6 +41,10 @@ check "synthetic bf16 model folder is written" test -f "$dir/tiny/model.safetens
 out=$("$bin" --model="$dir/tiny" --prompt_ids=5,6,7 --max_tokens=4 --json)
 check "generator answers from the written folder" \
   python3 -c "import json,sys; assert len(json.loads(sys.argv[1])['generated_ids'])==4" "$out"
+"$synthetic" --geometry=tiny --layers=1 --dtype=float16 --out="$dir/tiny16" >/dev/null
+out=$("$bin" --model="$dir/tiny16" --prompt_ids=5,6,7 --max_tokens=4 --json)
+check "generator answers from a float16 folder" \
+  python3 -c "import json,sys; assert len(json.loads(sys.argv[1])['generated_ids'])==4" "$out"
 printf 'not a safetensors file' >"$dir/tiny/model.safetensors"
 msg=$("$bin" --model="$dir/tiny" --prompt_ids=1 2>&1)
 check "corrupt checkpoint is refused naming the file" grep -q "model.safetensors" <<<"$msg"

@@ -233,3 +233,22 @@ TEST(GeneratorOptionsTest, AllStreamingModelServesSeveralLongSequences) {
 
 }  // namespace
 }  // namespace lserve
+
+namespace lserve {
+namespace {
+
+TEST(EngineCreateTest, SlidingWindowModelsServeContextsUpToTheWindow) {
+  ModelConfig config = TinySyntheticConfig();
+  config.model_type = "mistral";
+  config.sliding_window = 64;
+  auto engine = Engine::Create(*MakeSyntheticWeights(config, 1), EngineOptions{});
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  EXPECT_EQ((*engine)->config().max_position_embeddings, 64);
+  ASSERT_TRUE((*engine)->AddSequence(1).ok());
+  EXPECT_TRUE((*engine)->Step({{1, std::vector<int32_t>(64, 5), StepPhase::kPrefill, false}}).ok());
+  EXPECT_EQ((*engine)->Step({{1, {5}, StepPhase::kDecode, false}}).status().code(),
+            absl::StatusCode::kOutOfRange);
+}
+
+}  // namespace
+}  // namespace lserve
