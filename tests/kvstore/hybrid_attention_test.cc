@@ -8,7 +8,7 @@
 
 #include "gtest/gtest.h"
 #include "kvstore/page_selector.h"
-#include "tests/kvstore/kv_test_util.h"
+#include "tests/kvstore/naive_hybrid.h"
 
 namespace lserve {
 namespace {
@@ -33,66 +33,6 @@ KvCacheConfig HybridConfig() {
   config.decode_local = kDecodeLocal;
   config.max_chunk_tokens = 64;
   return config;
-}
-
-// Softmax attention of q over the listed positions of (seq, head), in double.
-std::vector<float> NaiveAttention(const testing::KvDriver& driver, SeqId seq, int head,
-                                  const float* q, const std::vector<int64_t>& positions) {
-  std::vector<double> scores;
-  double max_score = -INFINITY;
-  for (int64_t pos : positions) {
-    const float* k = driver.Key(seq, 0, pos, head);
-    double dot = 0.0;
-    for (int c = 0; c < kDim; ++c) dot += double{q[c]} * k[c];
-    scores.push_back(dot / std::sqrt(double{kDim}));
-    max_score = std::max(max_score, scores.back());
-  }
-  std::vector<double> out(kDim, 0.0);
-  double sum = 0.0;
-  for (size_t i = 0; i < positions.size(); ++i) {
-    const double w = std::exp(scores[i] - max_score);
-    sum += w;
-    const float* v = driver.Value(seq, 0, positions[i], head);
-    for (int c = 0; c < kDim; ++c) out[c] += w * v[c];
-  }
-  std::vector<float> result(kDim);
-  for (int c = 0; c < kDim; ++c) result[c] = static_cast<float>(out[c] / sum);
-  return result;
-}
-
-// Selection recomputed from raw keys: logical-page min/max, page score = max of its
-// logical pages, newest page plus the best others, lower index first on ties.
-std::vector<int64_t> NaiveSelectedPositions(const testing::KvDriver& driver, SeqId seq,
-                                            const float* q, int64_t len) {
-  const int64_t pages = (len + kPage - 1) / kPage;
-  std::vector<double> page_score(pages, -INFINITY);
-  for (int64_t first = 0; first < len; first += kLogical) {
-    double score = 0.0;
-    for (int c = 0; c < kDim; ++c) {
-      float lo = INFINITY, hi = -INFINITY;
-      for (int64_t pos = first; pos < std::min(len, first + kLogical); ++pos) {
-        lo = std::min(lo, driver.Key(seq, 0, pos, 0)[c]);
-        hi = std::max(hi, driver.Key(seq, 0, pos, 0)[c]);
-      }
-      score += std::max(q[c] * hi, q[c] * lo);
-    }
-    page_score[first / kPage] = std::max(page_score[first / kPage], score);
-  }
-  std::vector<int64_t> order(pages - 1);
-  std::iota(order.begin(), order.end(), 0);
-  std::stable_sort(order.begin(), order.end(),
-                   [&](int64_t a, int64_t b) { return page_score[a] > page_score[b]; });
-  std::vector<int64_t> chosen = {pages - 1};
-  for (int64_t i = 0; i < std::min<int64_t>(kBudgetPages - 1, pages - 1); ++i) {
-    chosen.push_back(order[i]);
-  }
-  std::vector<int64_t> positions;
-  for (int64_t page : chosen) {
-    for (int64_t pos = page * kPage; pos < std::min(len, (page + 1) * kPage); ++pos) {
-      positions.push_back(pos);
-    }
-  }
-  return positions;
 }
 
 std::vector<float> KernelAttention(const PagedKvCache& cache, bool streaming, const float* q,
@@ -134,18 +74,18 @@ TEST(HybridAttentionTest, MixedLengthBatchMatchesNaiveHybridAttention) {
       std::vector<cpu::KvSpan> spans;
       driver.cache().SelectedDenseSpans(s, len, SelectTopPages(scores, kBudgetPages), &spans);
       const auto dense = KernelAttention(driver.cache(), false, q.data(), len - 1, spans, 0);
-      const auto dense_ref =
-          NaiveAttention(driver, s, 0, q.data(), NaiveSelectedPositions(driver, s, q.data(), len));
+      const auto dense_ref = testing::NaiveAttention(
+          driver, s, 0, 0, q.data(),
+          testing::NaiveSelectedPositions(driver, s, 0, 0, {q.data()}, len, kPage, kLogical,
+                                          kBudgetPages, kDim),
+          kDim);
       // Streaming head: sink + decode window.
       spans.clear();
       driver.cache().StreamingSpans(s, len, len - 1, kDecodeLocal, &spans);
       const auto streaming =
           KernelAttention(driver.cache(), true, q.data(), len - 1, spans, kDecodeLocal);
-      std::vector<int64_t> window;
-      for (int64_t j = 0; j < len; ++j) {
-        if (j < kSink || len - 1 - j < kDecodeLocal) window.push_back(j);
-      }
-      const auto streaming_ref = NaiveAttention(driver, s, 1, q.data(), window);
+      const auto streaming_ref = testing::NaiveAttention(
+          driver, s, 0, 1, q.data(), testing::StreamingWindow(kSink, kDecodeLocal, len - 1), kDim);
       for (int c = 0; c < kDim; ++c) {
         ASSERT_NEAR(dense[c], dense_ref[c], 1e-5) << "seq " << s << " len " << len;
         ASSERT_NEAR(streaming[c], streaming_ref[c], 1e-5) << "seq " << s << " len " << len;
