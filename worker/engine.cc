@@ -65,6 +65,10 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(ModelWeights weights,
   const SparseAttentionConfig& attention = options.attention;
   RETURN_IF_ERROR(ValidateSparseAttentionConfig(attention));
   if (options.max_sequences <= 0) return absl::InvalidArgumentError("max_sequences must be > 0");
+  if (options.num_threads < 0 || options.num_threads > 1024) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "num_threads must be in [0, 1024] (0: one per core), got ", options.num_threads));
+  }
   KvCacheConfig kv_config;
   kv_config.num_layers = config.num_layers;
   kv_config.num_kv_heads = config.num_kv_heads;

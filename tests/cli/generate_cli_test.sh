@@ -65,6 +65,7 @@ expect_error "negative temperature" "temperature" --temperature=-1
 expect_error "top_p of zero" "top_p" --top_p=0
 expect_error "prompt past the context" "context length" --max_tokens=5000
 expect_error "unsupported page size" "page_size" --page_size=48
+expect_error "absurd thread count" "num_threads" --threads=1000000
 
 echo "$passes passed, $failures failed"
 [ "$failures" -eq 0 ]
