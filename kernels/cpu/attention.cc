@@ -6,6 +6,9 @@
 #include <limits>
 #include <vector>
 
+#include "kernels/cpu/fast_exp.h"
+#include "kernels/cpu/matmul.h"
+
 namespace lserve::cpu {
 namespace {
 
@@ -26,23 +29,10 @@ bool SpanFull(const HeadWindow& window, int64_t p_lo, int64_t p_hi, int64_t a, i
   return b < window.sink || p_hi - a < window.local;
 }
 
-// Eight independent partial sums: the compiler keeps them in one SIMD register, where a
-// single running sum would serialize on the add latency.
-float Dot(const float* a, const float* b, int n) {
-  float partial[8] = {};
-  int i = 0;
-  for (; i + 8 <= n; i += 8) {
-    for (int j = 0; j < 8; ++j) partial[j] += a[i + j] * b[i + j];
-  }
-  float sum = 0.0f;
-  for (; i < n; ++i) sum += a[i] * b[i];
-  for (int j = 0; j < 8; ++j) sum += partial[j];
-  return sum;
-}
-
 struct BlockState {
-  std::vector<float> scores;  // [kQueryBlock][span rows]
-  std::vector<float> acc;     // [kQueryBlock][head_dim]
+  std::vector<float> queries;  // [kQueryBlock][head_dim]
+  std::vector<float> scores;   // [kQueryBlock][span rows]
+  std::vector<float> acc;      // [kQueryBlock][head_dim]
   std::vector<float> row_max;
   std::vector<float> row_sum;
 };
@@ -54,6 +44,12 @@ void RunBlock(const AttentionParams& params, const AttentionTask& task, int32_t 
   const int64_t p_lo = task.first_query_pos + q_begin;
   const int64_t p_hi = task.first_query_pos + q_end - 1;
   state.acc.assign(static_cast<size_t>(nq) * d, 0.0f);
+  // The block's queries packed contiguously, so Q.K^T of a span is one small GEMM.
+  state.queries.resize(static_cast<size_t>(nq) * d);
+  for (int i = 0; i < nq; ++i) {
+    const float* q = task.q + (q_begin + i) * task.q_stride;
+    std::copy(q, q + d, state.queries.data() + int64_t{i} * d);
+  }
   state.row_max.assign(nq, kNegInf);
   state.row_sum.assign(nq, 0.0f);
   for (int32_t s = 0; s < task.num_spans; ++s) {
@@ -66,15 +62,15 @@ void RunBlock(const AttentionParams& params, const AttentionTask& task, int32_t 
     const float* k = task.k_base + span.page * task.page_stride + int64_t{span.row_begin} * d;
     const float* v = task.v_base + span.page * task.page_stride + int64_t{span.row_begin} * d;
     const int rows = span.num_rows;
-    state.scores.resize(static_cast<size_t>(rows));
+    state.scores.resize(static_cast<size_t>(nq) * rows);
+    Linear(state.queries.data(), nq, d, k, rows, nullptr, state.scores.data(), nullptr);
     for (int i = 0; i < nq; ++i) {
-      const float* q = task.q + (q_begin + i) * task.q_stride;
       const int64_t p = p_lo + i;
-      float* scores = state.scores.data();
+      float* scores = state.scores.data() + int64_t{i} * rows;
       float block_max = kNegInf;
       for (int r = 0; r < rows; ++r) {
         const bool visible = full || KeyVisible(task.window, p, a + r);
-        scores[r] = visible ? Dot(q, k + int64_t{r} * d, d) * params.scale : kNegInf;
+        scores[r] = visible ? scores[r] * params.scale : kNegInf;
         block_max = std::max(block_max, scores[r]);
       }
       if (block_max == kNegInf) continue;
@@ -84,11 +80,11 @@ void RunBlock(const AttentionParams& params, const AttentionTask& task, int32_t 
       if (correction != 1.0f) {
         for (int c = 0; c < d; ++c) acc[c] *= correction;
       }
-      float sum = state.row_sum[i] * correction;
+      // Masked scores are -inf and come out of the exp as exact zeros.
+      const float sum = state.row_sum[i] * correction + ExpShiftedAndSum(scores, rows, new_max);
       for (int r = 0; r < rows; ++r) {
-        if (scores[r] == kNegInf) continue;
-        const float w = std::exp(scores[r] - new_max);
-        sum += w;
+        const float w = scores[r];
+        if (w == 0.0f) continue;
         const float* vr = v + int64_t{r} * d;
         for (int c = 0; c < d; ++c) acc[c] += w * vr[c];
       }
