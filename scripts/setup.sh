@@ -8,6 +8,7 @@ packages=(
   libabsl-dev nlohmann-json3-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   clang-format
+  python3
 )
 
 missing=()
