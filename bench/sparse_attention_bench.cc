@@ -49,9 +49,7 @@ Measurement Measure(const SparseAttentionConfig& config, int64_t context, Thread
   kv.head_dim = kDim;
   kv.page_size = config.page_size;
   kv.logical_page_size = config.logical_page_size;
-  kv.layout = config.streaming_heads
-                  ? SeededHeadLayout(1, kKvHeads, config.streaming_ratio, config.head_seed)
-                  : HeadLayout::AllDense(1, kKvHeads);
+  kv.layout = *HeadLayoutFor(config, 1, kKvHeads);
   kv.sink = config.sink;
   kv.prefill_local = config.prefill_local;
   kv.decode_local = config.decode_local;

@@ -96,4 +96,17 @@ HeadLayout SeededHeadLayout(int num_layers, int num_kv_heads, float streaming_ra
   return HeadLayout::FromStreamingMask(streaming);
 }
 
+absl::StatusOr<HeadLayout> HeadLayoutFor(const SparseAttentionConfig& config, int num_layers,
+                                         int num_kv_heads) {
+  if (!config.streaming_heads || config.streaming_ratio == 0.0f) {
+    return HeadLayout::AllDense(num_layers, num_kv_heads);
+  }
+  if (config.gate_file.empty()) {
+    return SeededHeadLayout(num_layers, num_kv_heads, config.streaming_ratio, config.head_seed);
+  }
+  absl::StatusOr<GateTable> gates = ReadGateFile(config.gate_file, num_layers, num_kv_heads);
+  if (!gates.ok()) return gates.status();
+  return ClassifyHeads(*gates, config.streaming_ratio);
+}
+
 }  // namespace lserve

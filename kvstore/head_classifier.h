@@ -11,6 +11,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "kvstore/head_layout.h"
+#include "kvstore/sparse_attention_config.h"
 
 namespace lserve {
 
@@ -31,6 +32,11 @@ HeadLayout ClassifyHeads(const GateTable& gates, float streaming_ratio);
 // Without a gate file: round(s * num_kv_heads) heads of each layer stream, chosen by a
 // seeded shuffle.
 HeadLayout SeededHeadLayout(int num_layers, int num_kv_heads, float streaming_ratio, uint64_t seed);
+
+// The layout an attention config asks for: every head dense when streaming heads are off
+// or the ratio is 0, else the gate file's split, else the seeded choice.
+absl::StatusOr<HeadLayout> HeadLayoutFor(const SparseAttentionConfig& config, int num_layers,
+                                         int num_kv_heads);
 
 }  // namespace lserve
 

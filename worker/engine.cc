@@ -79,16 +79,8 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(ModelWeights weights,
   kv_config.prefill_local = attention.prefill_local;
   kv_config.decode_local = attention.decode_local;
   kv_config.max_chunk_tokens = options.max_chunk_tokens;
-  if (!attention.streaming_heads || attention.streaming_ratio == 0.0f) {
-    kv_config.layout = HeadLayout::AllDense(config.num_layers, config.num_kv_heads);
-  } else if (!attention.gate_file.empty()) {
-    ASSIGN_OR_RETURN(GateTable gates,
-                     ReadGateFile(attention.gate_file, config.num_layers, config.num_kv_heads));
-    kv_config.layout = ClassifyHeads(gates, attention.streaming_ratio);
-  } else {
-    kv_config.layout = SeededHeadLayout(config.num_layers, config.num_kv_heads,
-                                        attention.streaming_ratio, attention.head_seed);
-  }
+  ASSIGN_OR_RETURN(kv_config.layout,
+                   HeadLayoutFor(attention, config.num_layers, config.num_kv_heads));
   const int64_t p = attention.page_size;
   const int64_t pages_per_context = (config.max_position_embeddings + p - 1) / p;
   // A streaming sequence holds its sink pages plus a ring sized for the prefill window.
