@@ -36,7 +36,9 @@ TEST(HeadClassifierTest, RealGateFilesSplitAtTheGlobalQuantile) {
           }
         }
       }
-      if (s > 0.0f && s < 1.0f) EXPECT_LE(max_streaming, min_dense) << model << " s=" << s;
+      if (s > 0.0f && s < 1.0f) {
+        EXPECT_LE(max_streaming, min_dense) << model << " s=" << s;
+      }
     }
   }
 }
