@@ -11,7 +11,7 @@
 #include "bench/bench_report.h"
 #include "bench/memory_bandwidth.h"
 #include "worker/engine.h"
-#include "worker/synthetic_model.h"
+#include "worker/model/synthetic_model.h"
 
 namespace lserve {
 namespace {

@@ -19,8 +19,8 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "bench/bench_report.h"
-#include "kvstore/head_classifier.h"
-#include "worker/hybrid_attention.h"
+#include "worker/attention/head_classifier.h"
+#include "worker/attention/hybrid_attention.h"
 
 namespace lserve {
 namespace {

@@ -17,8 +17,8 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "bench/bench_report.h"
-#include "bench/needle_retrieval.h"
-#include "bench/sparse_quality.h"
+#include "eval/needle_retrieval.h"
+#include "eval/sparse_quality.h"
 
 namespace lserve {
 namespace {

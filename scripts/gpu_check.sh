@@ -10,7 +10,7 @@ nvidia-smi -L | tee "$out/gpu.txt"
 export LD_LIBRARY_PATH=$PWD/.gpu-libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 export LSERVE_REQUIRE_CUDA=1
 rc=0
-for t in build-gpu/tests/cuda/cuda_*_test; do
+for t in build-gpu/tests/kernels/cuda/cuda_*_test; do
   [ -x "$t" ] || continue
   "$t" 2>&1 | tee -a "$out/cuda_tests.log" | tail -3
   [ "${PIPESTATUS[0]}" -eq 0 ] || rc=1

@@ -10,7 +10,7 @@
 #include "kernels/cpu/matmul.h"
 #include "kernels/cpu/norm_activation.h"
 #include "kernels/cpu/rope.h"
-#include "kvstore/head_classifier.h"
+#include "worker/attention/head_classifier.h"
 
 namespace lserve {
 namespace {

@@ -11,9 +11,9 @@
 #include "absl/status/statusor.h"
 #include "common/thread_pool.h"
 #include "kvstore/paged_kv_cache.h"
-#include "kvstore/sparse_attention_config.h"
-#include "worker/hybrid_attention.h"
-#include "worker/model_weights.h"
+#include "worker/attention/attention_config.h"
+#include "worker/attention/hybrid_attention.h"
+#include "worker/model/model_weights.h"
 
 namespace lserve {
 

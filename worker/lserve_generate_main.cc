@@ -13,7 +13,7 @@
 #include "absl/strings/str_split.h"
 #include "nlohmann/json.hpp"
 #include "worker/generator.h"
-#include "worker/synthetic_model.h"
+#include "worker/model/synthetic_model.h"
 
 ABSL_FLAG(std::string, model, "",
           "Hugging Face model folder (config.json + safetensors); empty: the built-in "

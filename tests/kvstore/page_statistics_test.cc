@@ -7,8 +7,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
-#include "kvstore/page_selector.h"
 #include "tests/kvstore/kv_test_util.h"
+#include "worker/attention/page_selector.h"
 
 namespace lserve {
 namespace {

@@ -1,0 +1,187 @@
+// Hybrid sparse attention through the whole engine: invariants 1, 2 and 7 of DESIGN.md §3
+// and the stories260K divergence report.
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "eval/sparse_quality.h"
+#include "gtest/gtest.h"
+#include "tests/worker/test_util.h"
+#include "worker/generator.h"
+#include "worker/model/synthetic_model.h"
+
+namespace lserve {
+namespace {
+
+const std::string kStories = LSERVE_SHARED_DIR "/models/stories260K";
+
+absl::StatusOr<ModelWeights> Stories() { return LoadModelWeights(kStories); }
+
+std::vector<int32_t> Ids(int n, int salt) {
+  std::vector<int32_t> ids;
+  for (int i = 0; i < n; ++i) ids.push_back((i * 29 + salt * 13 + 7) % 500 + 3);
+  return ids;
+}
+
+std::unique_ptr<Engine> MakeEngine(const SparseAttentionConfig& attention) {
+  auto weights = Stories();
+  EXPECT_TRUE(weights.ok()) << weights.status();
+  EngineOptions options;
+  options.num_threads = 2;
+  options.attention = attention;
+  options.max_sequences = 8;
+  options.max_chunk_tokens = 128;
+  auto engine = Engine::Create(*std::move(weights), options);
+  EXPECT_TRUE(engine.ok()) << engine.status();
+  return *std::move(engine);
+}
+
+// Small windows and budget so that sparsity really drops keys at stories260K's lengths.
+SparseAttentionConfig SmallHybrid() {
+  SparseAttentionConfig c;
+  c.streaming_ratio = 0.5f;
+  c.page_size = 16;
+  c.logical_page_size = 8;
+  c.token_budget = 64;
+  c.sink = 16;
+  c.prefill_local = 64;
+  c.decode_local = 64;
+  c.reuse_interval = 4;
+  return c;
+}
+
+// Prefills the prompt in chunks, then decodes `steps` fixed tokens; returns all logits.
+std::vector<float> RunSequence(Engine& engine, SeqId seq, const std::vector<int32_t>& prompt,
+                               int64_t chunk, int steps) {
+  EXPECT_TRUE(engine.AddSequence(seq).ok());
+  std::vector<float> logits;
+  for (size_t b = 0; b < prompt.size(); b += chunk) {
+    const size_t e = std::min(prompt.size(), b + static_cast<size_t>(chunk));
+    auto out =
+        engine.Step({{seq, {prompt.begin() + b, prompt.begin() + e}, StepPhase::kPrefill, false}});
+    EXPECT_TRUE(out.ok()) << out.status();
+    logits.insert(logits.end(), (*out)[0].logits.begin(), (*out)[0].logits.end());
+  }
+  for (int s = 0; s < steps; ++s) {
+    auto out = engine.Step({{seq, {(s * 31 + 5) % 500}, StepPhase::kDecode, false}});
+    EXPECT_TRUE(out.ok()) << out.status();
+    logits.insert(logits.end(), (*out)[0].logits.begin(), (*out)[0].logits.end());
+  }
+  return logits;
+}
+
+TEST(SparseEngineTest, RatioZeroWithSelectionOffIsExactlyDense) {
+  SparseAttentionConfig off = SparseAttentionConfig();
+  off.streaming_ratio = 0.0f;
+  off.page_selection = false;
+  off.page_size = 16;
+  SparseAttentionConfig dense = SparseAttentionConfig::Dense();
+  dense.page_size = 16;
+  auto a = MakeEngine(off), b = MakeEngine(dense);
+  EXPECT_EQ(RunSequence(*a, 1, Ids(150, 1), 40, 60), RunSequence(*b, 1, Ids(150, 1), 40, 60));
+}
+
+TEST(SparseEngineTest, BudgetCoveringHistoryEqualsDenseDecode) {
+  for (PageScoring scoring : {PageScoring::kPerQueryHead, PageScoring::kPerKvHead}) {
+    SparseAttentionConfig selecting = SparseAttentionConfig::Dense();
+    selecting.page_selection = true;
+    selecting.page_size = 16;
+    selecting.token_budget = 512;  // the whole context
+    selecting.scoring = scoring;
+    SparseAttentionConfig dense = SparseAttentionConfig::Dense();
+    dense.page_size = 16;
+    auto a = MakeEngine(selecting), b = MakeEngine(dense);
+    EXPECT_EQ(RunSequence(*a, 1, Ids(300, 2), 64, 100), RunSequence(*b, 1, Ids(300, 2), 64, 100));
+  }
+}
+
+TEST(SparseEngineTest, MixedLengthBatchEqualsEachSequenceAlone) {
+  for (PageScoring scoring : {PageScoring::kPerQueryHead, PageScoring::kPerKvHead}) {
+    SparseAttentionConfig config = SmallHybrid();
+    config.scoring = scoring;
+    const std::vector<int> lengths = {1, 63, 64, 65, 200, 333};
+    auto batched = MakeEngine(config);
+    // Prefill every sequence in interleaved chunks of 37, then decode them all together.
+    std::vector<size_t> done(lengths.size(), 0);
+    std::vector<std::vector<float>> batched_logits(lengths.size());
+    for (size_t s = 0; s < lengths.size(); ++s) ASSERT_TRUE(batched->AddSequence(s).ok());
+    for (bool more = true; more;) {
+      more = false;
+      std::vector<StepInput> batch;
+      for (size_t s = 0; s < lengths.size(); ++s) {
+        if (done[s] >= static_cast<size_t>(lengths[s])) continue;
+        const auto ids = Ids(lengths[s], s);
+        const size_t end = std::min<size_t>(lengths[s], done[s] + 37);
+        batch.push_back({static_cast<SeqId>(s),
+                         {ids.begin() + done[s], ids.begin() + end},
+                         StepPhase::kPrefill,
+                         false});
+        done[s] = end;
+        more = true;
+      }
+      if (batch.empty()) break;
+      auto out = batched->Step(batch);
+      ASSERT_TRUE(out.ok()) << out.status();
+      for (const auto& o : *out) {
+        auto& dst = batched_logits[o.seq];
+        dst.insert(dst.end(), o.logits.begin(), o.logits.end());
+      }
+    }
+    for (int step = 0; step < 40; ++step) {
+      std::vector<StepInput> batch;
+      for (size_t s = 0; s < lengths.size(); ++s) {
+        batch.push_back(
+            {static_cast<SeqId>(s), {(step * 31 + 5) % 500}, StepPhase::kDecode, false});
+      }
+      auto out = batched->Step(batch);
+      ASSERT_TRUE(out.ok()) << out.status();
+      for (const auto& o : *out) {
+        auto& dst = batched_logits[o.seq];
+        dst.insert(dst.end(), o.logits.begin(), o.logits.end());
+      }
+    }
+    EXPECT_GT(batched->attention_stats().tiles_visited, 0);
+    EXPECT_LT(batched->attention_stats().tiles_visited, batched->attention_stats().tiles_dense);
+    for (size_t s = 0; s < lengths.size(); ++s) {
+      auto alone = MakeEngine(config);
+      const auto expected = RunSequence(*alone, 0, Ids(lengths[s], s), 37, 40);
+      ASSERT_EQ(expected.size(), batched_logits[s].size());
+      EXPECT_LE(testing::RelativeMaxError(batched_logits[s], expected), 1e-5)
+          << "length " << lengths[s] << " scoring " << PageScoringName(scoring);
+    }
+  }
+}
+
+// The setting (page 16, budget 64, sink 16, local 64) and two wider ones: prints
+// per-step logit divergence from dense and the greedy agreement, teacher-forced on the
+// dense ids for 400 steps after a 41-token prompt.
+TEST(SparseEngineTest, Stories260KDivergenceFromDenseIsReported) {
+  const auto reference = testing::ReadJson(kStories + "/reference.json");
+  const auto prompt = reference["cases"][2]["prompt_ids"].get<std::vector<int32_t>>();
+  std::printf("%-10s %6s %6s %6s %14s %14s %10s %14s\n", "scoring", "budget", "local", "steps",
+              "mean max|dl|", "worst max|dl|", "agreement", "tiles/dense");
+  std::vector<double> agreement;
+  for (int64_t window : {64, 128, 256}) {
+    for (PageScoring scoring : {PageScoring::kPerQueryHead, PageScoring::kPerKvHead}) {
+      SparseAttentionConfig config = SmallHybrid();
+      config.scoring = scoring;
+      config.token_budget = window;
+      config.prefill_local = config.decode_local = window;
+      auto report = CompareSparseToDense(Stories, config, prompt, 400, 16);
+      ASSERT_TRUE(report.ok()) << report.status();
+      std::printf("%-10s %6ld %6ld %6d %14.4f %14.4f %10.3f %7ld/%ld\n", PageScoringName(scoring),
+                  static_cast<long>(window), static_cast<long>(window), report->steps,
+                  report->mean_max_abs_logit_diff, report->worst_max_abs_logit_diff,
+                  report->greedy_agreement, static_cast<long>(report->tiles_visited),
+                  static_cast<long>(report->tiles_dense));
+      // Early steps fit every window and the budget, so they must agree exactly.
+      EXPECT_EQ(report->max_abs_logit_diff[0], 0.0);
+      EXPECT_LT(report->tiles_visited, report->tiles_dense);
+      EXPECT_GT(report->worst_max_abs_logit_diff, 0.0);
+      agreement.push_back(report->greedy_agreement);
+    }
+  }
+}
+
+}  // namespace
+}  // namespace lserve
