@@ -5,24 +5,14 @@
 #define LSERVE_WORKER_ATTENTION_HEAD_CLASSIFIER_H_
 
 #include <cstdint>
-#include <filesystem>
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "absl/strings/string_view.h"
 #include "kvstore/head_layout.h"
 #include "worker/attention/attention_config.h"
+#include "worker/attention/gate_table.h"
 
 namespace lserve {
-
-using GateTable = std::vector<std::vector<float>>;  // [layer][kv_head]
-
-// Parses gate text; `source` names the file in errors. Rows must equal num_layers and
-// every row must hold num_kv_heads finite numbers.
-absl::StatusOr<GateTable> ParseGateTable(absl::string_view text, absl::string_view source,
-                                         int num_layers, int num_kv_heads);
-absl::StatusOr<GateTable> ReadGateFile(const std::filesystem::path& path, int num_layers,
-                                       int num_kv_heads);
 
 // Clips gates to [0, 1] and makes the round(s * N) lowest-gated heads of all N heads
 // streaming: the global quantile at s. Equal gates are ordered by (layer, head), so the
