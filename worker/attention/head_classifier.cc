@@ -5,7 +5,6 @@
 #include <numeric>
 #include <tuple>
 
-
 namespace lserve {
 
 HeadLayout ClassifyHeads(const GateTable& gates, float streaming_ratio) {
