@@ -129,20 +129,6 @@ bool IsPlainFileName(const std::string& name) {
 
 }  // namespace
 
-size_t DTypeSize(DType dtype) { return dtype == DType::kF32 ? 4 : 2; }
-
-std::string_view DTypeName(DType dtype) {
-  switch (dtype) {
-    case DType::kF32:
-      return "F32";
-    case DType::kF16:
-      return "F16";
-    case DType::kBF16:
-      return "BF16";
-  }
-  return "?";
-}
-
 int64_t TensorInfo::NumElements() const {
   int64_t elements = 1;
   for (int64_t dim : shape) elements *= dim;

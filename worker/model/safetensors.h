@@ -15,14 +15,9 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "kernels/dtype.h"
 
 namespace lserve {
-
-enum class DType { kF32, kF16, kBF16 };
-
-size_t DTypeSize(DType dtype);
-// The safetensors spelling: "F32", "F16", "BF16".
-std::string_view DTypeName(DType dtype);
 
 struct TensorInfo {
   std::string name;
