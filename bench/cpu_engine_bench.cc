@@ -40,7 +40,7 @@ Throughput Measure(Engine& engine, int batch, int prompt_len, int steps) {
   std::vector<StepInput> prefill;
   for (int b = 0; b < batch; ++b) {
     if (!engine.AddSequence(b).ok()) std::abort();
-    prefill.push_back({b, Prompt(prompt_len, b), StepPhase::kPrefill, false});
+    prefill.push_back({b, Prompt(prompt_len, b), StepPhase::kPrefill, LogitRows::kLast});
   }
   const Clock::time_point start = Clock::now();
   if (!engine.Step(prefill).ok()) std::abort();
@@ -50,7 +50,7 @@ Throughput Measure(Engine& engine, int batch, int prompt_len, int steps) {
   for (int s = 0; s < steps; ++s) {
     std::vector<StepInput> decode;
     for (int b = 0; b < batch; ++b)
-      decode.push_back({b, {(s * 31 + b) % 31000 + 3}, StepPhase::kDecode, false});
+      decode.push_back({b, {(s * 31 + b) % 31000 + 3}, StepPhase::kDecode, LogitRows::kLast});
     const Clock::time_point t = Clock::now();
     if (!engine.Step(decode).ok()) std::abort();
     step_s.push_back(Seconds(t));
@@ -75,7 +75,8 @@ int Main(int argc, char** argv) {
   options.max_sequences = 8;
   auto engine = Engine::Create(*std::move(weights), options);
   if (!engine.ok()) return 1;
-  ThreadPool* pool = (*engine)->pool();
+  ThreadPool bandwidth_pool(threads);
+  ThreadPool* pool = &bandwidth_pool;
 
   // Bytes a decode step must stream: every linear weight and the lm_head (the embedding
   // table is only gathered from).

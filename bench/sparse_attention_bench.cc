@@ -19,8 +19,11 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "bench/bench_report.h"
+#include "kernels/backend_registry.h"
+#include "kernels/cpu/cpu_backend.h"
 #include "worker/attention/head_classifier.h"
 #include "worker/attention/hybrid_attention.h"
+#include "worker/attention/kv_writer.h"
 
 namespace lserve {
 namespace {
@@ -39,11 +42,11 @@ struct Measurement {
   Timing prefill, decode_scoring, decode_reuse;
 };
 
-// Fills a one-layer cache with `context` random tokens (the same data for every config),
+// Fills a one-layer store with `context` random tokens (the same data for every config),
 // then times the last prefill chunk and a decode step through HybridAttention.
-Measurement Measure(const SparseAttentionConfig& config, int64_t context, ThreadPool* pool,
+Measurement Measure(const SparseAttentionConfig& config, int64_t context, Backend* backend,
                     int repeats) {
-  KvCacheConfig kv;
+  KvStoreConfig kv;
   kv.num_layers = 1;
   kv.num_kv_heads = kKvHeads;
   kv.head_dim = kDim;
@@ -56,8 +59,8 @@ Measurement Measure(const SparseAttentionConfig& config, int64_t context, Thread
   kv.max_chunk_tokens = 2048;
   kv.num_dense_pages = (context + 1 + kv.page_size - 1) / kv.page_size;
   kv.num_streaming_pages = 400;
-  auto cache = *PagedKvCache::Create(kv);
-  if (!cache->AddSequence(0).ok()) std::abort();
+  auto store = *KvStore::Create(kv, HostMemory());
+  auto writer = *KvWriter::Create(store.get(), backend);
   std::mt19937 rng(7);
   std::normal_distribution<float> normal(0.0f, 1.0f);
   const int width = kKvHeads * kDim;
@@ -65,10 +68,9 @@ Measurement Measure(const SparseAttentionConfig& config, int64_t context, Thread
     std::vector<float> k(n * width), v(n * width);
     for (float& x : k) x = normal(rng);
     for (float& x : v) x = normal(rng);
-    const int64_t start = *cache->Length(0);
-    if (!cache->Extend(0, n, decode).ok()) std::abort();
-    cache->Write(0, 0, start, n, k.data(), v.data(), width);
-    if (!cache->Commit(0, n).ok()) std::abort();
+    const float* k_ptr = k.data();
+    const float* v_ptr = v.data();
+    if (!writer->Append(0, n, decode, {&k_ptr, 1}, {&v_ptr, 1}).ok()) std::abort();
   };
   for (int64_t done = 0; done < context - kChunk;) {
     const int64_t n = std::min<int64_t>(2048, context - kChunk - done);
@@ -77,19 +79,22 @@ Measurement Measure(const SparseAttentionConfig& config, int64_t context, Thread
   }
   std::vector<float> q(kChunk * kHeads * kDim), out(q.size());
   for (float& x : q) x = normal(rng);
-  HybridAttention attention(cache.get(), config, kHeads);
+  auto attention = *HybridAttention::Create(store.get(), config, kHeads, backend);
   auto time_call = [&](const AttentionSequence& s) {
-    const cpu::AttentionStats before = attention.stats();
+    const AttentionStats before = attention->stats();
     std::vector<double> seconds;
     for (int r = 0; r < repeats; ++r) {
       const Clock::time_point start = Clock::now();
-      attention.Run(0, {&s, 1}, q.data(), out.data(), pool);
+      backend->BeginStep();
+      AttentionPlan plan;
+      if (!plan.Build(*store, {&s, 1}, config, backend).ok()) std::abort();
+      if (!attention->Run(0, plan, q.data(), out.data()).ok()) std::abort();
       seconds.push_back(std::chrono::duration<double>(Clock::now() - start).count());
     }
     std::sort(seconds.begin(), seconds.end());
     return Timing{seconds[seconds.size() / 2],
-                  (attention.stats().tiles_visited - before.tiles_visited) / repeats,
-                  (attention.stats().tiles_dense - before.tiles_dense) / repeats};
+                  (attention->stats().tiles_visited - before.tiles_visited) / repeats,
+                  (attention->stats().tiles_dense - before.tiles_dense) / repeats};
   };
   append(kChunk, false);
   Measurement m;
@@ -109,22 +114,25 @@ int Main(int argc, char** argv) {
     if (!absl::SimpleAtoi(part, &value) || value <= kChunk) return 2;
     contexts.push_back(value);
   }
-  ThreadPool pool(std::stoi(bench::FlagValue(argc, argv, "threads", "0")));
+  const int threads = std::stoi(bench::FlagValue(argc, argv, "threads", "0"));
+  auto backend = CreateBackend("cpu", {threads, 0});
+  if (!backend.ok()) return 1;
+  const int num_threads = static_cast<CpuBackend&>(**backend).pool()->num_threads();
   SparseAttentionConfig dense = SparseAttentionConfig::Dense();
   SparseAttentionConfig hybrid;  // LServe defaults
   SparseAttentionConfig hybrid_kv = hybrid;
   hybrid_kv.scoring = PageScoring::kPerKvHead;
   nlohmann::json report = {{"provenance", bench::Provenance(argc, argv)},
                            {"geometry", "1 layer, 32 query heads, 8 KV heads, head_dim 128"},
-                           {"threads", pool.num_threads()},
+                           {"threads", num_threads},
                            {"prefill_chunk", kChunk}};
   std::printf("%8s %15s %10s %10s %9s %8s %11s\n", "context", "phase", "dense ms", "hybrid ms",
               "speedup", "ideal", "kv-head ms");
   for (int64_t context : contexts) {
     const int repeats = context >= 32768 ? 1 : 3;
-    const Measurement d = Measure(dense, context, &pool, repeats);
-    const Measurement h = Measure(hybrid, context, &pool, repeats);
-    const Measurement k = Measure(hybrid_kv, context, &pool, repeats);
+    const Measurement d = Measure(dense, context, backend->get(), repeats);
+    const Measurement h = Measure(hybrid, context, backend->get(), repeats);
+    const Measurement k = Measure(hybrid_kv, context, backend->get(), repeats);
     // A reuse interval of 4: one scoring step, then three reuse steps.
     const auto amortized = [&](const Measurement& m) {
       return Timing{

@@ -7,11 +7,31 @@
 #include <vector>
 
 #include "common/logging.h"
-#include "kernels/cpu/attention.h"
-#include "kvstore/paged_kv_cache.h"
-#include "worker/attention/page_selector.h"
+#include "kernels/backend_registry.h"
+#include "kvstore/kv_store.h"
+#include "worker/attention/hybrid_attention.h"
+#include "worker/attention/kv_writer.h"
 
 namespace lserve {
+namespace {
+
+// One decode query over the store's single sequence through HybridAttention.
+std::vector<float> Attend(KvStore* store, Backend* backend, const SparseAttentionConfig& config,
+                          const std::vector<float>& q, int64_t context,
+                          std::vector<int32_t>* selection) {
+  auto attention = HybridAttention::Create(store, config, 1, backend);
+  CHECK(attention.ok()) << attention.status();
+  backend->BeginStep();
+  AttentionPlan plan;
+  const AttentionSequence entry{0, 0, 1, context - 1, true, 0};
+  CHECK(plan.Build(*store, {&entry, 1}, config, backend).ok());
+  std::vector<float> out(q.size());
+  CHECK((*attention)->Run(0, plan, q.data(), out.data()).ok());
+  if (selection != nullptr) *selection = (*attention)->selector().Current(0, 0, 0);
+  return out;
+}
+
+}  // namespace
 
 NeedleTrialResult RunNeedleTrial(const NeedleTrialConfig& config, uint64_t seed, ThreadPool* pool) {
   const int d = config.head_dim;
@@ -33,20 +53,26 @@ NeedleTrialResult RunNeedleTrial(const NeedleTrialConfig& config, uint64_t seed,
   const float scale = static_cast<float>(config.needle_logit * std::sqrt(static_cast<double>(d)) /
                                          (q_norm * q_norm));
 
-  KvCacheConfig kv;
+  KvStoreConfig kv;
   kv.num_layers = 1;
   kv.num_kv_heads = 1;
   kv.head_dim = d;
   kv.page_size = config.page_size;
   kv.logical_page_size = config.logical_page_size;
   kv.num_dense_pages = (n + config.page_size - 1) / config.page_size;
-  auto cache = PagedKvCache::Create(kv);
-  CHECK(cache.ok()) << cache.status();
-  CHECK((*cache)->AddSequence(0).ok());
+  auto store = KvStore::Create(kv, HostMemory());
+  CHECK(store.ok()) << store.status();
+  BackendOptions options;
+  options.num_threads = pool == nullptr ? 1 : pool->num_threads();
+  auto backend = CreateBackend("cpu", options);
+  CHECK(backend.ok()) << backend.status();
+  auto writer = KvWriter::Create(store->get(), backend->get());
+  CHECK(writer.ok()) << writer.status();
   const int64_t chunk = 4096;
   std::vector<float> k(chunk * d), v(chunk * d);
-  for (int64_t start = 0; start < n; start += chunk) {
-    const int64_t rows = std::min(chunk, n - start);
+  // The prompt, then the newest token as a decode step whose query is q.
+  for (int64_t start = 0; start < n;) {
+    const int64_t rows = start < n - 1 ? std::min(chunk, n - 1 - start) : 1;
     for (int64_t r = 0; r < rows; ++r) {
       const bool needle = needles.count(start + r) > 0;
       for (int c = 0; c < d; ++c) {
@@ -54,45 +80,32 @@ NeedleTrialResult RunNeedleTrial(const NeedleTrialConfig& config, uint64_t seed,
         v[r * d + c] = normal(rng);
       }
     }
-    CHECK((*cache)->Extend(0, rows, false).ok());
-    (*cache)->Write(0, 0, start, rows, k.data(), v.data(), d);
-    CHECK((*cache)->Commit(0, rows).ok());
+    const float* k_ptr = k.data();
+    const float* v_ptr = v.data();
+    CHECK((*writer)->Append(0, rows, start == n - 1, {&k_ptr, 1}, {&v_ptr, 1}).ok());
+    start += rows;
   }
 
-  std::vector<float> scores;
-  const float* query = q.data();
-  ScorePhysicalPages(**cache, 0, 0, 0, n, {&query, 1}, &scores);
-  const std::vector<int32_t> selected =
-      SelectTopPages(scores, config.token_budget / config.page_size);
+  SparseAttentionConfig sparse = AttentionConfigFor(kv);
+  sparse.streaming_heads = false;
+  sparse.page_selection = true;
+  sparse.token_budget = config.token_budget;
+  sparse.reuse_interval = 1;
+  SparseAttentionConfig dense = sparse;
+  dense.page_selection = false;
+  std::vector<int32_t> selected;
+  const std::vector<float> sparse_out =
+      Attend(store->get(), backend->get(), sparse, q, n, &selected);
+  const std::vector<float> dense_out = Attend(store->get(), backend->get(), dense, q, n, nullptr);
+
   NeedleTrialResult result;
   result.num_needles = config.num_needles;
   result.pages_selected = static_cast<int64_t>(selected.size());
-  result.pages_total = static_cast<int64_t>(scores.size());
+  result.pages_total = (n + config.page_size - 1) / config.page_size;
   for (int64_t pos : needles) {
     result.needles_kept +=
         std::binary_search(selected.begin(), selected.end(), pos / config.page_size);
   }
-
-  std::vector<cpu::KvSpan> dense_spans, sparse_spans;
-  (*cache)->DenseSpans(0, n, &dense_spans);
-  (*cache)->SelectedDenseSpans(0, n, selected, &sparse_spans);
-  std::vector<float> dense_out(d), sparse_out(d);
-  auto attend = [&](const std::vector<cpu::KvSpan>& spans, float* out) {
-    cpu::AttentionTask task;
-    task.q = q.data();
-    task.out = out;
-    task.q_stride = task.out_stride = d;
-    task.num_queries = 1;
-    task.first_query_pos = n - 1;
-    task.spans = spans.data();
-    task.num_spans = static_cast<int32_t>(spans.size());
-    task.k_base = (*cache)->DenseK(0);
-    task.v_base = (*cache)->DenseV(0);
-    task.page_stride = (*cache)->DensePageStride(0);
-    cpu::PagedAttention({d, 1.0f / std::sqrt(float(d)), {&task, 1}}, pool);
-  };
-  attend(dense_spans, dense_out.data());
-  attend(sparse_spans, sparse_out.data());
   double diff = 0.0, ref = 0.0;
   for (int c = 0; c < d; ++c) {
     diff += std::pow(double{sparse_out[c]} - dense_out[c], 2);

@@ -4,7 +4,7 @@
 #include <cmath>
 
 #include "common/status_macros.h"
-#include "worker/sampler.h"
+#include "kernels/cpu/sampling.h"
 
 namespace lserve {
 namespace {
@@ -36,7 +36,7 @@ absl::StatusOr<DivergenceReport> CompareSparseToDense(const WeightsFactory& weig
   for (size_t begin = 0; begin < prompt.size(); begin += prefill_chunk) {
     const size_t end = std::min(prompt.size(), begin + static_cast<size_t>(prefill_chunk));
     StepInput input{1, std::vector<int32_t>(prompt.begin() + begin, prompt.begin() + end),
-                    StepPhase::kPrefill, false};
+                    StepPhase::kPrefill, LogitRows::kLast};
     ASSIGN_OR_RETURN(auto d, dense->Step({input}));
     ASSIGN_OR_RETURN(auto h, hybrid->Step({input}));
     dense_logits = d[0].logits;
@@ -50,10 +50,10 @@ absl::StatusOr<DivergenceReport> CompareSparseToDense(const WeightsFactory& weig
       max_diff = std::max(max_diff, std::abs(double{dense_logits[i]} - hybrid_logits[i]));
     }
     report.max_abs_logit_diff.push_back(max_diff);
-    const int32_t token = ArgMax(dense_logits);
-    agree += token == ArgMax(hybrid_logits);
+    const int32_t token = cpu::ArgMax(dense_logits);
+    agree += token == cpu::ArgMax(hybrid_logits);
     // Both engines continue with the dense greedy token, so steps stay comparable.
-    StepInput input{1, {token}, StepPhase::kDecode, false};
+    StepInput input{1, {token}, StepPhase::kDecode, LogitRows::kLast};
     ASSIGN_OR_RETURN(auto d, dense->Step({input}));
     ASSIGN_OR_RETURN(auto h, hybrid->Step({input}));
     dense_logits = d[0].logits;

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Installs every Debian package the build and the tests need. Safe to run repeatedly:
-# it only calls apt-get when something is missing.
+# Installs every Debian package the build and the tests need, plus any named on the
+# command line. Safe to run repeatedly: it only calls apt-get when something is missing.
 set -euo pipefail
 
 packages=(
@@ -9,6 +9,7 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   clang-format
   python3
+  "$@"
 )
 
 missing=()

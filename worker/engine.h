@@ -1,24 +1,32 @@
-// The CPU model runtime: one Step runs a batch that mixes prefill chunks and single decode
-// tokens of different sequences over the paged KV cache.
+// The model runtime: one Step runs a batch that mixes prefill chunks and single decode
+// tokens of different sequences over the paged KV store, on a Backend. It samples in the
+// backend and returns tokens; logits come back only when asked for.
 #ifndef LSERVE_WORKER_ENGINE_H_
 #define LSERVE_WORKER_ENGINE_H_
 
 #include <cstdint>
 #include <memory>
+#include <span>
+#include <string>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "common/thread_pool.h"
-#include "kvstore/paged_kv_cache.h"
+#include "kernels/backend.h"
+#include "kvstore/kv_store.h"
 #include "worker/attention/attention_config.h"
+#include "worker/attention/attention_plan.h"
 #include "worker/attention/hybrid_attention.h"
+#include "worker/engine_weights.h"
 #include "worker/model/model_weights.h"
 
 namespace lserve {
 
 struct EngineOptions {
-  int num_threads = 0;  // 0: one per core
+  std::string backend = "cpu";
+  int num_threads = 0;  // cpu: 0 one per core
+  int device = 0;       // cuda: device ordinal
   // Hybrid sparse attention; SparseAttentionConfig::Dense() turns every sparsity off.
   SparseAttentionConfig attention;
   // KV pages per pool; 0 sizes each pool for max_sequences full contexts, within
@@ -28,58 +36,88 @@ struct EngineOptions {
   int max_sequences = 8;
   int64_t max_kv_cache_bytes = int64_t{4} << 30;
   int64_t max_chunk_tokens = 2048;  // longest prefill chunk the streaming ring must hold
+  bool prefix_caching = false;
 };
 
 enum class StepPhase { kPrefill, kDecode };
+// Logit rows copied back to the host.
+enum class LogitRows { kNone, kLast, kAll };
 
 struct StepInput {
   SeqId seq = 0;
   std::vector<int32_t> tokens;
   StepPhase phase = StepPhase::kPrefill;
-  bool all_logits = false;  // logits for every token instead of only the last
+  LogitRows logits = LogitRows::kNone;
+  bool sample = false;  // sample the token that follows the last row
+  SamplingRow sampling;
 };
 
 struct StepOutput {
   SeqId seq = 0;
-  int num_rows = 0;
-  std::vector<float> logits;  // num_rows x vocab_size
+  bool sampled = false;
+  int32_t token = -1;
+  float logprob = 0.0f;                                 // when sampling.top_logprobs >= 0
+  std::vector<std::pair<int32_t, float>> top_logprobs;  // best first
+  int num_rows = 0;                                     // logit rows returned
+  std::vector<float> logits;                            // num_rows x vocab
 };
 
 class Engine {
  public:
   static absl::StatusOr<std::unique_ptr<Engine>> Create(ModelWeights weights,
                                                         const EngineOptions& options);
+  ~Engine();
 
   absl::Status AddSequence(SeqId seq);
   absl::Status FreeSequence(SeqId seq);
-  absl::StatusOr<int64_t> SequenceLength(SeqId seq) const { return kv_->Length(seq); }
+  absl::StatusOr<int64_t> SequenceLength(SeqId seq) const { return kv_->tables().Length(seq); }
 
-  // Runs one forward step; on error no sequence advances.
+  // Runs one forward step; on error no sequence advances. RESOURCE_EXHAUSTED when the
+  // step's tokens do not fit in the KV pools (checked before anything changes).
   absl::StatusOr<std::vector<StepOutput>> Step(const std::vector<StepInput>& batch);
+  // Pages of each pool the step's inputs would newly take (what Step checks).
+  absl::StatusOr<PageCounts> PagesNeeded(const std::vector<StepInput>& batch) const;
+
+  // Prefix caching (when enabled): shares the cached pages of the longest usable prefix of
+  // `prompt` with the fresh sequence `seq` and returns how many tokens they hold.
+  absl::StatusOr<int64_t> AttachCachedPrefix(SeqId seq, std::span<const int32_t> prompt);
+  // Caches the full pages among the sequence's first tokens (ids from position 0).
+  void CachePrefix(SeqId seq, std::span<const int32_t> tokens);
+
+  // Swapping: the sequence's KV and decode state leave the pools and come back intact.
+  absl::StatusOr<KvSnapshot> SwapOut(SeqId seq);
+  absl::Status SwapIn(SeqId seq, const KvSnapshot& snapshot);
+  // Drops the decode state a swapped-out sequence left behind.
+  void ForgetSwapped(SeqId seq);
 
   const ModelConfig& config() const { return weights_.config; }
-  const PagedKvCache& kv_cache() const { return *kv_; }
-  const SparseAttentionConfig& attention_config() const { return attention_; }
+  const KvStore& kv_store() const { return *kv_; }
+  KvStore& kv_store() { return *kv_; }
+  const SparseAttentionConfig& attention_config() const { return attention_->config(); }
+  Backend& backend() { return *backend_; }
   // Attention work since creation: (query block, KV span) tiles visited out of listed.
-  const cpu::AttentionStats& attention_stats() const { return attention_runner_.stats(); }
-  int64_t selection_recomputations() const { return attention_runner_.selection_recomputations(); }
-  ThreadPool* pool() { return pool_.get(); }
+  const AttentionStats& attention_stats() const { return attention_->stats(); }
+  int64_t selection_recomputations() const { return attention_->selection_recomputations(); }
+  int64_t selection_reuses() const { return attention_->selection_reuses(); }
 
  private:
-  Engine(ModelWeights weights, std::unique_ptr<PagedKvCache> kv,
-         const SparseAttentionConfig& attention, int num_threads);
+  Engine(ModelWeights weights, std::unique_ptr<Backend> backend, std::unique_ptr<KvStore> kv);
   absl::Status ValidateBatch(const std::vector<StepInput>& batch) const;
+  absl::Status Forward(const std::vector<StepInput>& batch, std::vector<StepOutput>* outputs);
+  absl::Status EnsureActivations(int64_t rows, int64_t out_rows);
 
   ModelWeights weights_;
-  std::unique_ptr<PagedKvCache> kv_;
-  SparseAttentionConfig attention_;
-  std::unique_ptr<ThreadPool> pool_;
-  HybridAttention attention_runner_;
+  std::unique_ptr<Backend> backend_;
+  std::unique_ptr<KvStore> kv_;
+  std::unique_ptr<HybridAttention> attention_;
+  EngineWeights device_weights_;
   std::unordered_map<SeqId, int64_t> decode_steps_;
-  std::vector<float> inv_freq_;
-  // Activations, reused across steps.
-  std::vector<float> x_, xn_, q_, k_, v_, attn_, proj_, gate_, up_, logits_;
-  std::vector<int32_t> positions_;
+  AttentionPlan plan_;
+  // Activations in backend memory, grown as needed.
+  int64_t rows_capacity_ = 0;
+  int64_t out_rows_capacity_ = 0;
+  Buffer x_, xn_, q_, k_, v_, attn_, proj_, gate_, up_, hidden_out_, logits_;
+  Buffer sampled_tokens_, sampled_logprobs_, top_ids_, top_logprobs_;
 };
 
 }  // namespace lserve

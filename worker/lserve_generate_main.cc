@@ -12,8 +12,8 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "nlohmann/json.hpp"
-#include "worker/generator.h"
 #include "worker/model/synthetic_model.h"
+#include "worker/scheduler/offline.h"
 
 ABSL_FLAG(std::string, model, "",
           "Hugging Face model folder (config.json + safetensors); empty: the built-in "
@@ -28,6 +28,9 @@ ABSL_FLAG(uint64_t, seed, 0, "Sampling seed");
 ABSL_FLAG(std::string, stop_ids, "", "Comma-separated stop token ids");
 ABSL_FLAG(int, prefill_chunk, 0, "Prompt tokens per prefill step; 0: whole prompt");
 ABSL_FLAG(int, threads, 0, "Worker threads; 0: one per core");
+ABSL_FLAG(std::string, backend, "cpu", "Compute backend: cpu or cuda");
+ABSL_FLAG(int, logprobs, -1,
+          "Logprobs per token: -1 none, n >= 0 the chosen token's plus the n best");
 ABSL_FLAG(bool, dense, false, "Turn every sparsity off: plain causal attention");
 ABSL_FLAG(bool, streaming_heads, true, "Streaming heads (static sparsity)");
 ABSL_FLAG(float, streaming_ratio, 0.5f, "Share of KV heads that stream");
@@ -77,6 +80,7 @@ int main(int argc, char** argv) {
   if (!weights.ok()) return Fail(weights.status());
   lserve::EngineOptions engine_options;
   engine_options.num_threads = absl::GetFlag(FLAGS_threads);
+  engine_options.backend = absl::GetFlag(FLAGS_backend);
   lserve::SparseAttentionConfig& attention = engine_options.attention;
   attention.streaming_heads = absl::GetFlag(FLAGS_streaming_heads);
   attention.streaming_ratio = absl::GetFlag(FLAGS_streaming_ratio);
@@ -116,8 +120,9 @@ int main(int argc, char** argv) {
   request.sampling.top_p = absl::GetFlag(FLAGS_top_p);
   request.sampling.seed = absl::GetFlag(FLAGS_seed);
   request.sampling.stop_token_ids = *stops;
+  request.sampling.logprobs = absl::GetFlag(FLAGS_logprobs);
 
-  lserve::GeneratorOptions options;
+  lserve::SchedulerOptions options;
   options.prefill_chunk = absl::GetFlag(FLAGS_prefill_chunk);
   const bool json = absl::GetFlag(FLAGS_json);
   auto stream = [&](size_t, int32_t token) {
@@ -133,10 +138,17 @@ int main(int argc, char** argv) {
         {"prompt_ids", request.prompt},
         {"generated_ids", result.tokens},
         {"finish_reason", lserve::FinishReasonName(result.finish_reason)},
-        {"time_to_first_token_s", result.time_to_first_token_s},
-        {"total_time_s", result.total_time_s},
+        {"time_to_first_token_s", result.timings.time_to_first_token_s},
+        {"total_time_s", result.timings.total_s},
         {"model",
          absl::GetFlag(FLAGS_model).empty() ? "builtin-synthetic" : absl::GetFlag(FLAGS_model)}};
+    if (request.sampling.logprobs >= 0) {
+      for (const lserve::GeneratedToken& token : result.details) {
+        nlohmann::json top = nlohmann::json::array();
+        for (const auto& [id, logprob] : token.top_logprobs) top.push_back({id, logprob});
+        out["logprobs"].push_back({{"id", token.id}, {"logprob", token.logprob}, {"top", top}});
+      }
+    }
     std::cout << out.dump() << "\n";
   } else {
     std::printf("\n");

@@ -6,6 +6,7 @@
 #include <limits>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "kernels/cpu/fast_exp.h"
 #include "kernels/cpu/matmul.h"
 
@@ -179,6 +180,137 @@ void PagedAttentionReference(const AttentionParams& params) {
       for (int c = 0; c < d; ++c) dst[c] = sum > 0.0 ? static_cast<float>(out[c] / sum) : 0.0f;
     }
   }
+}
+
+// Spans of one sequence's page list; pages past kv_len are skipped.
+void AddPageSpans(const int32_t* table, const int32_t* page_indices, int64_t count, int64_t kv_len,
+                  int64_t page, std::vector<KvSpan>* spans) {
+  for (int64_t n = 0; n < count; ++n) {
+    const int64_t i = page_indices == nullptr ? n : page_indices[n];
+    if (i * page >= kv_len) continue;
+    spans->push_back(
+        {table[i], 0, static_cast<int32_t>(std::min(page, kv_len - i * page)), i * page});
+  }
+}
+
+// Sink pages plus the ring pages covering [first_query_pos - local + 1, kv_len).
+void AddStreamingSpans(const PageTableView& t, int b, int64_t page, int64_t first_query_pos,
+                       int64_t local, std::vector<KvSpan>* spans) {
+  const int64_t kv_len = t.kv_len[b];
+  const int32_t* pages = t.stream_indices + t.stream_indptr[b];
+  const int64_t sink = t.stream_sink_pages[b];
+  for (int64_t i = 0; i < sink && i * page < kv_len; ++i) {
+    spans->push_back(
+        {pages[i], 0, static_cast<int32_t>(std::min(page, kv_len - i * page)), i * page});
+  }
+  const int64_t ring_start = t.ring_start;
+  const int64_t window_start = std::max(ring_start, first_query_pos - local + 1);
+  if (window_start >= kv_len) return;
+  const int64_t slots = t.stream_indptr[b + 1] - t.stream_indptr[b] - sink;
+  for (int64_t lp = (window_start - ring_start) / page; lp <= (kv_len - 1 - ring_start) / page;
+       ++lp) {
+    const int64_t first = ring_start + lp * page;
+    spans->push_back(
+        {pages[sink + lp % slots], 0, static_cast<int32_t>(std::min(page, kv_len - first)), first});
+  }
+}
+
+absl::Status PagedAttention(const PagedAttentionParams& p, ThreadPool* pool) {
+  const PagedKvLayer& kv = p.kv;
+  if (kv.dtype != DType::kF32) {
+    return absl::InvalidArgumentError("cpu attention reads float32 pools only");
+  }
+  if (kv.num_kv_heads <= 0 || p.num_q_heads % kv.num_kv_heads != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("attention: ", p.num_q_heads,
+                                                   " query heads do not group over ",
+                                                   kv.num_kv_heads, " KV heads"));
+  }
+  const int d = kv.head_dim;
+  const int64_t page = kv.page_size;
+  const int group = p.num_q_heads / kv.num_kv_heads;
+  const PageTableView& t = p.tables;
+  std::vector<std::vector<KvSpan>> lists;
+  std::vector<AttentionTask> tasks;
+  std::vector<size_t> task_list;
+  std::vector<std::pair<int32_t, size_t>> selection_lists;  // (selection_begin, list)
+  int64_t tiles_dense = 0;
+  for (int b = 0; b < t.num_seqs; ++b) {
+    const int64_t rows = p.q_indptr[b + 1] - p.q_indptr[b];
+    if (rows <= 0) continue;
+    const int64_t kv_len = t.kv_len[b];
+    const int64_t start = kv_len - rows;
+    int64_t streaming_list = -1, dense_list = -1;
+    selection_lists.clear();
+    for (int h = 0; h < p.num_q_heads; ++h) {
+      const int kv_head = h / group;
+      const bool streaming = kv.kv_head_streaming[kv_head] != 0;
+      const int slot = kv.kv_head_slot[kv_head];
+      const int64_t selection_index = int64_t{b} * p.num_q_heads + h;
+      const int32_t sel_begin =
+          p.selection_begin == nullptr ? -1 : p.selection_begin[selection_index];
+      size_t list = 0;
+      if (streaming) {
+        if (streaming_list < 0) {
+          streaming_list = static_cast<int64_t>(lists.size());
+          lists.emplace_back();
+          AddStreamingSpans(t, b, page, start, p.local[b], &lists.back());
+        }
+        list = streaming_list;
+      } else if (sel_begin >= 0) {
+        auto it = std::find_if(selection_lists.begin(), selection_lists.end(),
+                               [&](const auto& e) { return e.first == sel_begin; });
+        if (it == selection_lists.end()) {
+          selection_lists.emplace_back(sel_begin, lists.size());
+          lists.emplace_back();
+          AddPageSpans(t.dense_indices + t.dense_indptr[b], p.selected_pages + sel_begin,
+                       p.selection_end[selection_index] - sel_begin, kv_len, page, &lists.back());
+          it = selection_lists.end() - 1;
+        }
+        list = it->second;
+      } else {
+        if (dense_list < 0) {
+          dense_list = static_cast<int64_t>(lists.size());
+          lists.emplace_back();
+          AddPageSpans(t.dense_indices + t.dense_indptr[b], nullptr, (kv_len + page - 1) / page,
+                       kv_len, page, &lists.back());
+        }
+        list = dense_list;
+      }
+      const KvPoolView& view = streaming ? kv.streaming : kv.dense;
+      const float* base = static_cast<const float*>(view.base);
+      AttentionTask task;
+      task.q = static_cast<const float*>(p.q) + p.q_indptr[b] * p.q_row_stride + int64_t{h} * d;
+      task.out = static_cast<float*>(p.out) + p.q_indptr[b] * p.out_row_stride + int64_t{h} * d;
+      task.q_stride = p.q_row_stride;
+      task.out_stride = p.out_row_stride;
+      task.num_queries = static_cast<int32_t>(rows);
+      task.first_query_pos = start;
+      task.k_base = base + slot * page * d;
+      task.v_base = base + (view.num_heads + slot) * page * d;
+      task.page_stride = view.page_stride;
+      task.window = {streaming, p.sink, p.local[b]};
+      tasks.push_back(task);
+      task_list.push_back(list);
+      tiles_dense += DenseCausalTiles(rows, kv_len, page);
+    }
+  }
+  for (size_t i = 0; i < tasks.size(); ++i) {
+    tasks[i].spans = lists[task_list[i]].data();
+    tasks[i].num_spans = static_cast<int32_t>(lists[task_list[i]].size());
+  }
+  AttentionParams params;
+  params.head_dim = d;
+  params.scale = p.scale;
+  params.tasks = tasks;
+  AttentionStats stats;
+  stats.tiles_dense = tiles_dense;
+  PagedAttention(params, pool, &stats);
+  if (p.stats != nullptr) {
+    p.stats->tiles_visited += stats.tiles_visited;
+    p.stats->tiles_total += stats.tiles_total;
+    p.stats->tiles_dense += stats.tiles_dense;
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace lserve::cpu

@@ -10,8 +10,11 @@
 
 #include <cstdint>
 #include <span>
+#include <vector>
 
+#include "absl/status/status.h"
 #include "common/thread_pool.h"
+#include "kernels/attention_params.h"
 
 namespace lserve::cpu {
 
@@ -57,13 +60,9 @@ struct AttentionParams {
 // Queries processed together against each span; a tile is (query block, span).
 inline constexpr int kAttentionQueryBlock = 32;
 
-// Work counters: tiles visited out of all tiles listed. `tiles_dense` is left to callers
-// that know what dense causal attention would have visited (for speedup accounting).
-struct AttentionStats {
-  int64_t tiles_visited = 0;
-  int64_t tiles_total = 0;
-  int64_t tiles_dense = 0;
-};
+// Work counters (tiles_dense is left to callers that know what dense causal attention
+// would have visited).
+using AttentionStats = ::lserve::AttentionStats;
 
 // Tiles dense causal attention visits for num_queries queries ending at kv_len over pages
 // of page_size tokens.
@@ -74,6 +73,20 @@ bool KeyVisible(const HeadWindow& window, int64_t query_pos, int64_t key_pos);
 // Rows that see no key at all come out as zeros.
 void PagedAttention(const AttentionParams& params, ThreadPool* pool,
                     AttentionStats* stats = nullptr);
+
+// Spans of sequence b's dense pages: `count` page indices (page_indices[n], or n itself
+// when page_indices is null) into its page list `table`; pages past kv_len are skipped.
+void AddPageSpans(const int32_t* table, const int32_t* page_indices, int64_t count, int64_t kv_len,
+                  int64_t page, std::vector<KvSpan>* spans);
+// Spans a streaming head of sequence b reads for queries from first_query_pos on: its
+// sink pages plus the ring pages covering [first_query_pos - local + 1, kv_len).
+void AddStreamingSpans(const PageTableView& tables, int b, int64_t page, int64_t first_query_pos,
+                       int64_t local, std::vector<KvSpan>* spans);
+
+// The launcher over the page tables: builds each head's spans (sink + ring window for
+// streaming heads, every or the selected dense pages for dense heads) and runs
+// PagedAttention on them. Float32 pools only.
+absl::Status PagedAttention(const PagedAttentionParams& params, ThreadPool* pool);
 
 // Naive double-precision version: every query against every listed key.
 void PagedAttentionReference(const AttentionParams& params);

@@ -285,4 +285,15 @@ void LinearReference(const float* x, int64_t m, int64_t k, const float* w, int64
   }
 }
 
+absl::Status Gemm(const GemmParams& p, ThreadPool* pool) {
+  if (p.dtype != DType::kF32 || p.out_dtype != DType::kF32) {
+    return absl::InvalidArgumentError("cpu GEMM computes in float32 only");
+  }
+  if (p.m < 0 || p.n <= 0 || p.k <= 0) return absl::InvalidArgumentError("GEMM: bad shape");
+  if (p.m == 0) return absl::OkStatus();
+  Linear(static_cast<const float*>(p.x), p.m, p.k, static_cast<const float*>(p.w), p.n,
+         static_cast<const float*>(p.bias), static_cast<float*>(p.y), pool);
+  return absl::OkStatus();
+}
+
 }  // namespace lserve::cpu

@@ -4,7 +4,9 @@
 
 #include <cstdint>
 
+#include "absl/status/status.h"
 #include "common/thread_pool.h"
+#include "kernels/layer_params.h"
 
 namespace lserve::cpu {
 
@@ -13,6 +15,9 @@ namespace lserve::cpu {
 // or w. pool may be null (single-threaded). Accumulates in float32.
 void Linear(const float* x, int64_t m, int64_t k, const float* w, int64_t n, const float* bias,
             float* y, ThreadPool* pool);
+
+// Launcher over GemmParams (float32 only).
+absl::Status Gemm(const GemmParams& params, ThreadPool* pool);
 
 // Naive oracle for Linear: same contract, double accumulation, one thread.
 void LinearReference(const float* x, int64_t m, int64_t k, const float* w, int64_t n,

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <limits>
 
+#include "absl/strings/str_cat.h"
 #include "kernels/cpu/fast_exp.h"
 
 namespace lserve::cpu {
@@ -111,6 +112,77 @@ void SoftmaxReference(const float* x, int64_t n, double* out) {
     sum += out[i];
   }
   for (int64_t i = 0; i < n; ++i) out[i] /= sum;
+}
+
+namespace {
+
+absl::Status CheckF32(DType dtype, const char* op) {
+  if (dtype == DType::kF32) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat("cpu ", op, " computes in float32 only"));
+}
+
+}  // namespace
+
+absl::Status RmsNorm(const RmsNormParams& p) {
+  if (absl::Status s = CheckF32(p.dtype, "RMSNorm"); !s.ok()) return s;
+  if (p.rows < 0 || p.dim <= 0) return absl::InvalidArgumentError("RMSNorm: bad shape");
+  if (p.rows == 0) return absl::OkStatus();
+  const int64_t x_stride = p.x_row_stride == 0 ? p.dim : p.x_row_stride;
+  const int64_t out_stride = p.out_row_stride == 0 ? p.dim : p.out_row_stride;
+  if (x_stride < p.dim || out_stride < p.dim) {
+    return absl::InvalidArgumentError("RMSNorm: row stride below dim");
+  }
+  const float* x = static_cast<const float*>(p.x);
+  const float* weight = static_cast<const float*>(p.weight);
+  float* out = static_cast<float*>(p.out);
+  float* residual = static_cast<float*>(p.residual);
+  for (int64_t r = 0; r < p.rows; ++r) {
+    const float* src = x + r * x_stride;
+    if (residual != nullptr) {
+      AddInPlace(residual + r * p.dim, src, p.dim);
+      src = residual + r * p.dim;
+    }
+    RmsNorm(src, 1, p.dim, weight, p.eps, out + r * out_stride);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status SiluMul(const SiluMulParams& p) {
+  if (absl::Status s = CheckF32(p.dtype, "SiluMul"); !s.ok()) return s;
+  if (p.rows < 0 || p.cols < 0) return absl::InvalidArgumentError("SiluMul: bad shape");
+  const int64_t gate_stride = p.gate_row_stride == 0 ? p.cols : p.gate_row_stride;
+  const int64_t up_stride = p.up_row_stride == 0 ? p.cols : p.up_row_stride;
+  const int64_t out_stride = p.out_row_stride == 0 ? p.cols : p.out_row_stride;
+  if (gate_stride < p.cols || up_stride < p.cols || out_stride < p.cols) {
+    return absl::InvalidArgumentError("SiluMul: row stride below cols");
+  }
+  const float* gate = static_cast<const float*>(p.gate);
+  const float* up = static_cast<const float*>(p.up);
+  float* out = static_cast<float*>(p.out);
+  if (gate_stride == p.cols && up_stride == p.cols && out_stride == p.cols) {
+    SiluMul(gate, up, p.rows * p.cols, out);
+    return absl::OkStatus();
+  }
+  for (int64_t r = 0; r < p.rows; ++r) {
+    SiluMul(gate + r * gate_stride, up + r * up_stride, p.cols, out + r * out_stride);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Embedding(const EmbeddingParams& p) {
+  if (absl::Status s = CheckF32(p.dtype, "embedding"); !s.ok()) return s;
+  if (p.rows < 0 || p.dim <= 0) return absl::InvalidArgumentError("embedding: bad shape");
+  const float* table = static_cast<const float*>(p.table);
+  float* out = static_cast<float*>(p.out);
+  for (int64_t r = 0; r < p.rows; ++r) {
+    const int32_t id = p.ids[r];
+    if (id < 0 || id >= p.table_rows) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("embedding: id ", id, " is outside [0, ", p.table_rows, ")"));
+    }
+    std::copy(table + int64_t{id} * p.dim, table + (int64_t{id} + 1) * p.dim, out + r * p.dim);
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace lserve::cpu

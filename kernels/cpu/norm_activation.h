@@ -4,6 +4,9 @@
 
 #include <cstdint>
 
+#include "absl/status/status.h"
+#include "kernels/layer_params.h"
+
 namespace lserve::cpu {
 
 // Hugging Face LlamaRMSNorm over each of `rows` rows of length `dim`:
@@ -17,6 +20,12 @@ void RmsNormReference(const float* x, int64_t rows, int64_t dim, const float* we
 void SiluMul(const float* gate, const float* up, int64_t n, float* out);
 // Oracle for SiluMul with double math.
 void SiluMulReference(const float* gate, const float* up, int64_t n, float* out);
+
+// Launchers over the shared Params (float32, any row strides, fused residual add).
+absl::Status RmsNorm(const RmsNormParams& params);
+absl::Status SiluMul(const SiluMulParams& params);
+// out[r] = table[ids[r]]; ids out of range are INVALID_ARGUMENT.
+absl::Status Embedding(const EmbeddingParams& params);
 
 // acc[i] += x[i].
 void AddInPlace(float* acc, const float* x, int64_t n);

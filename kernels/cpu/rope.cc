@@ -4,68 +4,12 @@
 #include "kernels/cpu/rope.h"
 
 #include <cmath>
-#include <numbers>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "common/logging.h"
 
 namespace lserve::cpu {
-namespace {
-
-// transformers' _compute_default_rope_parameters:
-//   1.0 / (base ** (arange(0, dim, 2, int64).float() / dim))   (all float32;
-//   `1.0 / t` is t.reciprocal()).
-std::vector<float> DefaultInverseFrequencies(int head_dim, float theta) {
-  std::vector<float> inv_freq(head_dim / 2);
-  for (int i = 0; i < head_dim / 2; ++i) {
-    const float exponent = static_cast<float>(2 * i) / static_cast<float>(head_dim);
-    inv_freq[i] = 1.0f / std::pow(theta, exponent);
-  }
-  return inv_freq;
-}
-
-// transformers' _compute_llama3_parameters, op by op. Python scalars combined with float32
-// tensors are cast to float32 first, and `s / t` evaluates as t.reciprocal() * s.
-void ApplyLlama3Scaling(const RopeSpec& spec, std::vector<float>& inv_freq) {
-  const double old_context = spec.original_max_position_embeddings;
-  const float factor = spec.factor;
-  const float low = spec.low_freq_factor;
-  const float low_freq_wavelen = static_cast<float>(old_context / spec.low_freq_factor);
-  const float high_freq_wavelen = static_cast<float>(old_context / spec.high_freq_factor);
-  const float two_pi = static_cast<float>(2.0 * std::numbers::pi);
-  const float band = static_cast<float>(static_cast<double>(spec.high_freq_factor) -
-                                        static_cast<double>(spec.low_freq_factor));
-  for (float& f : inv_freq) {
-    const float wavelen = (1.0f / f) * two_pi;
-    float scaled = wavelen > low_freq_wavelen ? f / factor : f;
-    const bool medium = !(wavelen < high_freq_wavelen) && !(wavelen > low_freq_wavelen);
-    if (medium) {
-      const float smooth = ((1.0f / wavelen) * static_cast<float>(old_context) - low) / band;
-      const float kept = (1.0f - smooth) * scaled / factor;
-      scaled = kept + smooth * scaled;
-    }
-    f = scaled;
-  }
-}
-
-}  // namespace
-
-std::vector<float> RopeInverseFrequencies(const RopeSpec& spec) {
-  CHECK_GT(spec.head_dim, 0);
-  CHECK_EQ(spec.head_dim % 2, 0);
-  std::vector<float> inv_freq = DefaultInverseFrequencies(spec.head_dim, spec.theta);
-  switch (spec.kind) {
-    case RopeKind::kDefault:
-      break;
-    case RopeKind::kLinear:
-      for (float& f : inv_freq) f = f / spec.factor;
-      break;
-    case RopeKind::kLlama3:
-      ApplyLlama3Scaling(spec, inv_freq);
-      break;
-  }
-  return inv_freq;
-}
 
 void ApplyRope(float* x, int64_t num_tokens, int num_heads, int head_dim, const int32_t* positions,
                const float* inv_freq) {
@@ -95,6 +39,31 @@ void ApplyRope(float* x, int64_t num_tokens, int num_heads, int head_dim, const 
       }
     }
   }
+}
+
+absl::Status ApplyRope(const RopeParams& p) {
+  if (p.dtype != DType::kF32) {
+    return absl::InvalidArgumentError("cpu RoPE computes in float32 only");
+  }
+  if (p.num_tokens < 0 || p.num_heads < 0 || p.head_dim <= 0 || p.head_dim % 2 != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("RoPE: bad shape, head_dim ", p.head_dim));
+  }
+  if (p.num_tokens == 0 || p.num_heads == 0) return absl::OkStatus();
+  if (p.x == nullptr || p.positions == nullptr || p.inv_freq == nullptr) {
+    return absl::InvalidArgumentError("RoPE: null pointer");
+  }
+  const int64_t packed = int64_t{p.num_heads} * p.head_dim;
+  const int64_t stride = p.token_stride == 0 ? packed : p.token_stride;
+  if (stride < packed) return absl::InvalidArgumentError("RoPE: token_stride below the row");
+  float* x = static_cast<float*>(p.x);
+  if (stride == packed) {
+    ApplyRope(x, p.num_tokens, p.num_heads, p.head_dim, p.positions, p.inv_freq);
+  } else {
+    for (int64_t t = 0; t < p.num_tokens; ++t) {
+      ApplyRope(x + t * stride, 1, p.num_heads, p.head_dim, p.positions + t, p.inv_freq);
+    }
+  }
+  return absl::OkStatus();
 }
 
 void ApplyRopeReference(float* x, int64_t num_tokens, int num_heads, int head_dim,

@@ -17,6 +17,29 @@ namespace {
 
 using internal::kBf16PerVector;
 
+// Typed views of the shared Params that the kernels take by value.
+struct RmsNormArgs {
+  const uint16_t* x;
+  const uint16_t* weight;
+  uint16_t* out;
+  int64_t rows;
+  int64_t dim;
+  int64_t x_row_stride;
+  int64_t out_row_stride;
+  float eps;
+};
+
+struct SiluMulArgs {
+  const uint16_t* gate;
+  const uint16_t* up;
+  uint16_t* out;
+  int64_t rows;
+  int64_t cols;
+  int64_t gate_row_stride;
+  int64_t up_row_stride;
+  int64_t out_row_stride;
+};
+
 constexpr int kRmsNormMaxThreads = 512;
 constexpr int kElementwiseThreads = 256;
 // Grid-stride loops cover the rest; this many blocks fill any current GPU several times.
@@ -26,7 +49,7 @@ constexpr int64_t kMaxElementwiseBlocks = 1 << 16;
 // L1/L2) and writes it. Each thread touches the same elements in both passes, and the
 // reduction's barrier separates them, so out may alias x.
 template <int kVec>
-__global__ void RmsNormKernel(RmsNormParams p) {
+__global__ void RmsNormKernel(RmsNormArgs p) {
   const int64_t row = blockIdx.x;
   const uint16_t* x = p.x + row * p.x_row_stride;
   uint16_t* out = p.out + row * p.out_row_stride;
@@ -56,7 +79,7 @@ __global__ void RmsNormKernel(RmsNormParams p) {
 __device__ __forceinline__ float Silu(float g) { return g / (1.0f + expf(-g)); }
 
 template <int kVec>
-__global__ void SiluMulKernel(SiluMulParams p) {
+__global__ void SiluMulKernel(SiluMulArgs p) {
   const int64_t vectors_per_row = p.cols / kVec;
   const int64_t total = p.rows * vectors_per_row;
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
@@ -75,10 +98,10 @@ __global__ void SiluMulKernel(SiluMulParams p) {
 }
 
 // The vector widths the launchers dispatch to.
-template __global__ void RmsNormKernel<1>(RmsNormParams);
-template __global__ void RmsNormKernel<kBf16PerVector>(RmsNormParams);
-template __global__ void SiluMulKernel<1>(SiluMulParams);
-template __global__ void SiluMulKernel<kBf16PerVector>(SiluMulParams);
+template __global__ void RmsNormKernel<1>(RmsNormArgs);
+template __global__ void RmsNormKernel<kBf16PerVector>(RmsNormArgs);
+template __global__ void SiluMulKernel<1>(SiluMulArgs);
+template __global__ void SiluMulKernel<kBf16PerVector>(SiluMulArgs);
 
 absl::Status CheckStride(const char* name, int64_t stride, int64_t width) {
   if (stride >= width) return absl::OkStatus();
@@ -93,7 +116,20 @@ bool VectorFriendly(const void* pointer, int64_t stride) {
 }  // namespace
 
 absl::Status RmsNorm(const RmsNormParams& params, void* stream) {
-  RmsNormParams p = params;
+  if (params.dtype != DType::kBF16) {
+    return absl::InvalidArgumentError("cuda RmsNorm takes bf16 tensors");
+  }
+  if (params.residual != nullptr) {
+    return absl::UnimplementedError("cuda RmsNorm: the fused residual add is not implemented");
+  }
+  RmsNormArgs p{static_cast<const uint16_t*>(params.x),
+                static_cast<const uint16_t*>(params.weight),
+                static_cast<uint16_t*>(params.out),
+                params.rows,
+                params.dim,
+                params.x_row_stride,
+                params.out_row_stride,
+                params.eps};
   if (p.rows < 0 || p.dim <= 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("RmsNorm: need rows >= 0 and dim > 0, got rows=", p.rows, " dim=", p.dim));
@@ -130,7 +166,17 @@ absl::Status RmsNorm(const RmsNormParams& params, void* stream) {
 }
 
 absl::Status SiluMul(const SiluMulParams& params, void* stream) {
-  SiluMulParams p = params;
+  if (params.dtype != DType::kBF16) {
+    return absl::InvalidArgumentError("cuda SiluMul takes bf16 tensors");
+  }
+  SiluMulArgs p{static_cast<const uint16_t*>(params.gate),
+                static_cast<const uint16_t*>(params.up),
+                static_cast<uint16_t*>(params.out),
+                params.rows,
+                params.cols,
+                params.gate_row_stride,
+                params.up_row_stride,
+                params.out_row_stride};
   if (p.rows < 0 || p.cols <= 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("SiluMul: need rows >= 0 and cols > 0, got rows=", p.rows, " cols=", p.cols));

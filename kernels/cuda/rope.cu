@@ -22,11 +22,22 @@ using internal::kBf16PerVector;
 
 constexpr int kRopeMaxThreads = 256;
 
+// Typed view of RopeParams that the kernel takes by value.
+struct RopeArgs {
+  uint16_t* x;
+  const int32_t* positions;
+  const float* inv_freq;
+  int64_t num_tokens;
+  int num_heads;
+  int head_dim;
+  int64_t token_stride;
+};
+
 // One block per token. The token's cos/sin table (head_dim/2 angles) is computed once in
 // shared memory and shared by all of its heads. sincosf (not __sincosf) keeps full accuracy
 // for the large angles of long contexts: at position 131072 the angle is ~1.3e5 rad.
 template <int kVec>
-__global__ void RopeKernel(RopeParams p) {
+__global__ void RopeKernel(RopeArgs p) {
   extern __shared__ float table[];  // cos [half], then sin [half]
   const int half = p.head_dim / 2;
   const int64_t token = blockIdx.x;
@@ -67,13 +78,22 @@ __global__ void RopeKernel(RopeParams p) {
 }
 
 // The vector widths ApplyRope dispatches to.
-template __global__ void RopeKernel<1>(RopeParams);
-template __global__ void RopeKernel<kBf16PerVector>(RopeParams);
+template __global__ void RopeKernel<1>(RopeArgs);
+template __global__ void RopeKernel<kBf16PerVector>(RopeArgs);
 
 }  // namespace
 
 absl::Status ApplyRope(const RopeParams& params, void* stream) {
-  RopeParams p = params;
+  if (params.dtype != DType::kBF16) {
+    return absl::InvalidArgumentError("cuda ApplyRope takes bf16 tensors");
+  }
+  RopeArgs p{static_cast<uint16_t*>(params.x),
+             params.positions,
+             params.inv_freq,
+             params.num_tokens,
+             params.num_heads,
+             params.head_dim,
+             params.token_stride};
   if (p.num_tokens < 0 || p.num_tokens > 0x7FFFFFFF || p.num_heads <= 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("ApplyRope: need 0 <= num_tokens < 2^31 and "

@@ -13,17 +13,17 @@ namespace {
 constexpr bool kExpectCuda = LSERVE_EXPECT_CUDA;
 
 TEST(BackendRegistryTest, CpuIsAlwaysBuiltAndFirst) {
-  const std::vector<Backend> built = BuiltBackends();
+  const std::vector<BackendKind> built = BuiltBackends();
   ASSERT_FALSE(built.empty());
-  EXPECT_EQ(built.front(), Backend::kCpu);
+  EXPECT_EQ(built.front(), BackendKind::kCpu);
 }
 
 TEST(BackendRegistryTest, CudaBuiltMatchesConfiguration) {
   EXPECT_EQ(CudaBuilt(), kExpectCuda);
-  const std::vector<Backend> built = BuiltBackends();
+  const std::vector<BackendKind> built = BuiltBackends();
   EXPECT_EQ(built.size(), kExpectCuda ? 2u : 1u);
   if (kExpectCuda) {
-    EXPECT_EQ(built.back(), Backend::kCuda);
+    EXPECT_EQ(built.back(), BackendKind::kCuda);
   }
 }
 
@@ -38,18 +38,18 @@ TEST(BackendRegistryTest, DeviceCountIsZeroWithoutCuda) {
 }
 
 TEST(BackendRegistryTest, ParsesNamesRoundTrip) {
-  for (Backend backend : BuiltBackends()) {
-    const absl::StatusOr<Backend> parsed = ParseBackend(BackendName(backend));
+  for (BackendKind backend : BuiltBackends()) {
+    const absl::StatusOr<BackendKind> parsed = ParseBackend(BackendName(backend));
     ASSERT_TRUE(parsed.ok()) << parsed.status();
     EXPECT_EQ(*parsed, backend);
   }
 }
 
 TEST(BackendRegistryTest, CudaIsFailedPreconditionWhenNotBuilt) {
-  const absl::StatusOr<Backend> parsed = ParseBackend("cuda");
+  const absl::StatusOr<BackendKind> parsed = ParseBackend("cuda");
   if (CudaBuilt()) {
     ASSERT_TRUE(parsed.ok()) << parsed.status();
-    EXPECT_EQ(*parsed, Backend::kCuda);
+    EXPECT_EQ(*parsed, BackendKind::kCuda);
   } else {
     EXPECT_EQ(parsed.status().code(), absl::StatusCode::kFailedPrecondition);
   }
@@ -57,10 +57,39 @@ TEST(BackendRegistryTest, CudaIsFailedPreconditionWhenNotBuilt) {
 
 TEST(BackendRegistryTest, RejectsUnknownNames) {
   for (const char* name : {"", "CPU", "Cuda", "gpu", "rocm", "cpu "}) {
-    const absl::StatusOr<Backend> parsed = ParseBackend(name);
+    const absl::StatusOr<BackendKind> parsed = ParseBackend(name);
     EXPECT_EQ(parsed.status().code(), absl::StatusCode::kInvalidArgument) << "'" << name << "'";
   }
   EXPECT_NE(ParseBackend("gpu").status().message().find("\"gpu\""), std::string::npos);
+}
+
+}  // namespace
+}  // namespace lserve
+
+namespace lserve {
+namespace {
+
+TEST(BackendRegistryTest, CreatesTheCpuBackendByName) {
+  absl::StatusOr<std::unique_ptr<Backend>> backend = CreateBackend("cpu", {2, 0});
+  ASSERT_TRUE(backend.ok()) << backend.status();
+  EXPECT_EQ((*backend)->name(), "cpu");
+  EXPECT_EQ((*backend)->compute_dtype(), DType::kF32);
+  EXPECT_TRUE((*backend)->memory()->host_accessible());
+  EXPECT_TRUE((*backend)->CheckEngineSupport().ok());
+  EXPECT_EQ(CreateBackend("cpu", {-1, 0}).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(CreateBackend("tpu").status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(BackendRegistryTest, CudaBackendNeedsADeviceAndSaysWhatItLacks) {
+  absl::StatusOr<std::unique_ptr<Backend>> backend = CreateBackend("cuda");
+  if (!CudaBuilt() || CudaDeviceCount() == 0) {
+    EXPECT_EQ(backend.status().code(), absl::StatusCode::kFailedPrecondition);
+    return;
+  }
+  ASSERT_TRUE(backend.ok()) << backend.status();
+  EXPECT_EQ((*backend)->compute_dtype(), DType::kBF16);
+  EXPECT_FALSE((*backend)->memory()->host_accessible());
+  EXPECT_EQ((*backend)->CheckEngineSupport().code(), absl::StatusCode::kUnimplemented);
 }
 
 }  // namespace

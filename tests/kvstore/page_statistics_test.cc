@@ -7,16 +7,16 @@
 
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
+#include "kernels/cpu/page_score.h"
 #include "tests/kvstore/kv_test_util.h"
-#include "worker/attention/page_selector.h"
 
 namespace lserve {
 namespace {
 
 const std::vector<int64_t> kLengths = {1, 63, 64, 65, 1000, 4097};
 
-KvCacheConfig MixedConfig(int page_size, int logical_page_size) {
-  KvCacheConfig config;
+KvStoreConfig MixedConfig(int page_size, int logical_page_size) {
+  KvStoreConfig config;
   config.num_layers = 3;
   config.num_kv_heads = 4;
   config.head_dim = 16;
@@ -59,31 +59,32 @@ TEST_P(PageStatisticsTest, StoredMinMaxEqualRecomputedOverEveryLogicalPage) {
   const auto [page_size, logical] = GetParam();
   testing::KvDriver driver(MixedConfig(page_size, logical));
   FillMixedBatch(driver);
-  const PagedKvCache& cache = driver.cache();
-  const int d = cache.config().head_dim;
+  const KvStore& store = driver.store();
+  const int d = store.config().head_dim;
   int64_t pages_checked = 0;
   for (size_t s = 0; s < kLengths.size(); ++s) {
     const SeqId seq = static_cast<SeqId>(s);
-    const int64_t len = *cache.Length(seq);
+    const int64_t len = *store.tables().Length(seq);
     ASSERT_EQ(len, kLengths[s] + 37);
-    const auto& table = cache.DensePageTable(seq);
+    const auto& table = store.tables().DensePages(seq);
     for (int layer = 0; layer < 3; ++layer) {
-      const auto& heads = cache.layout().layers[layer];
+      const auto& heads = store.layout().layers[layer];
       for (int h = 0; h < 4; ++h) {
         if (heads.streaming[h]) continue;
         for (int64_t first = 0; first < len; first += logical) {
           const int64_t last = std::min(len, first + logical);
-          const int64_t offset =
-              table[first / page_size] * cache.StatsPageStride(layer) +
-              (heads.slot[h] * (page_size / logical) + (first % page_size) / logical) * d;
+          const PageId page = table[first / page_size];
+          const int64_t logical_page = (first % page_size) / logical;
+          const float* kmax = driver.KeyMax(layer, page, heads.slot[h], logical_page);
+          const float* kmin = driver.KeyMin(layer, page, heads.slot[h], logical_page);
           for (int c = 0; c < d; ++c) {
             float lo = driver.Key(seq, layer, first, h)[c], hi = lo;
             for (int64_t pos = first + 1; pos < last; ++pos) {
               lo = std::min(lo, driver.Key(seq, layer, pos, h)[c]);
               hi = std::max(hi, driver.Key(seq, layer, pos, h)[c]);
             }
-            ASSERT_EQ(cache.KeyMax(layer)[offset + c], hi) << "seq " << seq << " pos " << first;
-            ASSERT_EQ(cache.KeyMin(layer)[offset + c], lo) << "seq " << seq << " pos " << first;
+            ASSERT_EQ(kmax[c], hi) << "seq " << seq << " pos " << first;
+            ASSERT_EQ(kmin[c], lo) << "seq " << seq << " pos " << first;
           }
           ++pages_checked;
         }
@@ -97,28 +98,28 @@ TEST_P(PageStatisticsTest, LogicalPageScoreBoundsEveryKeyInThePage) {
   const auto [page_size, logical] = GetParam();
   testing::KvDriver driver(MixedConfig(page_size, logical), 5);
   FillMixedBatch(driver);
-  const PagedKvCache& cache = driver.cache();
-  const int d = cache.config().head_dim;
+  const KvStore& store = driver.store();
+  const int d = store.config().head_dim;
   std::normal_distribution<float> normal(0.0f, 3.0f);
   for (int trial = 0; trial < 4; ++trial) {
     std::vector<float> q(d);
     for (float& x : q) x = normal(driver.rng());
     for (size_t s = 0; s < kLengths.size(); ++s) {
       const SeqId seq = static_cast<SeqId>(s);
-      const int64_t len = *cache.Length(seq);
-      const auto& table = cache.DensePageTable(seq);
+      const int64_t len = *store.tables().Length(seq);
+      const auto& table = store.tables().DensePages(seq);
       for (int layer = 0; layer < 3; ++layer) {
-        const auto& heads = cache.layout().layers[layer];
+        const auto& heads = store.layout().layers[layer];
         for (int h = 0; h < 4; ++h) {
           if (heads.streaming[h]) continue;
           for (int64_t pos = 0; pos < len; ++pos) {
-            const int64_t offset =
-                table[pos / page_size] * cache.StatsPageStride(layer) +
-                (heads.slot[h] * (page_size / logical) + (pos % page_size) / logical) * d;
-            const float score = LogicalPageScore(q.data(), cache.KeyMax(layer) + offset,
-                                                 cache.KeyMin(layer) + offset, d);
+            const PageId page = table[pos / page_size];
+            const int64_t logical_page = (pos % page_size) / logical;
+            const float score = cpu::LogicalPageScore(
+                q.data(), driver.KeyMax(layer, page, heads.slot[h], logical_page),
+                driver.KeyMin(layer, page, heads.slot[h], logical_page), d);
             const float* k = driver.Key(seq, layer, pos, h);
-            const float dot = ScoreOrderDot(q.data(), k, d);
+            const float dot = cpu::ScoreOrderDot(q.data(), k, d);
             ASSERT_GE(score, dot) << "seq " << seq << " layer " << layer << " pos " << pos;
           }
         }
@@ -152,8 +153,8 @@ TEST(PageScoreBoundTest, HoldsExactlyForSingleKeyPages) {
         q[c] = normal(rng);
         k[c] = normal(rng);
       }
-      ASSERT_GE(LogicalPageScore(q.data(), k.data(), k.data(), d),
-                ScoreOrderDot(q.data(), k.data(), d))
+      ASSERT_GE(cpu::LogicalPageScore(q.data(), k.data(), k.data(), d),
+                cpu::ScoreOrderDot(q.data(), k.data(), d))
           << "d " << d << " trial " << trial;
     }
   }

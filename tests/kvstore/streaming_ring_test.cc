@@ -17,8 +17,8 @@ struct RingCase {
   int64_t sink, prefill_local, decode_local, max_chunk;
 };
 
-KvCacheConfig RingConfig(const RingCase& c) {
-  KvCacheConfig config;
+KvStoreConfig RingConfig(const RingCase& c) {
+  KvStoreConfig config;
   config.num_layers = 2;
   config.num_kv_heads = 2;
   config.head_dim = 8;
@@ -39,20 +39,21 @@ KvCacheConfig RingConfig(const RingCase& c) {
 std::set<int64_t> VisiblePositions(testing::KvDriver& driver, SeqId seq, int layer, int kv_head,
                                    int64_t kv_len, int64_t first_query_pos, int64_t query_pos,
                                    int64_t local) {
-  const PagedKvCache& cache = driver.cache();
+  const KvStore& store = driver.store();
+  testing::HostTables tables(store, {seq});
+  EXPECT_EQ(tables.arrays.kv_len[0], kv_len);
   std::vector<cpu::KvSpan> spans;
-  cache.StreamingSpans(seq, kv_len, first_query_pos, local, &spans);
-  const cpu::HeadWindow window{true, cache.config().sink, local};
-  const int d = cache.config().head_dim;
-  const int slot = cache.layout().layers[layer].slot[kv_head];
+  cpu::AddStreamingSpans(tables.view, 0, store.config().page_size, first_query_pos, local, &spans);
+  const cpu::HeadWindow window{true, store.config().sink, local};
+  const int d = store.config().head_dim;
+  const int slot = store.layout().layers[layer].slot[kv_head];
   std::set<int64_t> seen;
   for (const cpu::KvSpan& span : spans) {
     for (int r = 0; r < span.num_rows; ++r) {
       const int64_t pos = span.first_pos + r;
       if (!cpu::KeyVisible(window, query_pos, pos)) continue;
       EXPECT_TRUE(seen.insert(pos).second) << "position " << pos << " listed twice";
-      const float* stored = cache.StreamingV(layer) + span.page * cache.StreamingPageStride(layer) +
-                            slot * cache.HeadStride() + int64_t{span.row_begin + r} * d;
+      const float* stored = driver.StreamingValueRow(layer, span.page, slot, span.row_begin + r);
       const float* written = driver.Value(seq, layer, pos, kv_head);
       for (int c = 0; c < d; ++c) {
         if (stored[c] != written[c]) {
@@ -95,9 +96,9 @@ TEST_P(StreamingRingTest, ReadsExactlyTheWindowAndHoldsBoundedPages) {
   for (int step = 0; step < 300; ++step) {
     driver.Append(seq, 1, true);
     ++len;
-    ASSERT_LE(driver.cache().StreamingPagesHeld(seq), bound) << "len " << len;
-    ASSERT_EQ(driver.cache().streaming_allocator().num_used(),
-              driver.cache().StreamingPagesHeld(seq));
+    ASSERT_LE(driver.tables().StreamingPagesHeld(seq), bound) << "len " << len;
+    ASSERT_EQ(driver.tables().streaming_allocator().num_used(),
+              driver.tables().StreamingPagesHeld(seq));
     for (int layer : {0, 1}) {
       ASSERT_EQ(VisiblePositions(driver, seq, layer, layer == 0 ? 0 : 1, len, len - 1, len - 1,
                                  c.decode_local),
@@ -105,9 +106,9 @@ TEST_P(StreamingRingTest, ReadsExactlyTheWindowAndHoldsBoundedPages) {
           << "len " << len;
     }
   }
-  ASSERT_TRUE(driver.cache().FreeSequence(seq).ok());
-  EXPECT_EQ(driver.cache().streaming_allocator().num_used(), 0);
-  EXPECT_EQ(driver.cache().dense_allocator().num_used(), 0);
+  ASSERT_TRUE(driver.store().FreeSequence(seq).ok());
+  EXPECT_EQ(driver.tables().streaming_allocator().num_used(), 0);
+  EXPECT_EQ(driver.tables().dense_allocator().num_used(), 0);
 }
 
 TEST_P(StreamingRingTest, ShortSequencesSeeEverything) {
@@ -139,9 +140,9 @@ TEST(StreamingRingEdgeTest, NoPrefillOnceDecoding) {
   driver.Prefill(1, 128, 64);
   driver.Append(1, 1, true);
   // Even a one-token prefill would read the shrunk ring with the prefill window.
-  EXPECT_EQ(driver.cache().Extend(1, 1, false).code(), absl::StatusCode::kFailedPrecondition);
-  EXPECT_EQ(driver.cache().Extend(1, 5, false).code(), absl::StatusCode::kFailedPrecondition);
-  EXPECT_TRUE(driver.cache().Extend(1, 1, true).ok());
+  EXPECT_EQ(driver.tables().Extend(1, 1, false).code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(driver.tables().Extend(1, 5, false).code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(driver.tables().Extend(1, 1, true).ok());
 }
 
 // PagesNeeded must predict exactly what Extend takes from each pool, including the step
@@ -154,11 +155,12 @@ TEST(StreamingRingEdgeTest, PagesNeededMatchesWhatExtendTakes) {
     c.decode_local = 1 + rng() % 12;
     c.prefill_local = c.decode_local + rng() % 20;
     c.max_chunk = 1 + rng() % 24;
-    KvCacheConfig config = RingConfig(c);
+    KvStoreConfig config = RingConfig(c);
     config.logical_page_size = page;
     config.num_dense_pages = 100000;
     config.num_streaming_pages = 100000;
-    auto cache = *PagedKvCache::Create(config);
+    auto store = *KvStore::Create(config, HostMemory());
+    KvPageTables* cache = &store->tables();
     ASSERT_TRUE(cache->AddSequence(0).ok());
     const int64_t prompt = 1 + rng() % 60;
     for (int64_t len = 0, step = 0; len < prompt + 30; ++step) {
@@ -170,25 +172,26 @@ TEST(StreamingRingEdgeTest, PagesNeededMatchesWhatExtendTakes) {
       ASSERT_TRUE(cache->Extend(0, n, decode).ok());
       ASSERT_TRUE(cache->Commit(0, n).ok());
       len += n;
-      ASSERT_EQ(cache->dense_allocator().num_used() - dense_before, needed.first)
+      ASSERT_EQ(cache->dense_allocator().num_used() - dense_before, needed.dense)
           << "trial " << trial << " len " << len;
       // Entering decode may free more ring pages than it takes: PagesNeeded is the net
       // draw on the free list, never negative.
       const int64_t drawn = cache->streaming_allocator().num_used() - streaming_before;
-      ASSERT_EQ(std::max<int64_t>(0, drawn), needed.second) << "trial " << trial << " len " << len;
+      ASSERT_EQ(std::max<int64_t>(0, drawn), needed.streaming)
+          << "trial " << trial << " len " << len;
     }
   }
 }
 
 TEST(StreamingRingEdgeTest, AllStreamingLayoutTakesNoDensePages) {
-  KvCacheConfig config = RingConfig({16, 16, 64, 32, 64});
+  KvStoreConfig config = RingConfig({16, 16, 64, 32, 64});
   config.layout = HeadLayout::FromStreamingMask({{true, true}, {true, true}});
   config.num_dense_pages = 0;
   testing::KvDriver driver(config, 5);
   driver.Prefill(1, 500, 64);
   driver.Prefill(2, 500, 64);
-  EXPECT_EQ(driver.cache().dense_allocator().num_used(), 0);
-  EXPECT_EQ(driver.cache().DensePagesFor(500), 0);
+  EXPECT_EQ(driver.tables().dense_allocator().num_used(), 0);
+  EXPECT_EQ(driver.tables().MaxPagesFor(500).dense, 0);
 }
 
 }  // namespace

@@ -43,7 +43,7 @@ std::vector<float> EngineLogits(const std::string& folder, const std::vector<int
   for (size_t begin = 0; begin < ids.size(); begin += chunk) {
     const size_t end = std::min(ids.size(), begin + chunk);
     StepInput input{1, std::vector<int32_t>(ids.begin() + begin, ids.begin() + end),
-                    StepPhase::kPrefill, true};
+                    StepPhase::kPrefill, LogitRows::kAll};
     auto out = (*engine)->Step({input});
     EXPECT_TRUE(out.ok()) << out.status();
     logits.insert(logits.end(), (*out)[0].logits.begin(), (*out)[0].logits.end());

@@ -7,8 +7,8 @@
 #include "eval/sparse_quality.h"
 #include "gtest/gtest.h"
 #include "tests/worker/test_util.h"
-#include "worker/generator.h"
 #include "worker/model/synthetic_model.h"
+#include "worker/scheduler/offline.h"
 
 namespace lserve {
 namespace {
@@ -57,13 +57,13 @@ std::vector<float> RunSequence(Engine& engine, SeqId seq, const std::vector<int3
   std::vector<float> logits;
   for (size_t b = 0; b < prompt.size(); b += chunk) {
     const size_t e = std::min(prompt.size(), b + static_cast<size_t>(chunk));
-    auto out =
-        engine.Step({{seq, {prompt.begin() + b, prompt.begin() + e}, StepPhase::kPrefill, false}});
+    auto out = engine.Step(
+        {{seq, {prompt.begin() + b, prompt.begin() + e}, StepPhase::kPrefill, LogitRows::kLast}});
     EXPECT_TRUE(out.ok()) << out.status();
     logits.insert(logits.end(), (*out)[0].logits.begin(), (*out)[0].logits.end());
   }
   for (int s = 0; s < steps; ++s) {
-    auto out = engine.Step({{seq, {(s * 31 + 5) % 500}, StepPhase::kDecode, false}});
+    auto out = engine.Step({{seq, {(s * 31 + 5) % 500}, StepPhase::kDecode, LogitRows::kLast}});
     EXPECT_TRUE(out.ok()) << out.status();
     logits.insert(logits.end(), (*out)[0].logits.begin(), (*out)[0].logits.end());
   }
@@ -115,7 +115,7 @@ TEST(SparseEngineTest, MixedLengthBatchEqualsEachSequenceAlone) {
         batch.push_back({static_cast<SeqId>(s),
                          {ids.begin() + done[s], ids.begin() + end},
                          StepPhase::kPrefill,
-                         false});
+                         LogitRows::kLast});
         done[s] = end;
         more = true;
       }
@@ -131,7 +131,7 @@ TEST(SparseEngineTest, MixedLengthBatchEqualsEachSequenceAlone) {
       std::vector<StepInput> batch;
       for (size_t s = 0; s < lengths.size(); ++s) {
         batch.push_back(
-            {static_cast<SeqId>(s), {(step * 31 + 5) % 500}, StepPhase::kDecode, false});
+            {static_cast<SeqId>(s), {(step * 31 + 5) % 500}, StepPhase::kDecode, LogitRows::kLast});
       }
       auto out = batched->Step(batch);
       ASSERT_TRUE(out.ok()) << out.status();

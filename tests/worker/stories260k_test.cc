@@ -5,7 +5,7 @@
 
 #include "gtest/gtest.h"
 #include "tests/worker/test_util.h"
-#include "worker/generator.h"
+#include "worker/scheduler/offline.h"
 
 namespace lserve {
 namespace {
@@ -20,7 +20,9 @@ struct ReferenceCase {
 
 std::vector<ReferenceCase> LoadCases() {
   std::vector<ReferenceCase> cases;
-  for (const auto& c : testing::ReadJson(kModelDir + "/reference.json")["cases"]) {
+  // The document must outlive the loop: ranging over a member of a temporary dangles.
+  const nlohmann::json reference = testing::ReadJson(kModelDir + "/reference.json");
+  for (const auto& c : reference["cases"]) {
     cases.push_back({c["prompt_ids"].get<std::vector<int32_t>>(),
                      c["greedy_continuation_ids"].get<std::vector<int32_t>>(),
                      c["exact_prefix_len"].get<size_t>()});
@@ -72,7 +74,7 @@ class Stories260KTest : public ::testing::TestWithParam<int> {};
 TEST_P(Stories260KTest, EachCaseAloneReproducesReference) {
   const auto cases = LoadCases();
   auto engine = MakeEngine(GetParam());
-  GeneratorOptions options;
+  SchedulerOptions options;
   options.max_running = 1;
   for (int64_t chunk : {0, 5, 1}) {
     options.prefill_chunk = chunk;
@@ -81,18 +83,18 @@ TEST_P(Stories260KTest, EachCaseAloneReproducesReference) {
       ExpectMatchesReference({cases[i]}, Generate(*engine, GreedyRequests({cases[i]}), options));
     }
   }
-  EXPECT_EQ(engine->kv_cache().dense_allocator().num_used(), 0);
+  EXPECT_EQ(engine->kv_store().tables().dense_allocator().num_used(), 0);
 }
 
 TEST_P(Stories260KTest, MixedBatchOfAllCasesReproducesReference) {
   const auto cases = LoadCases();
   auto engine = MakeEngine(GetParam());
-  GeneratorOptions options;
+  SchedulerOptions options;
   options.max_running = 3;
   options.prefill_chunk = 7;    // prompts of 1, 6 and 41 tokens finish prefill at
   options.max_step_tokens = 9;  // different steps, so steps mix prefill and decode
   ExpectMatchesReference(cases, Generate(*engine, GreedyRequests(cases), options));
-  EXPECT_EQ(engine->kv_cache().dense_allocator().num_used(), 0);
+  EXPECT_EQ(engine->kv_store().tables().dense_allocator().num_used(), 0);
 }
 
 INSTANTIATE_TEST_SUITE_P(PageSizes, Stories260KTest, ::testing::Values(16, 64),

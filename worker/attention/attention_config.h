@@ -41,8 +41,15 @@ struct SparseAttentionConfig {
     return config;
   }
 
-  // Pages a selection may keep (the newest page included).
+  // Pages a selection keeps (the newest page included) once the history exceeds the
+  // budget.
   int64_t BudgetPages() const { return token_budget / page_size; }
+  // Whether a query whose sequence holds kv_len tokens reads selected pages rather than
+  // every page: only in decode, and only past the budget in tokens, so a budget that is
+  // not a multiple of the page size still selects everything while the history fits.
+  bool SelectsPages(int64_t kv_len, bool decode) const {
+    return decode && page_selection && kv_len > token_budget;
+  }
 };
 
 absl::Status ValidateSparseAttentionConfig(const SparseAttentionConfig& config);

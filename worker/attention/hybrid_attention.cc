@@ -2,148 +2,194 @@
 
 #include <cmath>
 
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+
 namespace lserve {
+namespace {
 
-HybridAttention::HybridAttention(const PagedKvCache* kv, const SparseAttentionConfig& config,
-                                 int num_heads)
-    : kv_(kv), config_(config), num_heads_(num_heads), selector_(kv, config) {}
-
-int HybridAttention::NewSpanList() {
-  if (span_lists_used_ == span_storage_.size()) span_storage_.emplace_back();
-  span_storage_[span_lists_used_].clear();
-  return static_cast<int>(span_lists_used_++);
+template <typename T>
+absl::StatusOr<Buffer> UploadVector(MemorySpace* memory, const std::vector<T>& host) {
+  ASSIGN_OR_RETURN(Buffer buffer, Buffer::Allocate(memory, host.size() * sizeof(T)));
+  RETURN_IF_ERROR(memory->CopyFromHost(buffer.data(), host.data(), host.size() * sizeof(T)));
+  return buffer;
 }
 
-void HybridAttention::CollectSpans(int layer, const AttentionSequence& s,
-                                   std::vector<int>* head_list) {
-  const int num_kv_heads = kv_->config().num_kv_heads;
-  const int group = num_heads_ / num_kv_heads;
-  const LayerHeadLayout& heads = kv_->layout().layers[layer];
-  const int64_t kv_len = s.start_pos + s.num_queries;
-  head_list->assign(num_heads_, -1);
-  if (heads.num_streaming > 0) {
-    const int list = NewSpanList();
-    kv_->StreamingSpans(s.seq, kv_len, s.start_pos,
-                        s.decode ? config_.decode_local : config_.prefill_local,
-                        &span_storage_[list]);
-    for (int h = 0; h < num_heads_; ++h) {
-      if (heads.streaming[h / group]) (*head_list)[h] = list;
-    }
+}  // namespace
+
+HybridAttention::HybridAttention(KvStore* store, const SparseAttentionConfig& config,
+                                 int num_q_heads, Backend* backend)
+    : store_(store),
+      config_(config),
+      num_q_heads_(num_q_heads),
+      backend_(backend),
+      selector_(config, store->config().num_layers) {}
+
+absl::StatusOr<std::unique_ptr<HybridAttention>> HybridAttention::Create(
+    KvStore* store, const SparseAttentionConfig& config, int num_q_heads, Backend* backend) {
+  const int num_kv_heads = store->config().num_kv_heads;
+  if (num_q_heads <= 0 || num_q_heads % num_kv_heads != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("hybrid attention: ", num_q_heads,
+                                                   " query heads do not group over ", num_kv_heads,
+                                                   " KV heads"));
   }
-  if (heads.num_dense == 0) return;
-  const int64_t num_pages = (kv_len + config_.page_size - 1) / config_.page_size;
-  if (!s.decode || !config_.page_selection || num_pages <= config_.BudgetPages()) {
-    const int list = NewSpanList();
-    kv_->DenseSpans(s.seq, kv_len, &span_storage_[list]);
-    for (int h = 0; h < num_heads_; ++h) {
-      if (!heads.streaming[h / group]) (*head_list)[h] = list;
-    }
-    return;
+  if (config.page_size != store->config().page_size ||
+      config.logical_page_size != store->config().logical_page_size) {
+    return absl::InvalidArgumentError("hybrid attention: page sizes differ from the KV store's");
   }
-  // Selections were scored (where due) by ScoreDueSelections; jobs come in the same order.
-  const bool per_kv = config_.scoring == PageScoring::kPerKvHead;
-  for (int kv_head = 0; kv_head < num_kv_heads; ++kv_head) {
-    if (heads.streaming[kv_head]) continue;
-    const int first = kv_head * group;
-    for (int h = first; h < first + group; h += per_kv ? group : 1) {
-      SelectionJob& job = jobs_[jobs_used_++];
-      const auto& pages = job.due
-                              ? selector_.Update(s.seq, layer, job.head, s.decode_step, job.scores)
-                              : selector_.Reuse(s.seq, layer, job.head, kv_len);
-      const int list = NewSpanList();
-      kv_->SelectedDenseSpans(s.seq, kv_len, pages, &span_storage_[list]);
-      for (int g = h; g < (per_kv ? first + group : h + 1); ++g) (*head_list)[g] = list;
-    }
+  std::unique_ptr<HybridAttention> attention(
+      new HybridAttention(store, config, num_q_heads, backend));
+  for (const LayerHeadLayout& layer : store->layout().layers) {
+    std::vector<int32_t> slots(layer.slot.begin(), layer.slot.end());
+    std::vector<uint8_t> streaming;
+    for (bool s : layer.streaming) streaming.push_back(s ? 1 : 0);
+    ASSIGN_OR_RETURN(Buffer slot_buffer, UploadVector(backend->memory(), slots));
+    ASSIGN_OR_RETURN(Buffer streaming_buffer, UploadVector(backend->memory(), streaming));
+    attention->head_slots_.push_back(std::move(slot_buffer));
+    attention->head_streaming_.push_back(std::move(streaming_buffer));
   }
+  return attention;
 }
 
-void HybridAttention::ScoreDueSelections(int layer, std::span<const AttentionSequence> batch,
-                                         const float* q, ThreadPool* pool) {
-  const int d = kv_->config().head_dim;
-  const int num_kv_heads = kv_->config().num_kv_heads;
-  const int group = num_heads_ / num_kv_heads;
-  const LayerHeadLayout& heads = kv_->layout().layers[layer];
+PagedKvLayer HybridAttention::LayerView(int layer) const {
+  const KvStoreConfig& c = store_->config();
+  const LayerHeadLayout& heads = c.layout.layers[layer];
+  PagedKvLayer view;
+  view.dtype = c.dtype;
+  view.page_size = c.page_size;
+  view.logical_page_size = c.logical_page_size;
+  view.head_dim = c.head_dim;
+  view.num_kv_heads = c.num_kv_heads;
+  view.kv_head_slot = head_slots_[layer].as<int32_t>();
+  view.kv_head_streaming = head_streaming_[layer].as<uint8_t>();
+  view.dense = {store_->dense_pool().LayerBase(layer), store_->dense_pool().PageStride(layer),
+                heads.num_dense};
+  view.streaming = {store_->streaming_pool().LayerBase(layer),
+                    store_->streaming_pool().PageStride(layer), heads.num_streaming};
+  return view;
+}
+
+absl::Status HybridAttention::Append(int layer, const AttentionPlan& plan, const void* k,
+                                     const void* v, int64_t row_stride) {
+  AppendKvParams params;
+  params.kv = LayerView(layer);
+  params.tables = plan.tables();
+  params.q_indptr = plan.q_indptr();
+  params.k = k;
+  params.v = v;
+  params.row_stride = row_stride;
+  return backend_->AppendKv(params);
+}
+
+absl::Status HybridAttention::Select(int layer, const AttentionPlan& plan, const void* q) {
+  const KvStoreConfig& c = store_->config();
+  const int group = num_q_heads_ / c.num_kv_heads;
   const bool per_kv = config_.scoring == PageScoring::kPerKvHead;
-  size_t num_jobs = 0;
+  const LayerHeadLayout& heads = c.layout.layers[layer];
+  const auto batch = plan.batch();
+  // One selection per (sequence, query head) or (sequence, KV head); those due are scored.
+  struct Selection {
+    int b;
+    int key;  // query head, or KV head when scoring per KV head
+    int first_q_head;
+    int num_q_heads;
+    int job;  // index into jobs_, or -1 when the selection is reused
+  };
+  std::vector<Selection> selections;
+  jobs_.clear();
+  int32_t total_scores = 0;
   for (size_t b = 0; b < batch.size(); ++b) {
+    if (!plan.selects(b)) continue;
     const AttentionSequence& s = batch[b];
     const int64_t kv_len = s.start_pos + s.num_queries;
-    const int64_t num_pages = (kv_len + config_.page_size - 1) / config_.page_size;
-    if (heads.num_dense == 0 || !s.decode || !config_.page_selection ||
-        num_pages <= config_.BudgetPages()) {
-      continue;
-    }
-    for (int kv_head = 0; kv_head < num_kv_heads; ++kv_head) {
+    const int32_t num_pages = static_cast<int32_t>((kv_len + c.page_size - 1) / c.page_size);
+    for (int kv_head = 0; kv_head < c.num_kv_heads; ++kv_head) {
       if (heads.streaming[kv_head]) continue;
       for (int h = kv_head * group; h < (kv_head + 1) * group; h += per_kv ? group : 1) {
-        if (num_jobs == jobs_.size()) jobs_.emplace_back();
-        SelectionJob& job = jobs_[num_jobs++];
-        job.sequence = b;
-        job.head = per_kv ? kv_head : h;
-        job.kv_head = kv_head;
-        job.due = selector_.Due(s.seq, layer, job.head, s.decode_step);
+        Selection sel{static_cast<int>(b), per_kv ? kv_head : h, per_kv ? kv_head * group : h,
+                      per_kv ? group : 1, -1};
+        if (selector_.Due(s.seq, layer, sel.key, s.decode_step)) {
+          sel.job = static_cast<int>(jobs_.size());
+          jobs_.push_back({static_cast<int32_t>(b), kv_head, sel.first_q_head, sel.num_q_heads,
+                           static_cast<int32_t>(s.q_row + s.num_queries - 1), total_scores});
+          total_scores += num_pages;
+        }
+        selections.push_back(sel);
       }
     }
   }
-  jobs_.resize(std::max(jobs_.size(), num_jobs));
-  ParallelFor(pool, static_cast<int64_t>(num_jobs), 1, [&](int64_t begin, int64_t end) {
-    std::vector<const float*> queries;
-    for (int64_t j = begin; j < end; ++j) {
-      SelectionJob& job = jobs_[j];
-      if (!job.due) continue;
-      const AttentionSequence& s = batch[job.sequence];
-      const float* row = q + s.q_row * int64_t{num_heads_} * d;
-      queries.clear();
-      const int first = per_kv ? job.kv_head * group : job.head;
-      for (int g = first; g < first + (per_kv ? group : 1); ++g) queries.push_back(row + g * d);
-      ScorePhysicalPages(*kv_, layer, s.seq, heads.slot[job.kv_head], s.start_pos + s.num_queries,
-                         queries, &job.scores);
+  if (!jobs_.empty()) {
+    MemorySpace* memory = backend_->memory();
+    scores_.resize(total_scores);
+    float* scores = scores_.data();
+    if (!memory->host_accessible()) {
+      if (scores_device_.bytes() < scores_.size() * sizeof(float)) {
+        ASSIGN_OR_RETURN(scores_device_, Buffer::Allocate(memory, scores_.size() * sizeof(float)));
+      }
+      scores = scores_device_.as<float>();
     }
-  });
-  jobs_used_ = 0;
-}
-
-void HybridAttention::Run(int layer, std::span<const AttentionSequence> batch, const float* q,
-                          float* out, ThreadPool* pool) {
-  const int d = kv_->config().head_dim;
-  const int group = num_heads_ / kv_->config().num_kv_heads;
-  const int64_t q_dim = int64_t{num_heads_} * d;
-  const LayerHeadLayout& heads = kv_->layout().layers[layer];
-  span_lists_used_ = 0;
-  ScoreDueSelections(layer, batch, q, pool);
-  head_lists_.resize(batch.size());
-  for (size_t b = 0; b < batch.size(); ++b) CollectSpans(layer, batch[b], &head_lists_[b]);
-  tasks_.clear();
-  for (size_t b = 0; b < batch.size(); ++b) {
-    const AttentionSequence& s = batch[b];
-    for (int h = 0; h < num_heads_; ++h) {
-      const int kv_head = h / group;
-      const bool streaming = heads.streaming[kv_head];
-      const std::vector<cpu::KvSpan>& spans = span_storage_[head_lists_[b][h]];
-      const int64_t head_offset = heads.slot[kv_head] * kv_->HeadStride();
-      cpu::AttentionTask task;
-      task.q = q + s.q_row * q_dim + int64_t{h} * d;
-      task.out = out + s.q_row * q_dim + int64_t{h} * d;
-      task.q_stride = task.out_stride = q_dim;
-      task.num_queries = static_cast<int32_t>(s.num_queries);
-      task.first_query_pos = s.start_pos;
-      task.spans = spans.data();
-      task.num_spans = static_cast<int32_t>(spans.size());
-      task.k_base = (streaming ? kv_->StreamingK(layer) : kv_->DenseK(layer)) + head_offset;
-      task.v_base = (streaming ? kv_->StreamingV(layer) : kv_->DenseV(layer)) + head_offset;
-      task.page_stride = streaming ? kv_->StreamingPageStride(layer) : kv_->DensePageStride(layer);
-      task.window = {streaming, config_.sink,
-                     s.decode ? config_.decode_local : config_.prefill_local};
-      tasks_.push_back(task);
-      stats_.tiles_dense +=
-          cpu::DenseCausalTiles(s.num_queries, s.start_pos + s.num_queries, config_.page_size);
+    ScorePagesParams params;
+    params.kv = LayerView(layer);
+    params.tables = plan.tables();
+    params.q = q;
+    params.q_row_stride = int64_t{num_q_heads_} * c.head_dim;
+    ASSIGN_OR_RETURN(params.jobs, StageVector(backend_, jobs_));
+    params.num_jobs = static_cast<int>(jobs_.size());
+    params.scores = scores;
+    RETURN_IF_ERROR(backend_->ScorePages(params));
+    if (!memory->host_accessible()) {
+      RETURN_IF_ERROR(memory->CopyToHost(scores_.data(), scores, scores_.size() * sizeof(float)));
     }
   }
-  cpu::AttentionParams params;
-  params.head_dim = d;
-  params.scale = 1.0f / std::sqrt(static_cast<float>(d));
-  params.tasks = tasks_;
-  cpu::PagedAttention(params, pool, &stats_);
+  selection_begin_.assign(batch.size() * num_q_heads_, -1);
+  selection_end_.assign(batch.size() * num_q_heads_, -1);
+  selected_pages_.clear();
+  for (const Selection& sel : selections) {
+    const AttentionSequence& s = batch[sel.b];
+    const int64_t kv_len = s.start_pos + s.num_queries;
+    const std::vector<int32_t>* pages;
+    if (sel.job >= 0) {
+      const int64_t num_pages = (kv_len + c.page_size - 1) / c.page_size;
+      pages = &selector_.Update(
+          s.seq, layer, sel.key, s.decode_step,
+          {scores_.data() + jobs_[sel.job].out_offset, static_cast<size_t>(num_pages)});
+    } else {
+      pages = &selector_.Reuse(s.seq, layer, sel.key, kv_len);
+    }
+    const int32_t begin = static_cast<int32_t>(selected_pages_.size());
+    selected_pages_.insert(selected_pages_.end(), pages->begin(), pages->end());
+    for (int h = sel.first_q_head; h < sel.first_q_head + sel.num_q_heads; ++h) {
+      selection_begin_[sel.b * num_q_heads_ + h] = begin;
+      selection_end_[sel.b * num_q_heads_ + h] = static_cast<int32_t>(selected_pages_.size());
+    }
+  }
+  ASSIGN_OR_RETURN(selection_begin_device_, StageVector(backend_, selection_begin_));
+  ASSIGN_OR_RETURN(selection_end_device_, StageVector(backend_, selection_end_));
+  ASSIGN_OR_RETURN(selected_pages_device_, StageVector(backend_, selected_pages_));
+  return absl::OkStatus();
+}
+
+absl::Status HybridAttention::Run(int layer, const AttentionPlan& plan, const void* q, void* out) {
+  const KvStoreConfig& c = store_->config();
+  if (plan.any_selects()) RETURN_IF_ERROR(Select(layer, plan, q));
+  PagedAttentionParams params;
+  params.kv = LayerView(layer);
+  params.tables = plan.tables();
+  params.q_indptr = plan.q_indptr();
+  params.q = q;
+  params.out = out;
+  params.q_row_stride = params.out_row_stride = int64_t{num_q_heads_} * c.head_dim;
+  params.num_q_heads = num_q_heads_;
+  params.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+  params.sink = config_.sink;
+  params.local = plan.local();
+  if (plan.any_selects()) {
+    params.selection_begin = selection_begin_device_;
+    params.selection_end = selection_end_device_;
+    params.selected_pages = selected_pages_device_;
+  }
+  params.stats = &stats_;
+  return backend_->PagedAttention(params);
 }
 
 }  // namespace lserve

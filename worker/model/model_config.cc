@@ -5,9 +5,11 @@
 #include <cstdlib>
 #include <limits>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
+#include "kernels/rope_frequencies.h"
 #include "nlohmann/json.hpp"
 
 namespace lserve {
@@ -32,6 +34,69 @@ double ShortestDecimal(float value) {
 }
 
 absl::Status InvalidConfig(absl::string_view what) { return absl::InvalidArgumentError(what); }
+
+// The spec the runtime builds from a config, so validation sees the very float32 values
+// the engine will rotate with.
+RopeSpec RopeSpecFor(const ModelConfig& c, bool scaled) {
+  RopeSpec spec;
+  spec.head_dim = c.head_dim;
+  spec.theta = c.rope_theta;
+  spec.factor = c.rope_scaling.factor;
+  spec.low_freq_factor = c.rope_scaling.low_freq_factor;
+  spec.high_freq_factor = c.rope_scaling.high_freq_factor;
+  spec.original_max_position_embeddings = c.rope_scaling.original_max_position_embeddings;
+  spec.kind = !scaled || c.rope_scaling.type == RopeScalingType::kNone ? RopeKind::kDefault
+              : c.rope_scaling.type == RopeScalingType::kLinear        ? RopeKind::kLinear
+                                                                       : RopeKind::kLlama3;
+  return spec;
+}
+
+// The first inverse frequency that is not finite and positive, or the first whose angle
+// overflows within the context window; -1 when all are usable. Either way every rotated
+// query and key would turn into NaN or lose its position.
+int FirstUnusableFrequency(const std::vector<float>& inv_freq, int max_positions) {
+  const float last_position = static_cast<float>(max_positions - 1);
+  for (size_t i = 0; i < inv_freq.size(); ++i) {
+    const float f = inv_freq[i];
+    if (!(f > 0.0f) || !std::isfinite(f) || !std::isfinite(last_position * f)) {
+      return static_cast<int>(i);
+    }
+  }
+  return -1;
+}
+
+// Parameters can each be finite and positive yet still yield unusable frequencies, e.g. a
+// linear factor of 1e-45 or a rope_theta of 1e-45; blames theta when the unscaled
+// frequencies already fail, the scaling otherwise.
+absl::Status ValidateRopeFrequencies(const ModelConfig& c) {
+  const std::vector<float> scaled = RopeInverseFrequencies(RopeSpecFor(c, true));
+  const int bad = FirstUnusableFrequency(scaled, c.max_position_embeddings);
+  if (bad < 0) return absl::OkStatus();
+  const std::vector<float> plain = RopeInverseFrequencies(RopeSpecFor(c, false));
+  const int plain_bad = FirstUnusableFrequency(plain, c.max_position_embeddings);
+  const int index = plain_bad >= 0 ? plain_bad : bad;
+  const float value = plain_bad >= 0 ? plain[index] : scaled[index];
+  std::string problem =
+      absl::StrCat("rotary inverse frequency ", index, " of ", scaled.size(), " to ", value);
+  if (value > 0.0f && std::isfinite(value)) {
+    absl::StrAppend(&problem, ", whose angle at position ", c.max_position_embeddings - 1,
+                    " overflows float32");
+  } else {
+    absl::StrAppend(&problem, "; inverse frequencies must be finite and positive");
+  }
+  if (plain_bad >= 0) {
+    return InvalidConfig(absl::StrCat("'rope_theta' ", c.rope_theta, " with 'head_dim' ",
+                                      c.head_dim, " sets ", problem));
+  }
+  const RopeScaling& rope = c.rope_scaling;
+  if (rope.type == RopeScalingType::kLinear) {
+    return InvalidConfig(absl::StrCat("rope scaling 'factor' ", rope.factor, " sets ", problem));
+  }
+  return InvalidConfig(absl::StrCat(
+      "llama3 rope scaling ('factor' ", rope.factor, ", 'low_freq_factor' ", rope.low_freq_factor,
+      ", 'high_freq_factor' ", rope.high_freq_factor, ", 'original_max_position_embeddings' ",
+      rope.original_max_position_embeddings, ") sets ", problem));
+}
 
 }  // namespace
 
@@ -146,7 +211,8 @@ absl::Status ValidateModelConfig(const ModelConfig& c) {
     return InvalidConfig(absl::StrCat("the model has ", c.NumParameters(),
                                       " parameters, more than the supported ", kMaxParameters));
   }
-  return absl::OkStatus();
+  // Last: head_dim is known to be positive and even, which the computation relies on.
+  return ValidateRopeFrequencies(c);
 }
 
 std::string ModelConfigToJson(const ModelConfig& c) {

@@ -5,11 +5,13 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <bit>
 #include <cerrno>
 #include <cstring>
 #include <fstream>
 #include <sstream>
+#include <tuple>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -27,9 +29,17 @@ static_assert(std::endian::native == std::endian::little,
 
 // Element counts above this cannot be backed by any file and would overflow byte sizes.
 constexpr int64_t kMaxElements = int64_t{1} << 60;
+// The reference implementation's limit; real headers are a few megabytes, and a corrupt
+// length must not make the JSON parser chew through a multi-gigabyte data section.
+constexpr uint64_t kMaxHeaderBytes = 100'000'000;
 
 absl::Status FileError(const std::string& file, absl::string_view what) {
   return absl::InvalidArgumentError(absl::StrCat(file, ": ", what));
+}
+
+absl::Status TooShortError(const std::string& file, size_t size) {
+  return FileError(file,
+                   absl::StrCat("is ", size, " bytes, shorter than the 8-byte header length"));
 }
 
 absl::Status OpenError(const std::filesystem::path& path, int error) {
@@ -112,6 +122,52 @@ absl::Status ParseTensorEntry(const std::string& file, const std::string& name, 
   return absl::OkStatus();
 }
 
+std::string Describe(const TensorInfo& info, const uint8_t* data) {
+  const uint64_t begin = static_cast<uint64_t>(info.data - data);
+  return absl::StrCat("'", info.name, "' [", begin, ", ", begin + info.num_bytes, "]");
+}
+
+// Overlapping tensors would alias each other's weights, and bytes outside every tensor
+// mean the header and the data disagree; the reference implementation rejects both.
+absl::Status CheckTiling(const std::string& file, const std::vector<TensorInfo>& tensors,
+                         const uint8_t* data, uint64_t data_size) {
+  std::vector<const TensorInfo*> order;
+  order.reserve(tensors.size());
+  for (const TensorInfo& info : tensors) order.push_back(&info);
+  // Zero-size tensors sort before a tensor that starts at the same offset, as in the
+  // reference, so they sit legally at any boundary.
+  std::sort(order.begin(), order.end(), [](const TensorInfo* a, const TensorInfo* b) {
+    return std::tie(a->data, a->num_bytes, a->name) < std::tie(b->data, b->num_bytes, b->name);
+  });
+  const TensorInfo* previous = nullptr;
+  uint64_t covered = 0;
+  for (const TensorInfo* info : order) {
+    const uint64_t begin = static_cast<uint64_t>(info->data - data);
+    if (begin < covered) {
+      return FileError(file, absl::StrCat("tensors ", Describe(*previous, data), " and ",
+                                          Describe(*info, data), " overlap"));
+    }
+    if (begin > covered) {
+      return FileError(
+          file, previous == nullptr
+                    ? absl::StrCat("data bytes [0, ", begin, ") before tensor ",
+                                   Describe(*info, data), " belong to no tensor")
+                    : absl::StrCat("data bytes [", covered, ", ", begin, ") between tensors ",
+                                   Describe(*previous, data), " and ", Describe(*info, data),
+                                   " belong to no tensor"));
+    }
+    covered = begin + info->num_bytes;
+    previous = info;
+  }
+  if (covered == data_size) return absl::OkStatus();
+  if (previous == nullptr) {
+    return FileError(file, absl::StrCat("the header lists no tensors but the data section holds ",
+                                        data_size, " bytes"));
+  }
+  return FileError(file, absl::StrCat(data_size - covered, " trailing data bytes after tensor ",
+                                      Describe(*previous, data), " belong to no tensor"));
+}
+
 absl::StatusOr<std::string> ReadTextFile(const std::filesystem::path& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", path.string()));
@@ -139,6 +195,43 @@ SafetensorsFile::~SafetensorsFile() {
   if (mapping_ != nullptr) munmap(mapping_, size_);
 }
 
+absl::StatusOr<std::vector<TensorInfo>> ParseSafetensors(std::span<const uint8_t> bytes,
+                                                         std::string_view name) {
+  const std::string file(name);
+  if (bytes.size() < 8) return TooShortError(file, bytes.size());
+  uint64_t header_size = 0;
+  std::memcpy(&header_size, bytes.data(), sizeof(header_size));
+  if (header_size > bytes.size() - 8) {
+    return FileError(file,
+                     absl::StrCat("header length ", header_size, " runs past the end of the file (",
+                                  bytes.size(), " bytes)"));
+  }
+  if (header_size > kMaxHeaderBytes) {
+    return FileError(file, absl::StrCat("header length ", header_size, " exceeds the limit of ",
+                                        kMaxHeaderBytes, " bytes"));
+  }
+  const char* header_begin = reinterpret_cast<const char*>(bytes.data() + 8);
+  Json header;
+  try {
+    header = Json::parse(header_begin, header_begin + header_size);
+  } catch (const Json::exception& e) {
+    return FileError(file, absl::StrCat("header is not valid JSON (", e.what(), ")"));
+  }
+  if (!header.is_object()) return FileError(file, "header is not a JSON object");
+  const uint8_t* data = bytes.data() + 8 + header_size;
+  const uint64_t data_size = bytes.size() - 8 - header_size;
+  std::vector<TensorInfo> tensors;
+  tensors.reserve(header.size());
+  for (const auto& [tensor_name, entry] : header.items()) {
+    if (tensor_name == "__metadata__") continue;
+    TensorInfo info;
+    RETURN_IF_ERROR(ParseTensorEntry(file, tensor_name, entry, data, data_size, info));
+    tensors.push_back(std::move(info));
+  }
+  RETURN_IF_ERROR(CheckTiling(file, tensors, data, data_size));
+  return tensors;
+}
+
 absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(
     const std::filesystem::path& path) {
   std::unique_ptr<SafetensorsFile> file(new SafetensorsFile());
@@ -151,10 +244,10 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(
     return FileError(path.string(), "is not a regular file");
   }
   file->size_ = static_cast<size_t>(st.st_size);
+  // mmap refuses empty files, so short ones are turned away before mapping.
   if (file->size_ < 8) {
     ::close(fd);
-    return FileError(path.string(), absl::StrCat("is ", file->size_,
-                                                 " bytes, shorter than the 8-byte header length"));
+    return TooShortError(path.string(), file->size_);
   }
   void* mapping = mmap(nullptr, file->size_, PROT_READ, MAP_PRIVATE, fd, 0);
   const int map_error = errno;
@@ -172,32 +265,9 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(
 }
 
 absl::Status SafetensorsFile::ParseHeader() {
-  const std::string file = path_.string();
-  const auto* bytes = static_cast<const uint8_t*>(mapping_);
-  uint64_t header_size = 0;
-  std::memcpy(&header_size, bytes, sizeof(header_size));
-  if (header_size > size_ - 8) {
-    return FileError(file, absl::StrCat("header length ", header_size,
-                                        " runs past the end of the file (", size_, " bytes)"));
-  }
-  const char* header_begin = reinterpret_cast<const char*>(bytes + 8);
-  Json header;
-  try {
-    header = Json::parse(header_begin, header_begin + header_size);
-  } catch (const Json::exception& e) {
-    return FileError(file, absl::StrCat("header is not valid JSON (", e.what(), ")"));
-  }
-  if (!header.is_object()) return FileError(file, "header is not a JSON object");
-  const uint8_t* data = bytes + 8 + header_size;
-  const uint64_t data_size = size_ - 8 - header_size;
-  tensors_.reserve(header.size());
-  for (const auto& [name, entry] : header.items()) {
-    if (name == "__metadata__") continue;
-    TensorInfo info;
-    RETURN_IF_ERROR(ParseTensorEntry(file, name, entry, data, data_size, info));
-    index_.emplace(name, tensors_.size());
-    tensors_.push_back(std::move(info));
-  }
+  ASSIGN_OR_RETURN(
+      tensors_, ParseSafetensors({static_cast<const uint8_t*>(mapping_), size_}, path_.string()));
+  for (size_t i = 0; i < tensors_.size(); ++i) index_.emplace(tensors_[i].name, i);
   return absl::OkStatus();
 }
 

@@ -23,12 +23,18 @@ struct TensorInfo {
   std::string name;
   DType dtype = DType::kF32;
   std::vector<int64_t> shape;
-  const uint8_t* data = nullptr;  // inside the mapping; may be unaligned
+  const uint8_t* data = nullptr;  // inside the file's bytes; may be unaligned
   size_t num_bytes = 0;
   std::string file;  // the file that holds the tensor, for error messages
 
   int64_t NumElements() const;
 };
+
+// Parses a whole safetensors file held in memory; `name` labels errors. The returned
+// tensors point into `bytes`. As in the reference implementation, the tensors ordered by
+// offset must tile the data section exactly: no overlaps, holes or trailing bytes.
+absl::StatusOr<std::vector<TensorInfo>> ParseSafetensors(std::span<const uint8_t> bytes,
+                                                         std::string_view name);
 
 // One read-only memory-mapped safetensors file. Tensor data pointers stay valid for the
 // lifetime of this object.

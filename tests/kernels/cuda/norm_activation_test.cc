@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "kernels/cpu/norm_activation.h"
 #include "kernels/cuda/device.h"
 #include "kernels/cuda/device_buffer.h"
 #include "tests/kernels/cuda/cuda_test_util.h"
@@ -23,23 +24,18 @@ using testing::RandomBf16;
 
 constexpr double kAbsTol = 1e-5;
 
-// x and out are [rows][stride] with the row's first `dim` entries in use.
+// The CPU backend's reference (double accumulation) on the same bf16-rounded inputs. x is
+// [rows][stride] with the row's first `dim` entries in use; the result is packed.
 std::vector<double> RmsNormReference(const std::vector<uint16_t>& x, int64_t rows, int64_t dim,
                                      int64_t stride, const std::vector<uint16_t>& weight,
-                                     double eps) {
-  std::vector<double> out(rows * dim);
+                                     float eps) {
+  std::vector<float> rows_f(rows * dim), weight_f(dim), out_f(rows * dim);
   for (int64_t r = 0; r < rows; ++r) {
-    double sum_squares = 0.0;
-    for (int64_t i = 0; i < dim; ++i) {
-      const double v = Bf16ToFloat(x[r * stride + i]);
-      sum_squares += v * v;
-    }
-    const double inv_rms = 1.0 / std::sqrt(sum_squares / static_cast<double>(dim) + eps);
-    for (int64_t i = 0; i < dim; ++i) {
-      out[r * dim + i] = Bf16ToFloat(weight[i]) * Bf16ToFloat(x[r * stride + i]) * inv_rms;
-    }
+    for (int64_t i = 0; i < dim; ++i) rows_f[r * dim + i] = Bf16ToFloat(x[r * stride + i]);
   }
-  return out;
+  for (int64_t i = 0; i < dim; ++i) weight_f[i] = Bf16ToFloat(weight[i]);
+  cpu::RmsNormReference(rows_f.data(), rows, dim, weight_f.data(), eps, out_f.data());
+  return std::vector<double>(out_f.begin(), out_f.end());
 }
 
 struct RmsNormCase {
@@ -75,7 +71,8 @@ void CheckRmsNorm(const RmsNormCase& c, uint32_t seed) {
                             .dim = c.dim,
                             .x_row_stride = c.x_stride,
                             .out_row_stride = c.out_stride,
-                            .eps = eps},
+                            .eps = eps,
+                            .dtype = DType::kBF16},
                            nullptr));
   LSERVE_ASSERT_OK(SynchronizeStream(nullptr));
   LSERVE_ASSERT_OK_AND_ASSIGN(std::vector<uint16_t> out,
@@ -153,7 +150,8 @@ TEST_F(RmsNormCudaTest, InPlaceMatchesReference) {
                             .out = d_x.as<uint16_t>(),
                             .rows = rows,
                             .dim = dim,
-                            .eps = eps},
+                            .eps = eps,
+                            .dtype = DType::kBF16},
                            nullptr));
   LSERVE_ASSERT_OK_AND_ASSIGN(std::vector<uint16_t> out, Download<uint16_t>(d_x, rows * dim));
   for (int64_t i = 0; i < rows * dim; ++i) {
@@ -173,16 +171,20 @@ TEST_F(RmsNormCudaTest, ZeroRowGivesZeros) {
                             .weight = d_w.as<uint16_t>(),
                             .out = d_out.as<uint16_t>(),
                             .rows = 1,
-                            .dim = dim},
+                            .dim = dim,
+                            .dtype = DType::kBF16},
                            nullptr));
   LSERVE_ASSERT_OK_AND_ASSIGN(std::vector<uint16_t> out, Download<uint16_t>(d_out, dim));
   for (int64_t i = 0; i < dim; ++i) EXPECT_EQ(out[i], 0) << i;
 }
 
-// out = silu(g)·u in double on the bf16 inputs.
+// The CPU backend's reference (double math) on the bf16 inputs.
 double SiluMulReference(uint16_t gate, uint16_t up) {
-  const double g = Bf16ToFloat(gate);
-  return g / (1.0 + std::exp(-g)) * Bf16ToFloat(up);
+  const float g = Bf16ToFloat(gate);
+  const float u = Bf16ToFloat(up);
+  float out = 0.0f;
+  cpu::SiluMulReference(&g, &u, 1, &out);
+  return out;
 }
 
 // gate and up live in one [rows][in_stride] buffer at column offsets 0 and up_offset (the
@@ -204,7 +206,8 @@ void CheckSiluMul(int64_t rows, int64_t cols, int64_t in_stride, int64_t up_offs
                             .cols = cols,
                             .gate_row_stride = in_stride,
                             .up_row_stride = in_stride,
-                            .out_row_stride = out_stride},
+                            .out_row_stride = out_stride,
+                            .dtype = DType::kBF16},
                            nullptr));
   LSERVE_ASSERT_OK_AND_ASSIGN(std::vector<uint16_t> out,
                               Download<uint16_t>(d_out, rows * out_stride));
@@ -248,7 +251,8 @@ TEST_F(SiluMulCudaTest, SaturatedGates) {
 // Argument checks happen before any CUDA call, so these run without a GPU.
 TEST(CudaNormActivationValidationTest, RejectsBadArguments) {
   uint16_t fake[8] = {};
-  const RmsNormParams good{.x = fake, .weight = fake, .out = fake, .rows = 1, .dim = 8};
+  const RmsNormParams good{
+      .x = fake, .weight = fake, .out = fake, .rows = 1, .dim = 8, .dtype = DType::kBF16};
   RmsNormParams p = good;
   p.dim = 0;
   EXPECT_EQ(RmsNorm(p, nullptr).code(), absl::StatusCode::kInvalidArgument);
@@ -266,8 +270,12 @@ TEST(CudaNormActivationValidationTest, RejectsBadArguments) {
   EXPECT_EQ(RmsNorm(p, nullptr).code(), absl::StatusCode::kInvalidArgument);
   p.rows = 0;  // nothing to do: null pointers are fine
   EXPECT_TRUE(RmsNorm(p, nullptr).ok());
+  p = good;
+  p.dtype = DType::kF32;  // the GPU kernels store bf16
+  EXPECT_EQ(RmsNorm(p, nullptr).code(), absl::StatusCode::kInvalidArgument);
 
-  const SiluMulParams silu{.gate = fake, .up = fake, .out = fake, .rows = 1, .cols = 8};
+  const SiluMulParams silu{
+      .gate = fake, .up = fake, .out = fake, .rows = 1, .cols = 8, .dtype = DType::kBF16};
   SiluMulParams q = silu;
   q.cols = 0;
   EXPECT_EQ(SiluMul(q, nullptr).code(), absl::StatusCode::kInvalidArgument);

@@ -47,6 +47,21 @@ TEST(SparseAttentionConfigTest, RejectsValuesThatDoNotFit) {
   rejected([](auto& c) { c.reuse_interval = 0; });
 }
 
+// Selection starts only once the history exceeds the budget in tokens: a budget that is
+// not a multiple of the page size still reads everything while it fits (invariant 2).
+TEST(SparseAttentionConfigTest, SelectsPagesOnlyPastTheBudgetInTokens) {
+  SparseAttentionConfig config;
+  config.page_size = 32;
+  config.token_budget = 100;
+  ASSERT_TRUE(ValidateSparseAttentionConfig(config).ok());
+  EXPECT_EQ(config.BudgetPages(), 3);
+  for (int64_t kv_len = 1; kv_len <= 100; ++kv_len) EXPECT_FALSE(config.SelectsPages(kv_len, true));
+  EXPECT_TRUE(config.SelectsPages(101, true));
+  EXPECT_FALSE(config.SelectsPages(5000, false));  // prefill never selects
+  config.page_selection = false;
+  EXPECT_FALSE(config.SelectsPages(5000, true));
+}
+
 TEST(SparseAttentionConfigTest, ParsesScoringModes) {
   PageScoring scoring;
   ASSERT_TRUE(ParsePageScoring("kv_head", &scoring).ok());

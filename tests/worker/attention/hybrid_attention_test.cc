@@ -10,6 +10,7 @@
 
 #include "gtest/gtest.h"
 #include "tests/kvstore/naive_hybrid.h"
+#include "tests/worker/attention/attention_test_util.h"
 
 namespace lserve {
 namespace {
@@ -17,8 +18,8 @@ namespace {
 constexpr int kHeads = 4, kKvHeads = 2, kDim = 16;
 const std::vector<int64_t> kLengths = {1, 63, 64, 65, 1000, 4097};
 
-KvCacheConfig DenseLayout() {
-  KvCacheConfig config;
+KvStoreConfig DenseLayout() {
+  KvStoreConfig config;
   config.num_layers = 1;
   config.num_kv_heads = kKvHeads;
   config.head_dim = kDim;
@@ -62,8 +63,8 @@ TEST(HybridAttentionTest, SparsityOffIsExactlyCausalSoftmaxOnMixedBatch) {
   off.page_selection = false;
   off.page_size = 16;
   off.logical_page_size = 16;
-  HybridAttention attention(&driver.cache(), off, kHeads);
-  attention.Run(0, batch, q.data(), out.data(), nullptr);
+  auto attention = testing::MakeAttention(driver, off, kHeads);
+  testing::RunLayer(driver, *attention, batch, q.data(), out.data());
   for (const AttentionSequence& s : batch) {
     for (int64_t i = 0; i < s.num_queries; ++i) {
       const int64_t p = s.start_pos + i;
@@ -108,12 +109,15 @@ TEST(HybridAttentionTest, BudgetCoveringHistoryEqualsDenseDecodeOnMixedBatch) {
     selecting.token_budget = 4096 + 64;  // every page of the longest sequence
     selecting.scoring = scoring;
     std::vector<float> a(q.size(), NAN), b(q.size(), NAN);
-    HybridAttention(&driver.cache(), selecting, kHeads).Run(0, batch, q.data(), a.data(), nullptr);
-    HybridAttention(&driver.cache(), dense, kHeads).Run(0, batch, q.data(), b.data(), nullptr);
+    testing::RunLayer(driver, *testing::MakeAttention(driver, selecting, kHeads), batch, q.data(),
+                      a.data());
+    testing::RunLayer(driver, *testing::MakeAttention(driver, dense, kHeads), batch, q.data(),
+                      b.data());
     EXPECT_EQ(a, b);
     // A smaller budget really selects: the long sequences' decode outputs change.
     selecting.token_budget = 256;
-    HybridAttention(&driver.cache(), selecting, kHeads).Run(0, batch, q.data(), a.data(), nullptr);
+    testing::RunLayer(driver, *testing::MakeAttention(driver, selecting, kHeads), batch, q.data(),
+                      a.data());
     EXPECT_NE(a, b);
   }
 }
@@ -122,7 +126,7 @@ TEST(HybridAttentionTest, BudgetCoveringHistoryEqualsDenseDecodeOnMixedBatch) {
 // output equals the naive oracle, with its own query scoring its pages (LServe) or its
 // GQA group's max (per KV head), and reused selections on later steps.
 TEST(HybridAttentionTest, HybridDecodeMatchesNaiveOracleForEveryQueryHead) {
-  KvCacheConfig kv = DenseLayout();
+  KvStoreConfig kv = DenseLayout();
   kv.num_kv_heads = 3;
   kv.layout = HeadLayout::FromStreamingMask({{false, true, false}});
   kv.logical_page_size = 8;
@@ -143,7 +147,7 @@ TEST(HybridAttentionTest, HybridDecodeMatchesNaiveOracleForEveryQueryHead) {
     config.decode_local = 30;
     config.reuse_interval = 3;
     config.scoring = scoring;
-    HybridAttention attention(&driver.cache(), config, heads);
+    auto attention = testing::MakeAttention(driver, config, heads);
     const std::vector<int64_t> lengths = {70, 333};
     for (size_t s = 0; s < lengths.size(); ++s) driver.Prefill(s, lengths[s], 300);
     // The selection each head uses, refreshed on the reuse schedule like the engine's.
@@ -154,11 +158,11 @@ TEST(HybridAttentionTest, HybridDecodeMatchesNaiveOracleForEveryQueryHead) {
       for (size_t s = 0; s < lengths.size(); ++s) {
         driver.Append(s, 1, true);
         batch.push_back({static_cast<SeqId>(s), static_cast<int64_t>(s), 1,
-                         *driver.cache().Length(s) - 1, true, step});
+                         *driver.tables().Length(s) - 1, true, step});
       }
       std::vector<float> q(batch.size() * heads * kDim), out(q.size(), NAN);
       for (float& x : q) x = normal(driver.rng());
-      attention.Run(0, batch, q.data(), out.data(), nullptr);
+      testing::RunLayer(driver, *attention, batch, q.data(), out.data());
       for (const AttentionSequence& a : batch) {
         const int64_t len = a.start_pos + 1;
         for (int h = 0; h < heads; ++h) {
@@ -198,6 +202,39 @@ TEST(HybridAttentionTest, HybridDecodeMatchesNaiveOracleForEveryQueryHead) {
           }
         }
       }
+    }
+  }
+}
+
+// A budget that is not a multiple of the page size (page 32, budget 100) keeps every page
+// while the history fits, so decode equals dense decode bitwise at 97-100 tokens, and
+// selects from 101 tokens on (invariant 2).
+TEST(HybridAttentionTest, BudgetNotAPageMultipleStillEqualsDenseWhileTheHistoryFits) {
+  KvStoreConfig kv = DenseLayout();
+  kv.page_size = 32;
+  testing::KvDriver driver(kv, 23);
+  SparseAttentionConfig dense = SparseAttentionConfig::Dense();
+  dense.page_size = 32;
+  dense.logical_page_size = 16;
+  SparseAttentionConfig selecting = dense;
+  selecting.page_selection = true;
+  selecting.token_budget = 100;
+  selecting.reuse_interval = 1;
+  driver.Prefill(0, 96, 40);
+  auto sparse_attention = testing::MakeAttention(driver, selecting, kHeads);
+  auto dense_attention = testing::MakeAttention(driver, dense, kHeads);
+  for (int64_t step = 0; step < 6; ++step) {
+    driver.Append(0, 1, true);
+    const int64_t len = *driver.tables().Length(0);
+    const std::vector<AttentionSequence> batch = {{0, 0, 1, len - 1, true, step}};
+    const std::vector<float> q = RandomQueries(driver, 1);
+    std::vector<float> a(q.size(), NAN), b(q.size(), NAN);
+    testing::RunLayer(driver, *sparse_attention, batch, q.data(), a.data());
+    testing::RunLayer(driver, *dense_attention, batch, q.data(), b.data());
+    if (len <= 100) {
+      EXPECT_EQ(a, b) << "history of " << len << " tokens";
+    } else {
+      EXPECT_NE(a, b) << "history of " << len << " tokens";
     }
   }
 }

@@ -47,8 +47,8 @@ TEST(SelectTopPagesTest, BudgetCoveringHistorySelectsEverything) {
   EXPECT_EQ(SelectTopPages(scores, 2), (std::vector<int32_t>{0, 3}));
 }
 
-KvCacheConfig DenseConfig() {
-  KvCacheConfig config;
+KvStoreConfig DenseConfig() {
+  KvStoreConfig config;
   config.num_layers = 1;
   config.num_kv_heads = 2;
   config.head_dim = 8;
@@ -65,15 +65,20 @@ TEST(PageSelectionCacheTest, RecomputesOnlyOnScheduleAndAlwaysAddsTheNewestPage)
   attention.page_size = 16;
   attention.token_budget = 64;  // 4 pages
   attention.reuse_interval = 4;
-  PageSelectionCache selector(&driver.cache(), attention);
+  PageSelectionCache selector(attention, 1);
   std::vector<float> q(8, 1.0f);
   const float* query = q.data();
+  // What HybridAttention does for one head: fresh scores when due, else the reused pages.
+  auto select = [&](int64_t len, int64_t step) -> const std::vector<int32_t>& {
+    if (!selector.Due(7, 0, 0, step)) return selector.Reuse(7, 0, 0, len);
+    return selector.Update(7, 0, 0, step, driver.ScorePages(0, 7, 0, {&query, 1}));
+  };
   std::vector<int64_t> recomputed_at;
   for (int64_t step = 0; step < 20; ++step) {
     driver.Append(7, 1, true);
-    const int64_t len = *driver.cache().Length(7);
+    const int64_t len = *driver.tables().Length(7);
     const int64_t before = selector.recomputations();
-    const auto& pages = selector.Select(7, 0, 0, 0, len, step, {&query, 1});
+    const auto& pages = select(len, step);
     if (selector.recomputations() > before) recomputed_at.push_back(step);
     const int32_t newest = static_cast<int32_t>((len - 1) / 16);
     ASSERT_TRUE(std::binary_search(pages.begin(), pages.end(), newest)) << "step " << step;
@@ -82,7 +87,7 @@ TEST(PageSelectionCacheTest, RecomputesOnlyOnScheduleAndAlwaysAddsTheNewestPage)
   EXPECT_EQ(recomputed_at, (std::vector<int64_t>{0, 4, 8, 12, 16}));
   selector.Forget(7);
   driver.Append(7, 1, true);
-  selector.Select(7, 0, 0, 0, *driver.cache().Length(7), 21, {&query, 1});
+  select(*driver.tables().Length(7), 21);
   EXPECT_EQ(selector.recomputations(), 6);  // a forgotten sequence starts over
 }
 
@@ -96,10 +101,9 @@ TEST(PageSelectionCacheTest, KvHeadScoringTakesTheMaxOverTheGroup) {
     b[c] = normal(driver.rng());
   }
   const float* both[] = {a.data(), b.data()};
-  std::vector<float> group, first, second;
-  ScorePhysicalPages(driver.cache(), 0, 1, 0, 200, both, &group);
-  ScorePhysicalPages(driver.cache(), 0, 1, 0, 200, {both, 1}, &first);
-  ScorePhysicalPages(driver.cache(), 0, 1, 0, 200, {both + 1, 1}, &second);
+  const std::vector<float> group = driver.ScorePages(0, 1, 0, both);
+  const std::vector<float> first = driver.ScorePages(0, 1, 0, {both, 1});
+  const std::vector<float> second = driver.ScorePages(0, 1, 0, {both + 1, 1});
   ASSERT_EQ(group.size(), 13u);
   for (size_t i = 0; i < group.size(); ++i) EXPECT_EQ(group[i], std::max(first[i], second[i]));
 }

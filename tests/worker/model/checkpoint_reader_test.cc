@@ -121,6 +121,30 @@ TEST(CheckpointReaderTest, CorruptShardErrorNamesTheShard) {
                   {"model-00002-of-00002.safetensors"});
 }
 
+TEST(CheckpointReaderTest, ShardWithOverlappingTensorsIsRejectedNamingShardAndTensors) {
+  ScratchDir dir;
+  WriteShards(dir);
+  WriteBytes(
+      dir / "model-00002-of-00002.safetensors",
+      testing_util::SafetensorsBytes(R"({"b":{"dtype":"BF16","shape":[2],"data_offsets":[0,4]},)"
+                                     R"("x":{"dtype":"BF16","shape":[2],"data_offsets":[2,6]}})",
+                                     std::string(6, '\0')));
+  WriteBytes(dir / "model.safetensors.index.json", kIndex);
+  ExpectOpenFails(dir.path(), absl::StatusCode::kInvalidArgument,
+                  {"model-00002-of-00002.safetensors", "'b' [0, 4]", "'x' [2, 6]", "overlap"});
+}
+
+TEST(CheckpointReaderTest, SingleFileWithHoleInDataIsRejected) {
+  ScratchDir dir;
+  WriteBytes(
+      dir / "model.safetensors",
+      testing_util::SafetensorsBytes(R"({"a":{"dtype":"F16","shape":[1],"data_offsets":[0,2]},)"
+                                     R"("b":{"dtype":"F16","shape":[1],"data_offsets":[4,6]}})",
+                                     std::string(6, '\0')));
+  ExpectOpenFails(dir.path(), absl::StatusCode::kInvalidArgument,
+                  {"model.safetensors", "[2, 4)", "'a'", "'b'"});
+}
+
 TEST(CheckpointReaderTest, FolderWithoutWeightsIsNotFound) {
   ScratchDir dir;
   ExpectOpenFails(dir.path(), absl::StatusCode::kNotFound,

@@ -318,6 +318,41 @@ TEST(ModelConfigTest, RejectsUnsupportedFeatures) {
   ExpectInvalid(Parse(json), "architectures");
 }
 
+// Each parameter below is a finite, positive float32, yet the float32 frequencies the
+// runtime derives from it overflow, underflow, or give angles past float range.
+TEST(ModelConfigTest, RejectsRopeParametersWhoseFrequenciesAreUnusable) {
+  const auto expect_rejected = [](const nlohmann::json& json, const std::string& field,
+                                  const std::string& problem) {
+    ExpectInvalid(Parse(json), field);
+    EXPECT_THAT(Parse(json).status().message(), HasSubstr(problem)) << json.dump();
+  };
+  nlohmann::json json = BaseConfig();
+  json["rope_scaling"] = {{"rope_type", "linear"}, {"factor", 1e-45}};
+  expect_rejected(json, "rope scaling 'factor'", "to inf");
+  json["rope_scaling"]["factor"] = 1e-36;
+  expect_rejected(json, "rope scaling 'factor'", "angle at position 511 overflows");
+  json["rope_theta"] = 1e30;
+  json["rope_scaling"]["factor"] = 1e30;
+  expect_rejected(json, "rope scaling 'factor'", "to 0;");
+  json["rope_scaling"] = {{"rope_type", "llama3"},
+                          {"factor", 1e-45},
+                          {"low_freq_factor", 1.0},
+                          {"high_freq_factor", 4.0},
+                          {"original_max_position_embeddings", 8192}};
+  json["rope_theta"] = 500000.0;
+  expect_rejected(json, "llama3 rope scaling ('factor'", "to inf");
+  // Blamed on theta, scaled or not, when the unscaled frequencies already fail.
+  json["head_dim"] = 128;
+  json["rope_theta"] = 1e-45;
+  expect_rejected(json, "'rope_theta'", "'head_dim' 128");
+  json.erase("rope_scaling");
+  expect_rejected(json, "'rope_theta'", "overflows");
+  json["max_position_embeddings"] = 1;  // angles stay 0, so only infinity remains
+  expect_rejected(json, "'rope_theta'", "to inf");
+  json["rope_theta"] = 1e30;
+  EXPECT_TRUE(Parse(json).ok()) << Parse(json).status();
+}
+
 TEST(ModelConfigTest, RejectsTokenIdsOutsideVocabulary) {
   nlohmann::json json = BaseConfig();
   json["eos_token_id"] = 512;

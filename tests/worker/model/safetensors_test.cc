@@ -243,6 +243,105 @@ TEST(SafetensorsTest, RejectsBadShapesAndOffsets) {
                 {"'w'", "dtype"});
 }
 
+// Three F32 tensors of two floats each, with the given data_offsets, over 24 data bytes
+// unless `data_bytes` says otherwise.
+std::string ThreeTensorFile(const std::string& a, const std::string& b, const std::string& c,
+                            size_t data_bytes = 24) {
+  const std::string header =
+      absl::StrCat(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":)", a, R"(},)",
+                   R"("b":{"dtype":"F32","shape":[2],"data_offsets":)", b, R"(},)",
+                   R"("c":{"dtype":"F32","shape":[2],"data_offsets":)", c, "}}");
+  return SafetensorsBytes(header, std::string(data_bytes, '\0'));
+}
+
+TEST(SafetensorsTest, AcceptsTensorsListedOutOfOffsetOrder) {
+  ScratchDir dir;
+  WriteBytes(dir / "t.safetensors", ThreeTensorFile("[16,24]", "[0,8]", "[8,16]"));
+  absl::StatusOr<std::unique_ptr<SafetensorsFile>> file =
+      SafetensorsFile::Open(dir / "t.safetensors");
+  ASSERT_TRUE(file.ok()) << file.status();
+  EXPECT_EQ((*file)->Find("b")->data + 16, (*file)->Find("a")->data);
+}
+
+TEST(SafetensorsTest, RejectsOverlappingTensors) {
+  ExpectCorrupt(ThreeTensorFile("[0,8]", "[4,12]", "[12,20]", 20),
+                {"'a' [0, 8]", "'b' [4, 12]", "overlap"});
+  // Two tensors over the same bytes.
+  ExpectCorrupt(ThreeTensorFile("[0,8]", "[8,16]", "[8,16]", 16), {"'b'", "'c'", "overlap"});
+}
+
+TEST(SafetensorsTest, RejectsHolesBetweenTensors) {
+  ExpectCorrupt(ThreeTensorFile("[0,8]", "[12,20]", "[20,28]", 28),
+                {"[8, 12)", "'a' [0, 8]", "'b' [12, 20]", "belong to no tensor"});
+}
+
+TEST(SafetensorsTest, RejectsDataSectionNotStartingWithATensor) {
+  ExpectCorrupt(ThreeTensorFile("[4,12]", "[12,20]", "[20,28]", 28),
+                {"[0, 4)", "'a' [4, 12]", "belong to no tensor"});
+}
+
+TEST(SafetensorsTest, RejectsTrailingBytesAfterTheLastTensor) {
+  ExpectCorrupt(ThreeTensorFile("[0,8]", "[8,16]", "[16,24]", 25),
+                {"1 trailing data bytes", "'c' [16, 24]"});
+  ExpectCorrupt(SafetensorsBytes("{}", "abcd"), {"no tensors", "4 bytes"});
+}
+
+TEST(SafetensorsTest, ZeroSizeTensorsMayStartAtAnyBoundary) {
+  const std::string header = R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
+                             R"("z0":{"dtype":"F16","shape":[0],"data_offsets":[0,0]},)"
+                             R"("z1":{"dtype":"F32","shape":[3,0],"data_offsets":[8,8]},)"
+                             R"("z2":{"dtype":"BF16","shape":[0],"data_offsets":[8,8]}})";
+  ScratchDir dir;
+  WriteBytes(dir / "z.safetensors", SafetensorsBytes(header, FloatBytes({1.0f, 2.0f})));
+  absl::StatusOr<std::unique_ptr<SafetensorsFile>> file =
+      SafetensorsFile::Open(dir / "z.safetensors");
+  ASSERT_TRUE(file.ok()) << file.status();
+  EXPECT_EQ((*file)->tensors().size(), 4u);
+  ExpectCorrupt(SafetensorsBytes(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
+                                 R"("z":{"dtype":"F32","shape":[0],"data_offsets":[4,4]}})",
+                                 FloatBytes({1.0f, 2.0f})),
+                {"'a' [0, 8]", "'z' [4, 4]", "overlap"});
+}
+
+TEST(SafetensorsTest, DuplicateHeaderKeysLeaveAHole) {
+  // JSON keeps the last duplicate, so the first one's bytes belong to no tensor.
+  ExpectCorrupt(SafetensorsBytes(R"({"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},)"
+                                 R"("w":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})",
+                                 std::string(8, '\0')),
+                {"[0, 4)", "'w' [4, 8]"});
+}
+
+TEST(SafetensorsTest, ParsesFromMemoryWithTheSameRules) {
+  const std::vector<float> values = {1.0f, 2.0f};
+  const std::string good = SafetensorsBytes(
+      R"({"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})", FloatBytes(values));
+  absl::StatusOr<std::vector<TensorInfo>> tensors =
+      ParseSafetensors({reinterpret_cast<const uint8_t*>(good.data()), good.size()}, "in-memory");
+  ASSERT_TRUE(tensors.ok()) << tensors.status();
+  ASSERT_EQ(tensors->size(), 1u);
+  EXPECT_EQ((*tensors)[0].data, reinterpret_cast<const uint8_t*>(good.data()) + good.size() - 8);
+  EXPECT_EQ((*tensors)[0].file, "in-memory");
+  const std::string padded = good + "xx";
+  absl::StatusOr<std::vector<TensorInfo>> bad = ParseSafetensors(
+      {reinterpret_cast<const uint8_t*>(padded.data()), padded.size()}, "in-memory");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(bad.status().message(), AllOf(HasSubstr("in-memory"), HasSubstr("trailing")));
+  EXPECT_FALSE(ParseSafetensors({}, "empty").ok());
+}
+
+TEST(SafetensorsTest, RejectsHeadersAboveTheReferenceLimit) {
+  const uint64_t length = 100'000'001;  // one byte over; a header of spaces is never parsed
+  std::string bytes(8 + length, ' ');
+  std::memcpy(bytes.data(), &length, sizeof(length));
+  absl::StatusOr<std::vector<TensorInfo>> tensors = ParseSafetensors(
+      {reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()}, "big.safetensors");
+  ASSERT_FALSE(tensors.ok());
+  EXPECT_EQ(tensors.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(tensors.status().message(),
+              AllOf(HasSubstr("big.safetensors"), HasSubstr("exceeds the limit")));
+}
+
 TEST(SafetensorsTest, MissingFileIsNotFound) {
   absl::StatusOr<std::unique_ptr<SafetensorsFile>> file =
       SafetensorsFile::Open("/nonexistent/x.safetensors");

@@ -1,0 +1,121 @@
+// Params of the paged attention ops (DESIGN.md §3), shared by every backend: appending
+// K/V with the page statistics, hybrid sparse attention over the page tables, and page
+// scoring for decode selection. The pools follow kvstore/kv_pool.h's layout and the page
+// tables kvstore/page_table_arrays.h's CSR form; every pointer is backend memory.
+#ifndef LSERVE_KERNELS_ATTENTION_PARAMS_H_
+#define LSERVE_KERNELS_ATTENTION_PARAMS_H_
+
+#include <cstdint>
+
+#include "kernels/dtype.h"
+
+namespace lserve {
+
+// One layer of one pool. In a page (page_stride elements from the previous one), with
+// H = num_heads, P the page size, D the head dim and LP = P / logical_page_size:
+//   K of slot s at s*P*D, V at (H + s)*P*D, row r of either at + r*D;
+//   kmax of slot s at 2*H*P*D + s*LP*D, kmin at 2*H*P*D + (H + s)*LP*D (dense pool only).
+struct KvPoolView {
+  void* base = nullptr;
+  int64_t page_stride = 0;
+  int num_heads = 0;
+};
+
+struct PagedKvLayer {
+  DType dtype = DType::kF32;
+  int page_size = 0;
+  int logical_page_size = 0;
+  int head_dim = 0;
+  int num_kv_heads = 0;
+  const int32_t* kv_head_slot = nullptr;       // [num_kv_heads] index inside its pool
+  const uint8_t* kv_head_streaming = nullptr;  // [num_kv_heads] 1: streaming head
+  KvPoolView dense;
+  KvPoolView streaming;
+};
+
+// A batch's page tables (see PageTableArrays for the meaning of each array).
+struct PageTableView {
+  int num_seqs = 0;
+  int32_t ring_start = 0;
+  const int32_t* kv_len = nullptr;
+  const int32_t* dense_indptr = nullptr;
+  const int32_t* dense_indices = nullptr;
+  const int32_t* stream_indptr = nullptr;
+  const int32_t* stream_indices = nullptr;
+  const int32_t* stream_sink_pages = nullptr;
+};
+
+// Rows [q_indptr[b], q_indptr[b+1]) belong to sequence b and are its newest tokens: row
+// q_indptr[b] + i sits at position kv_len[b] - n_b + i, n_b the sequence's row count.
+
+// Writes every row's K and V into its pool and, for dense heads, folds the key into its
+// logical page's kmax/kmin (a logical page's first key starts them afresh).
+struct AppendKvParams {
+  PagedKvLayer kv;
+  PageTableView tables;
+  const int32_t* q_indptr = nullptr;  // [num_seqs + 1]
+  const void* k = nullptr;            // [rows][row_stride], num_kv_heads * head_dim used
+  const void* v = nullptr;
+  int64_t row_stride = 0;
+};
+
+// Work counters: (query block, KV tile) tiles visited out of those listed, and what
+// dense causal attention would have visited.
+struct AttentionStats {
+  int64_t tiles_visited = 0;
+  int64_t tiles_total = 0;
+  int64_t tiles_dense = 0;
+};
+
+// Causal attention of every row and query head. Query head h reads KV head
+// h / (num_q_heads / num_kv_heads). Dense heads see every earlier key, or, when a
+// selection range is set for (b, h), only the listed pages; streaming heads see keys
+// j < sink or with pos - j < local[b]. Rows that see no key come out as zeros.
+struct PagedAttentionParams {
+  PagedKvLayer kv;
+  PageTableView tables;
+  const int32_t* q_indptr = nullptr;  // [num_seqs + 1]
+  const void* q = nullptr;            // [rows][q_row_stride], head h at h * head_dim
+  void* out = nullptr;                // [rows][out_row_stride]
+  int64_t q_row_stride = 0;
+  int64_t out_row_stride = 0;
+  int num_q_heads = 0;
+  float scale = 0.0f;
+  int64_t sink = 0;
+  const int32_t* local = nullptr;  // [num_seqs] streaming window of the sequence's queries
+  // Dense-head page selection: for b * num_q_heads + h, pages
+  // selected_pages[selection_begin .. selection_end) (indices into the sequence's dense
+  // page list, ascending); selection_begin < 0 means every page. Null: no selection.
+  const int32_t* selection_begin = nullptr;
+  const int32_t* selection_end = nullptr;
+  const int32_t* selected_pages = nullptr;
+  AttentionStats* stats = nullptr;  // host counters, added to when set
+};
+
+// One scoring job: the dense pages of sequence `seq` for KV head `kv_head`, scored for
+// query heads [first_q_head, first_q_head + num_q_heads) of row `q_row`.
+struct PageScoreJob {
+  int32_t seq = 0;
+  int32_t kv_head = 0;
+  int32_t first_q_head = 0;
+  int32_t num_q_heads = 0;
+  int32_t q_row = 0;
+  int32_t out_offset = 0;
+};
+
+// scores[out_offset + i] for each physical page i < ceil(kv_len / P) of the job's
+// sequence: the max over its logical pages holding tokens, and over the job's query
+// heads, of S = sum_c max(q_c kmax_c, q_c kmin_c), an upper bound of q.k on the page.
+struct ScorePagesParams {
+  PagedKvLayer kv;
+  PageTableView tables;
+  const void* q = nullptr;
+  int64_t q_row_stride = 0;
+  const PageScoreJob* jobs = nullptr;
+  int num_jobs = 0;
+  float* scores = nullptr;
+};
+
+}  // namespace lserve
+
+#endif  // LSERVE_KERNELS_ATTENTION_PARAMS_H_

@@ -1,0 +1,73 @@
+// The one seam between the engine and a compute backend (cpu, cuda). Every op takes a
+// Params struct shared by all backends and returns absl::Status; pointers in Params are
+// backend memory (memory()), host memory for the CPU backend. Backends are created by
+// name in backend_registry.h. No CUDA types here.
+#ifndef LSERVE_KERNELS_BACKEND_H_
+#define LSERVE_KERNELS_BACKEND_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "common/memory_space.h"
+#include "kernels/attention_params.h"
+#include "kernels/dtype.h"
+#include "kernels/layer_params.h"
+#include "kernels/sampling_params.h"
+
+namespace lserve {
+
+// A tensor in backend memory; `storage` is empty when `data` aliases caller memory.
+struct BackendTensor {
+  const void* data = nullptr;
+  DType dtype = DType::kF32;
+  Buffer storage;
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+
+  virtual std::string_view name() const = 0;
+  // Element type of activations, weights and KV pools on this backend.
+  virtual DType compute_dtype() const = 0;
+  // Where activations, weights and KV pools live.
+  virtual MemorySpace* memory() = 0;
+  // OK when every op the engine uses is implemented; else UNIMPLEMENTED naming the gaps.
+  virtual absl::Status CheckEngineSupport() const = 0;
+
+  // Per-step staging of small host arrays (positions, page tables): the returned pointer
+  // is backend memory valid until the next BeginStep.
+  virtual void BeginStep() = 0;
+  virtual absl::StatusOr<void*> Stage(const void* host, size_t bytes) = 0;
+  // Float32 host weights in the backend's compute dtype (the CPU backend aliases them).
+  virtual absl::StatusOr<BackendTensor> UploadWeights(const float* host, int64_t elements) = 0;
+  // Waits for queued work and reports asynchronous errors.
+  virtual absl::Status Synchronize() = 0;
+
+  virtual absl::Status Embedding(const EmbeddingParams& params) = 0;
+  virtual absl::Status RmsNorm(const RmsNormParams& params) = 0;
+  virtual absl::Status Rope(const RopeParams& params) = 0;
+  virtual absl::Status SiluMul(const SiluMulParams& params) = 0;
+  virtual absl::Status Gemm(const GemmParams& params) = 0;
+  virtual absl::Status AppendKv(const AppendKvParams& params) = 0;
+  virtual absl::Status PagedAttention(const PagedAttentionParams& params) = 0;
+  virtual absl::Status ScorePages(const ScorePagesParams& params) = 0;
+  virtual absl::Status Sample(const SampleParams& params) = 0;
+};
+
+// Stages a host vector for the current step; null for an empty vector.
+template <typename T>
+absl::StatusOr<const T*> StageVector(Backend* backend, const std::vector<T>& host) {
+  if (host.empty()) return static_cast<const T*>(nullptr);
+  absl::StatusOr<void*> staged = backend->Stage(host.data(), host.size() * sizeof(T));
+  if (!staged.ok()) return staged.status();
+  return static_cast<const T*>(*staged);
+}
+
+}  // namespace lserve
+
+#endif  // LSERVE_KERNELS_BACKEND_H_

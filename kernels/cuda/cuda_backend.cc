@@ -1,0 +1,141 @@
+#include "kernels/cuda/cuda_backend.h"
+
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "kernels/cuda/convert.h"
+#include "kernels/cuda/cuda_status.h"
+#include "kernels/cuda/device.h"
+#include "kernels/cuda/norm_activation.h"
+#include "kernels/cuda/rope.h"
+
+namespace lserve::cuda {
+namespace {
+
+using internal::CudaStatus;
+
+class DeviceMemorySpace final : public MemorySpace {
+ public:
+  std::string_view name() const override { return "cuda device"; }
+  bool host_accessible() const override { return false; }
+  absl::StatusOr<void*> Allocate(size_t bytes) override {
+    if (bytes == 0) return nullptr;
+    void* ptr = nullptr;
+    RETURN_IF_ERROR(CudaStatus(cudaMalloc(&ptr, bytes), absl::StrCat("cudaMalloc(", bytes, ")")));
+    if (absl::Status s = CudaStatus(cudaMemset(ptr, 0, bytes), "cudaMemset"); !s.ok()) {
+      cudaFree(ptr);
+      return s;
+    }
+    return ptr;
+  }
+  void Free(void* ptr) override { cudaFree(ptr); }
+  absl::Status CopyToHost(void* dst, const void* src, size_t bytes) override {
+    return CudaStatus(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost), "cudaMemcpy D2H");
+  }
+  absl::Status CopyFromHost(void* dst, const void* src, size_t bytes) override {
+    return CudaStatus(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice), "cudaMemcpy H2D");
+  }
+  absl::Status Copy(void* dst, const void* src, size_t bytes) override {
+    return CudaStatus(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToDevice), "cudaMemcpy D2D");
+  }
+};
+
+absl::Status NotOnGpu(const char* op) {
+  return absl::UnimplementedError(absl::StrCat("the cuda backend has no ", op, " kernel yet"));
+}
+
+class CudaBackend final : public Backend {
+ public:
+  std::string_view name() const override { return "cuda"; }
+  DType compute_dtype() const override { return DType::kBF16; }
+  MemorySpace* memory() override { return DeviceMemory(); }
+  absl::Status CheckEngineSupport() const override {
+    return absl::UnimplementedError(
+        "the cuda backend cannot run the engine yet: GEMM, embedding, KV append, paged "
+        "attention, page scoring, sampling and the fused residual RMSNorm are missing; use "
+        "--backend=cpu");
+  }
+
+  void BeginStep() override { staged_ = 0; }
+  absl::StatusOr<void*> Stage(const void* host, size_t bytes) override {
+    const size_t aligned = (bytes + 255) / 256 * 256;
+    if (staged_ + aligned > staging_.bytes()) {
+      // Grow for the rest of the step; earlier pointers of this step stay valid because
+      // the old arena is kept until the next BeginStep.
+      ASSIGN_OR_RETURN(Buffer bigger,
+                       Buffer::Allocate(memory(), std::max<size_t>(2 * staging_.bytes(),
+                                                                   staged_ + aligned + (1 << 20))));
+      retired_.push_back(std::move(staging_));
+      staging_ = std::move(bigger);
+      staged_ = 0;
+    }
+    void* dst = static_cast<uint8_t*>(staging_.data()) + staged_;
+    RETURN_IF_ERROR(CudaStatus(cudaMemcpyAsync(dst, host, bytes, cudaMemcpyHostToDevice, stream_),
+                               "staging copy"));
+    staged_ += aligned;
+    return dst;
+  }
+  absl::StatusOr<BackendTensor> UploadWeights(const float* host, int64_t elements) override {
+    ASSIGN_OR_RETURN(Buffer staging, Buffer::Allocate(memory(), elements * sizeof(float)));
+    RETURN_IF_ERROR(memory()->CopyFromHost(staging.data(), host, elements * sizeof(float)));
+    BackendTensor tensor;
+    ASSIGN_OR_RETURN(tensor.storage, Buffer::Allocate(memory(), elements * sizeof(uint16_t)));
+    RETURN_IF_ERROR(
+        F32ToBf16(staging.as<float>(), tensor.storage.as<uint16_t>(), elements, stream_));
+    RETURN_IF_ERROR(SynchronizeStream(stream_));
+    tensor.data = tensor.storage.data();
+    tensor.dtype = DType::kBF16;
+    return tensor;
+  }
+  absl::Status Synchronize() override {
+    RETURN_IF_ERROR(SynchronizeStream(stream_));
+    retired_.clear();
+    return absl::OkStatus();
+  }
+
+  absl::Status Embedding(const EmbeddingParams&) override { return NotOnGpu("embedding"); }
+  absl::Status RmsNorm(const RmsNormParams& params) override {
+    return cuda::RmsNorm(params, stream_);
+  }
+  absl::Status Rope(const RopeParams& params) override { return ApplyRope(params, stream_); }
+  absl::Status SiluMul(const SiluMulParams& params) override {
+    return cuda::SiluMul(params, stream_);
+  }
+  absl::Status Gemm(const GemmParams&) override { return NotOnGpu("GEMM"); }
+  absl::Status AppendKv(const AppendKvParams&) override { return NotOnGpu("KV append"); }
+  absl::Status PagedAttention(const PagedAttentionParams&) override {
+    return NotOnGpu("paged attention");
+  }
+  absl::Status ScorePages(const ScorePagesParams&) override { return NotOnGpu("page scoring"); }
+  absl::Status Sample(const SampleParams&) override { return NotOnGpu("sampling"); }
+
+ private:
+  cudaStream_t stream_ = nullptr;  // the legacy default stream
+  Buffer staging_;
+  size_t staged_ = 0;
+  std::vector<Buffer> retired_;
+};
+
+}  // namespace
+
+MemorySpace* DeviceMemory() {
+  static DeviceMemorySpace* space = new DeviceMemorySpace();
+  return space;
+}
+
+absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(int device) {
+  const int count = DeviceCount();
+  if (device < 0 || device >= count) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "cuda backend: device ", device, " is not usable (", count, " devices visible)"));
+  }
+  RETURN_IF_ERROR(CudaStatus(cudaSetDevice(device), "cudaSetDevice"));
+  return std::unique_ptr<Backend>(new CudaBackend());
+}
+
+}  // namespace lserve::cuda

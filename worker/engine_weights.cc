@@ -1,0 +1,73 @@
+#include "worker/engine_weights.h"
+
+#include "common/status_macros.h"
+#include "kernels/rope_frequencies.h"
+
+namespace lserve {
+namespace {
+
+RopeSpec RopeSpecFor(const ModelConfig& config) {
+  RopeSpec spec;
+  spec.head_dim = config.head_dim;
+  spec.theta = config.rope_theta;
+  spec.factor = config.rope_scaling.factor;
+  spec.low_freq_factor = config.rope_scaling.low_freq_factor;
+  spec.high_freq_factor = config.rope_scaling.high_freq_factor;
+  spec.original_max_position_embeddings = config.rope_scaling.original_max_position_embeddings;
+  switch (config.rope_scaling.type) {
+    case RopeScalingType::kNone:
+      spec.kind = RopeKind::kDefault;
+      break;
+    case RopeScalingType::kLinear:
+      spec.kind = RopeKind::kLinear;
+      break;
+    case RopeScalingType::kLlama3:
+      spec.kind = RopeKind::kLlama3;
+      break;
+  }
+  return spec;
+}
+
+absl::StatusOr<BackendTensor> Upload(const WeightTensor& tensor, Backend* backend) {
+  if (tensor.empty()) return BackendTensor{};
+  return backend->UploadWeights(tensor.data, tensor.NumElements());
+}
+
+}  // namespace
+
+absl::StatusOr<EngineWeights> UploadEngineWeights(const ModelWeights& weights, Backend* backend) {
+  EngineWeights out;
+  ASSIGN_OR_RETURN(out.embed_tokens, Upload(weights.embed_tokens, backend));
+  for (const LayerWeights& w : weights.layers) {
+    EngineLayerWeights layer;
+    ASSIGN_OR_RETURN(layer.input_norm, Upload(w.input_norm, backend));
+    ASSIGN_OR_RETURN(layer.q_proj, Upload(w.q_proj, backend));
+    ASSIGN_OR_RETURN(layer.k_proj, Upload(w.k_proj, backend));
+    ASSIGN_OR_RETURN(layer.v_proj, Upload(w.v_proj, backend));
+    ASSIGN_OR_RETURN(layer.o_proj, Upload(w.o_proj, backend));
+    ASSIGN_OR_RETURN(layer.q_bias, Upload(w.q_bias, backend));
+    ASSIGN_OR_RETURN(layer.k_bias, Upload(w.k_bias, backend));
+    ASSIGN_OR_RETURN(layer.v_bias, Upload(w.v_bias, backend));
+    ASSIGN_OR_RETURN(layer.o_bias, Upload(w.o_bias, backend));
+    ASSIGN_OR_RETURN(layer.post_attention_norm, Upload(w.post_attention_norm, backend));
+    ASSIGN_OR_RETURN(layer.gate_proj, Upload(w.gate_proj, backend));
+    ASSIGN_OR_RETURN(layer.up_proj, Upload(w.up_proj, backend));
+    ASSIGN_OR_RETURN(layer.down_proj, Upload(w.down_proj, backend));
+    out.layers.push_back(std::move(layer));
+  }
+  ASSIGN_OR_RETURN(out.final_norm, Upload(weights.final_norm, backend));
+  if (weights.lm_head.data == weights.embed_tokens.data) {
+    out.lm_head.data = out.embed_tokens.data;  // tied: one copy serves both
+    out.lm_head.dtype = out.embed_tokens.dtype;
+  } else {
+    ASSIGN_OR_RETURN(out.lm_head, Upload(weights.lm_head, backend));
+  }
+  const std::vector<float> inv_freq = RopeInverseFrequencies(RopeSpecFor(weights.config));
+  MemorySpace* memory = backend->memory();
+  ASSIGN_OR_RETURN(out.inv_freq, Buffer::Allocate(memory, inv_freq.size() * sizeof(float)));
+  RETURN_IF_ERROR(
+      memory->CopyFromHost(out.inv_freq.data(), inv_freq.data(), inv_freq.size() * sizeof(float)));
+  return out;
+}
+
+}  // namespace lserve
