@@ -39,11 +39,15 @@ nlohmann::json Provenance(int argc, char** argv) {
     if (i > 0) command += ' ';
     command += argv[i];
   }
-  return {{"date", date},
-          {"cpu", FirstLine("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2")},
-          {"hardware_threads", std::thread::hardware_concurrency()},
-          {"commit", FirstLine("git rev-parse --short HEAD 2>/dev/null")},
-          {"command", command}};
+  return {
+      {"date", date},
+      {"cpu", FirstLine("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2")},
+      {"hardware_threads", std::thread::hardware_concurrency()},
+      {"commit", FirstLine("git rev-parse --short HEAD 2>/dev/null")},
+      // Uncommitted changes mean the numbers come from the commit that records them.
+      {"working_tree",
+       FirstLine("git status --porcelain 2>/dev/null | head -1").empty() ? "clean" : "modified"},
+      {"command", command}};
 }
 
 bool WriteReport(const nlohmann::json& report, const std::string& path) {

@@ -13,7 +13,7 @@ namespace lserve::bench {
 std::string FlagValue(int argc, char** argv, const std::string& name,
                       const std::string& fallback = "");
 
-// {"date", "cpu", "threads", "commit", "command"}.
+// {"date", "cpu", "threads", "commit", "working_tree", "command"}.
 nlohmann::json Provenance(int argc, char** argv);
 
 // Writes `report` to `path` (pretty-printed) when path is not empty; false on failure.

@@ -61,7 +61,13 @@ class CudaBackend final : public Backend {
         "--backend=cpu");
   }
 
-  void BeginStep() override { staged_ = 0; }
+  void BeginStep() override {
+    // The previous step's work may still read its staged arrays: wait for it before the
+    // arenas are reused (its errors surface at the next checked call).
+    (void)cudaStreamSynchronize(stream_);
+    retired_.clear();
+    staged_ = 0;
+  }
   absl::StatusOr<void*> Stage(const void* host, size_t bytes) override {
     const size_t aligned = (bytes + 255) / 256 * 256;
     if (staged_ + aligned > staging_.bytes()) {
@@ -92,11 +98,7 @@ class CudaBackend final : public Backend {
     tensor.dtype = DType::kBF16;
     return tensor;
   }
-  absl::Status Synchronize() override {
-    RETURN_IF_ERROR(SynchronizeStream(stream_));
-    retired_.clear();
-    return absl::OkStatus();
-  }
+  absl::Status Synchronize() override { return SynchronizeStream(stream_); }
 
   absl::Status Embedding(const EmbeddingParams&) override { return NotOnGpu("embedding"); }
   absl::Status RmsNorm(const RmsNormParams& params) override {

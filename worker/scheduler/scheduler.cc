@@ -213,6 +213,8 @@ void Scheduler::Preempt(State& victim) {
 }
 
 std::vector<RequestEvent> Scheduler::Step() {
+  const SteadyClock::time_point step_start = SteadyClock::now();
+  double engine_seconds = 0.0;
   events_.clear();
   DrainInbox();
   const SteadyClock::time_point now = SteadyClock::now();
@@ -234,7 +236,9 @@ std::vector<RequestEvent> Scheduler::Step() {
   if (!plan.empty()) {
     std::vector<StepInput> inputs;
     for (const Planned& p : plan) inputs.push_back(p.input);
+    const SteadyClock::time_point engine_start = SteadyClock::now();
     absl::StatusOr<std::vector<StepOutput>> outputs = engine_->Step(inputs);
+    engine_seconds = Seconds(engine_start, SteadyClock::now());
     ++stats_.steps;
     if (!outputs.ok()) {
       // A failed step advances nothing: fail its requests rather than retry forever.
@@ -247,6 +251,8 @@ std::vector<RequestEvent> Scheduler::Step() {
   std::vector<RequestEvent> events;
   for (auto& [id, event] : events_) events.push_back(std::move(event));
   events_.clear();
+  stats_.engine_seconds += engine_seconds;
+  stats_.schedule_seconds += Seconds(step_start, SteadyClock::now()) - engine_seconds;
   return events;
 }
 

@@ -46,6 +46,8 @@ struct SchedulerStats {
   int64_t swaps_out = 0;
   int64_t swaps_in = 0;
   int64_t finished = 0;
+  double engine_seconds = 0.0;    // inside Engine::Step
+  double schedule_seconds = 0.0;  // the rest of Step: bookkeeping, admission, events
   int64_t running = 0;
   int64_t waiting = 0;
   int64_t swapped = 0;

@@ -93,6 +93,19 @@ std::vector<Scheduler::Planned> Scheduler::PlanStep() {
   std::vector<Planned> plan;
   int64_t budget = options_.max_step_tokens;
   bool preempted = false;
+  // A waiting request outranks running ones of lower priority: they make room for it.
+  while (!waiting_.empty()) {
+    const State& best = *waiting_.front();
+    State* victim = PickVictim();
+    if (victim == nullptr || victim->request.priority >= best.request.priority) break;
+    const PageCounts estimate =
+        capacity_->MaxPagesFor(static_cast<int64_t>(best.context.size()) + 1);
+    if (static_cast<int>(running_.size()) < options_.max_running &&
+        Fits(estimate, capacity_->Available())) {
+      break;
+    }
+    Preempt(*victim);
+  }
   // Every decoding request gets its token, preempting the lowest-priority newest request
   // while the tokens do not fit.
   while (true) {
