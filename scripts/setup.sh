@@ -8,7 +8,12 @@ packages=(
   libabsl-dev nlohmann-json3-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   clang-format
-  python3
+  # civetweb (the server binary) too: libcivetweb-dev's CMake config refuses to load
+  # unless /usr/bin/civetweb exists. prometheus brings promtool for the metrics tests.
+  libcivetweb-dev civetweb prometheus
+  # The gRPC services, and openssl for the TLS tests' certificates.
+  libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler openssl
+  python3 python3-pip
   "$@"
 )
 

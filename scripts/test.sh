@@ -5,6 +5,7 @@
 # LSERVE_FUZZ_SECONDS sets the time per fuzz target (default 20; 0 skips fuzzing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+bash scripts/setup_test_tools.sh
 bash scripts/build.sh
 (cd build && ctest --output-on-failure -j "$(nproc)")
 bash scripts/sanitize.sh

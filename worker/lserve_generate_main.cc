@@ -9,8 +9,8 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
+#include "common/token_ids.h"
 #include "nlohmann/json.hpp"
 #include "worker/model/synthetic_model.h"
 #include "worker/scheduler/offline.h"
@@ -47,19 +47,6 @@ ABSL_FLAG(std::string, page_scoring, "query_head", "Page scoring: query_head or 
 ABSL_FLAG(bool, json, false, "Print one JSON object instead of streaming ids");
 
 namespace {
-
-absl::StatusOr<std::vector<int32_t>> ParseIds(const std::string& text, const char* flag) {
-  std::vector<int32_t> ids;
-  for (absl::string_view part : absl::StrSplit(text, ',', absl::SkipWhitespace())) {
-    int32_t id;
-    if (!absl::SimpleAtoi(part, &id)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("--", flag, ": '", std::string(part), "' is not a token id"));
-    }
-    ids.push_back(id);
-  }
-  return ids;
-}
 
 int Fail(const absl::Status& status) {
   std::cerr << "lserve_generate: " << status << "\n";
@@ -109,9 +96,10 @@ int main(int argc, char** argv) {
 
   lserve::GenerationRequest request;
   absl::StatusOr<std::vector<int32_t>> prompt =
-      ParseIds(absl::GetFlag(FLAGS_prompt_ids), "prompt_ids");
+      lserve::ParseTokenIds(absl::GetFlag(FLAGS_prompt_ids), "prompt_ids");
   if (!prompt.ok()) return Fail(prompt.status());
-  absl::StatusOr<std::vector<int32_t>> stops = ParseIds(absl::GetFlag(FLAGS_stop_ids), "stop_ids");
+  absl::StatusOr<std::vector<int32_t>> stops =
+      lserve::ParseTokenIds(absl::GetFlag(FLAGS_stop_ids), "stop_ids");
   if (!stops.ok()) return Fail(stops.status());
   request.prompt = *prompt;
   request.sampling.max_tokens = absl::GetFlag(FLAGS_max_tokens);

@@ -37,6 +37,10 @@ struct GenerationRequest {
   int priority = 0;  // higher runs first and is preempted last
   std::optional<SteadyClock::time_point> deadline;
   std::string client_request_id;
+  // Prefill-only hand-off: when the request finishes, its KV stays on the engine under a
+  // lease (the request id is its handle) instead of being freed.
+  bool keep_kv = false;
+  std::chrono::milliseconds kv_lease{30000};
 };
 
 enum class FinishReason { kNone, kStop, kLength, kAborted, kDeadline, kError };
@@ -68,6 +72,7 @@ struct RequestEvent {
   FinishReason finish_reason = FinishReason::kNone;
   absl::Status status;  // CANCELLED, DEADLINE_EXCEEDED or the engine's error when not OK
   RequestTimings timings;
+  bool kv_leased = false;  // finished with keep_kv: its KV waits under the request id
 };
 
 }  // namespace lserve

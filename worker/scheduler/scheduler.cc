@@ -38,6 +38,10 @@ Scheduler::Scheduler(Engine* engine, const SchedulerOptions& options, const KvCa
 Scheduler::~Scheduler() {
   for (State* state : running_) (void)engine_->FreeSequence(state->id);
   for (State* state : swapped_) engine_->ForgetSwapped(state->id);
+  for (const auto& [handle, expiry] : leased_) (void)engine_->FreeSequence(handle);
+  for (const auto& [id, reservation] : reservations_) {
+    if (reservation.filled) (void)engine_->FreeSequence(id);
+  }
 }
 
 absl::StatusOr<std::unique_ptr<Scheduler>> Scheduler::Create(Engine* engine,
@@ -77,6 +81,7 @@ absl::Status Scheduler::ValidateRequest(const GenerationRequest& request) const 
 }
 
 absl::StatusOr<RequestId> Scheduler::Submit(GenerationRequest request) {
+  if (draining_) return absl::UnavailableError("the worker is draining: no new requests");
   if (absl::Status status = ValidateRequest(request); !status.ok()) return status;
   auto state = std::make_unique<State>();
   state->arrival = SteadyClock::now();
@@ -141,9 +146,16 @@ RequestEvent& Scheduler::EventFor(State& state) {
 
 void Scheduler::Finish(State& state, FinishReason reason, absl::Status status) {
   const SteadyClock::time_point now = SteadyClock::now();
+  RequestEvent& event = EventFor(state);
   switch (state.where) {
     case State::Where::kRunning:
-      CHECK(engine_->FreeSequence(state.id).ok());
+      if (state.request.keep_kv && status.ok()) {
+        // The hand-off reads the KV later; it stays until released or the lease ends.
+        leased_[state.id] = now + state.request.kv_lease;
+        event.kv_leased = true;
+      } else {
+        CHECK(engine_->FreeSequence(state.id).ok());
+      }
       std::erase(running_, &state);
       break;
     case State::Where::kSwapped:
@@ -155,7 +167,6 @@ void Scheduler::Finish(State& state, FinishReason reason, absl::Status status) {
       std::erase(waiting_, &state);
       break;
   }
-  RequestEvent& event = EventFor(state);
   event.finished = true;
   event.finish_reason = reason;
   event.status = std::move(status);
@@ -216,8 +227,10 @@ std::vector<RequestEvent> Scheduler::Step() {
   const SteadyClock::time_point step_start = SteadyClock::now();
   double engine_seconds = 0.0;
   events_.clear();
+  RunPosted();
   DrainInbox();
   const SteadyClock::time_point now = SteadyClock::now();
+  ExpireLeases(now);
   std::vector<State*> done;
   for (auto& [id, state] : states_) {
     if (state->abort || (state->request.deadline && *state->request.deadline <= now)) {

@@ -10,6 +10,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -67,8 +68,32 @@ class Scheduler {
   // Cancels a live request; its pages are freed at the start of the next Step, which
   // reports it finished with CANCELLED. NOT_FOUND when unknown or already finished.
   absl::Status Abort(RequestId id);
-  // Whether any request is live (queued, running or swapped).
-  bool HasWork() const { return live_.load() > 0; }
+  // Whether any request is live (queued, running or swapped), or work was posted.
+  bool HasWork() const { return live_.load() > 0 || posted_.load() > 0; }
+  int64_t num_live() const { return live_.load(); }
+  // Runs fn on the engine thread at the start of the next Step (any thread).
+  void Post(std::function<void()> fn);
+  // A draining scheduler refuses new requests with UNAVAILABLE (any thread).
+  void SetDraining(bool draining) { draining_ = draining; }
+  bool draining() const { return draining_.load(); }
+
+  // The disaggregated hand-off (DESIGN.md §1). Engine thread only (from Post).
+  // Decode side: reserves pages for prompt_tokens + max_tokens; the reservation's id also
+  // names the request that will decode from it.
+  absl::StatusOr<RequestId> Reserve(int64_t prompt_tokens, int max_tokens,
+                                    std::chrono::milliseconds lease);
+  // Decode side: the reservation receives a prefilled sequence's KV.
+  absl::Status FillReservation(RequestId reservation, const KvSnapshot& snapshot);
+  // Decode side: continues `request` from a filled reservation whose prompt's first
+  // generated token is `first`; events follow under the reservation's id.
+  absl::Status SubmitReserved(RequestId reservation, GenerationRequest request,
+                              const GeneratedToken& first);
+  absl::Status CancelReservation(RequestId reservation);
+  // Prefill side: the KV a keep_kv request left, and its release.
+  absl::StatusOr<KvSnapshot> ExportLeased(RequestId handle) const;
+  absl::Status ReleaseLeased(RequestId handle);
+  int64_t num_leased() const { return static_cast<int64_t>(leased_.size()); }
+  int64_t num_reservations() const { return static_cast<int64_t>(reservations_.size()); }
 
   // One engine step: admits, preempts, runs the batch, and reports what happened.
   std::vector<RequestEvent> Step();
@@ -93,6 +118,12 @@ class Scheduler {
   bool TryAdd(State& state, std::vector<Planned>& plan, int64_t& budget);
   bool Admit(State& state);
   void ApplyOutputs(const std::vector<Planned>& plan, const std::vector<StepOutput>& outputs);
+  // Hand-off bookkeeping (scheduler_handoff.cc).
+  void RunPosted();
+  void ExpireLeases(SteadyClock::time_point now);
+  PageCounts ReservedPages() const;
+  // Pages admission may use: available minus those reservations hold back.
+  PageCounts AvailableNow() const;
 
   Engine* engine_;
   SchedulerOptions options_;
@@ -108,6 +139,9 @@ class Scheduler {
   RequestId next_id_ = 1;
   int queued_ = 0;  // inbox plus waiting, for the bound
   std::atomic<int64_t> live_{0};
+  std::vector<std::function<void()>> posted_fns_;
+  std::atomic<int64_t> posted_{0};
+  std::atomic<bool> draining_{false};
 
   // Engine-thread state.
   std::unordered_map<RequestId, std::unique_ptr<State>> states_;
@@ -117,6 +151,15 @@ class Scheduler {
   int64_t swap_bytes_ = 0;
   uint64_t order_ = 0;
   std::map<RequestId, RequestEvent> events_;
+  struct Reservation {
+    PageCounts pages;  // still held back from admission
+    int64_t prompt_tokens = 0;
+    int max_tokens = 0;
+    bool filled = false;
+    SteadyClock::time_point expiry;
+  };
+  std::unordered_map<RequestId, Reservation> reservations_;
+  std::unordered_map<RequestId, SteadyClock::time_point> leased_;  // handle -> expiry
   // Pages promised to the inputs planned so far in this step, and what was available.
   PageCounts planned_;
   PageCounts available_;

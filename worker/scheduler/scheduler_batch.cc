@@ -85,7 +85,7 @@ bool Scheduler::Admit(State& state) {
   state.where = State::Where::kRunning;
   running_.push_back(&state);
   // Sharing cached pages takes them out of the reclaimable count.
-  available_ = capacity_->Available();
+  available_ = AvailableNow();
   return true;
 }
 
@@ -101,7 +101,7 @@ std::vector<Scheduler::Planned> Scheduler::PlanStep() {
     const PageCounts estimate =
         capacity_->MaxPagesFor(static_cast<int64_t>(best.context.size()) + 1);
     if (static_cast<int>(running_.size()) < options_.max_running &&
-        Fits(estimate, capacity_->Available())) {
+        Fits(estimate, AvailableNow())) {
       break;
     }
     Preempt(*victim);
@@ -120,14 +120,14 @@ std::vector<Scheduler::Planned> Scheduler::PlanStep() {
     }
     absl::StatusOr<PageCounts> need = engine_->PagesNeeded(decodes);
     CHECK(need.ok()) << need.status();
-    if (Fits(*need, capacity_->Available())) break;
+    if (Fits(*need, AvailableNow())) break;
     State* victim = PickVictim();
     if (victim == nullptr) break;
     Preempt(*victim);
     preempted = true;
   }
   planned_ = {};
-  available_ = capacity_->Available();
+  available_ = AvailableNow();
   std::vector<State*> order = running_;
   for (State* state : order) {
     if (state->decoding()) TryAdd(*state, plan, budget);
@@ -151,7 +151,7 @@ std::vector<Scheduler::Planned> Scheduler::PlanStep() {
       state->where = State::Where::kRunning;
       running_.push_back(state);
       ++stats_.swaps_in;
-      available_ = capacity_->Available();
+      available_ = AvailableNow();
       TryAdd(*state, plan, budget);
     }
   }

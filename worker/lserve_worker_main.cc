@@ -1,0 +1,233 @@
+// lserve-worker: serves lserve.v1.Generation (and, by role, the hand-off API of
+// lserve.v1.Worker) over gRPC, with grpc.health.v1, server reflection and Prometheus
+// metrics over HTTP. SIGTERM or SIGINT drains: no new requests, running ones finish
+// (up to drain_timeout_s), then the process exits 0.
+#include <signal.h>
+
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <set>
+#include <string>
+#include <thread>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "common/logging.h"
+#include "common/metrics/http_exporter.h"
+#include "net/tls.h"
+#include "worker/service/grpc_kv_transport.h"
+#include "worker/service/worker_config.h"
+#include "worker/service/worker_service.h"
+
+ABSL_FLAG(std::string, config, "", "WorkerConfig in text format; flags given too override it");
+ABSL_FLAG(std::string, model, "", "Hugging Face model folder; empty: the built-in model");
+ABSL_FLAG(std::string, builtin_model, "tiny", "Built-in synthetic model: tiny or 100m");
+ABSL_FLAG(std::string, model_name, "", "Served model name");
+ABSL_FLAG(std::string, backend, "cpu", "Compute backend: cpu or cuda");
+ABSL_FLAG(int, threads, 0, "CPU threads; 0: one per core");
+ABSL_FLAG(std::string, role, "unified", "unified, prefill or decode");
+ABSL_FLAG(std::string, listen, "127.0.0.1:50051", "gRPC address host:port (port 0: any)");
+ABSL_FLAG(std::string, metrics_listen, "", "Prometheus endpoint host:port; empty: none");
+ABSL_FLAG(std::string, port_file, "", "Written with the bound ports once serving");
+ABSL_FLAG(int64_t, kv_cache_bytes, 0, "KV cache bytes (cpu); 0: 4 GiB");
+ABSL_FLAG(int, max_context, 0, "Longest prompt + generation; 0: the model's");
+ABSL_FLAG(int64_t, max_batch_tokens, 0, "Tokens per engine step; 0: 2048");
+ABSL_FLAG(int, max_running, 0, "Requests running at once; 0: 64");
+ABSL_FLAG(int, max_queue, 0, "Waiting requests before RESOURCE_EXHAUSTED; 0: 1024");
+ABSL_FLAG(bool, prefix_caching, false, "Share KV pages of identical prompt prefixes");
+ABSL_FLAG(bool, dense, false, "Turn every attention sparsity off");
+ABSL_FLAG(std::string, tls_cert, "", "PEM certificate of the gRPC port");
+ABSL_FLAG(std::string, tls_key, "", "PEM key of the gRPC port");
+ABSL_FLAG(std::string, tls_ca, "", "PEM CA that client certificates must chain to");
+ABSL_FLAG(bool, require_client_cert, false, "mTLS: refuse clients without a certificate");
+ABSL_FLAG(double, drain_timeout_s, 0, "On SIGTERM, how long running requests may finish");
+
+namespace lserve {
+namespace {
+
+// Flags named on the command line override the config file; the rest keep its values.
+std::set<std::string>& GivenFlags() {
+  static std::set<std::string> given;
+  return given;
+}
+
+void RecordGivenFlags(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    if (arg == "--") break;
+    if (arg.rfind("--", 0) != 0) continue;
+    arg = arg.substr(2, arg.find('=') == std::string::npos ? std::string::npos : arg.find('=') - 2);
+    GivenFlags().insert(arg);
+    if (arg.rfind("no", 0) == 0) GivenFlags().insert(arg.substr(2));
+  }
+}
+
+bool Given(const char* name) { return GivenFlags().count(name) > 0; }
+
+absl::StatusOr<v1::WorkerConfig> ConfigFromFlags() {
+  v1::WorkerConfig config;
+  if (!absl::GetFlag(FLAGS_config).empty()) {
+    absl::StatusOr<std::string> text = net::ReadFile(absl::GetFlag(FLAGS_config));
+    if (!text.ok()) return text.status();
+    absl::StatusOr<v1::WorkerConfig> parsed = ParseWorkerConfig(*text, absl::GetFlag(FLAGS_config));
+    if (!parsed.ok()) return parsed.status();
+    config = *std::move(parsed);
+  }
+  if (Given("model")) config.set_model_path(absl::GetFlag(FLAGS_model));
+  if (Given("builtin_model")) config.set_builtin_model(absl::GetFlag(FLAGS_builtin_model));
+  if (Given("model_name")) config.set_model_name(absl::GetFlag(FLAGS_model_name));
+  if (Given("backend")) config.set_backend(absl::GetFlag(FLAGS_backend));
+  if (Given("threads")) config.set_threads(absl::GetFlag(FLAGS_threads));
+  if (Given("role")) {
+    const std::string role = absl::GetFlag(FLAGS_role);
+    if (role == "unified") {
+      config.set_role(v1::WORKER_ROLE_UNIFIED);
+    } else if (role == "prefill") {
+      config.set_role(v1::WORKER_ROLE_PREFILL);
+    } else if (role == "decode") {
+      config.set_role(v1::WORKER_ROLE_DECODE);
+    } else {
+      return absl::InvalidArgumentError("--role must be unified, prefill or decode, got '" + role +
+                                        "'");
+    }
+  }
+  if (Given("listen")) config.set_listen_address(absl::GetFlag(FLAGS_listen));
+  if (Given("metrics_listen")) config.set_metrics_address(absl::GetFlag(FLAGS_metrics_listen));
+  if (Given("port_file")) config.set_port_file(absl::GetFlag(FLAGS_port_file));
+  if (Given("kv_cache_bytes")) config.set_kv_cache_bytes(absl::GetFlag(FLAGS_kv_cache_bytes));
+  if (Given("max_context")) config.set_max_context(absl::GetFlag(FLAGS_max_context));
+  if (Given("max_batch_tokens")) config.set_max_batch_tokens(absl::GetFlag(FLAGS_max_batch_tokens));
+  if (Given("max_running")) config.set_max_running(absl::GetFlag(FLAGS_max_running));
+  if (Given("max_queue")) config.set_max_queue(absl::GetFlag(FLAGS_max_queue));
+  if (Given("prefix_caching")) config.set_prefix_caching(absl::GetFlag(FLAGS_prefix_caching));
+  if (Given("dense")) config.mutable_attention()->set_dense(absl::GetFlag(FLAGS_dense));
+  if (Given("tls_cert")) config.mutable_tls()->set_cert_file(absl::GetFlag(FLAGS_tls_cert));
+  if (Given("tls_key")) config.mutable_tls()->set_key_file(absl::GetFlag(FLAGS_tls_key));
+  if (Given("tls_ca")) config.mutable_tls()->set_ca_file(absl::GetFlag(FLAGS_tls_ca));
+  if (Given("require_client_cert")) {
+    config.mutable_tls()->set_require_client_cert(absl::GetFlag(FLAGS_require_client_cert));
+  }
+  if (Given("drain_timeout_s")) config.set_drain_timeout_s(absl::GetFlag(FLAGS_drain_timeout_s));
+  ApplyWorkerDefaults(&config);
+  if (absl::Status status = ValidateWorkerConfig(config); !status.ok()) return status;
+  return config;
+}
+
+std::pair<std::string, int> SplitHostPort(const std::string& address) {
+  const size_t colon = address.rfind(':');
+  return {address.substr(0, colon), std::atoi(address.substr(colon + 1).c_str())};
+}
+
+int Fail(const absl::Status& status) {
+  std::cerr << "lserve-worker: " << status << "\n";
+  return 2;
+}
+
+int Main() {
+  absl::StatusOr<v1::WorkerConfig> config = ConfigFromFlags();
+  if (!config.ok()) return Fail(config.status());
+  absl::StatusOr<ModelWeights> weights = LoadWorkerModel(*config);
+  if (!weights.ok()) return Fail(weights.status());
+  absl::StatusOr<EngineOptions> engine_options = EngineOptionsFor(*config);
+  if (!engine_options.ok()) return Fail(engine_options.status());
+  absl::StatusOr<std::unique_ptr<Engine>> engine =
+      Engine::Create(*std::move(weights), *engine_options);
+  if (!engine.ok()) return Fail(engine.status());
+  absl::StatusOr<SchedulerOptions> scheduler_options = SchedulerOptionsFor(*config);
+  if (!scheduler_options.ok()) return Fail(scheduler_options.status());
+  absl::StatusOr<std::unique_ptr<Scheduler>> scheduler =
+      Scheduler::Create(engine->get(), *scheduler_options);
+  if (!scheduler.ok()) return Fail(scheduler.status());
+
+  metrics::Registry registry;
+  std::atomic<WorkerMetrics*> metrics_ready{nullptr};
+  EngineLoop loop(engine->get(), scheduler->get(),
+                  [&](double seconds, const LoopSnapshot& before, const LoopSnapshot& after) {
+                    if (WorkerMetrics* m = metrics_ready.load()) m->Step(seconds, before, after);
+                  });
+  absl::StatusOr<std::unique_ptr<WorkerMetrics>> metrics = WorkerMetrics::Create(&registry, &loop);
+  if (!metrics.ok()) return Fail(metrics.status());
+  metrics_ready = metrics->get();
+
+  const v1::TlsConfig& peer = config->peer_tls();
+  auto peer_credentials =
+      net::ChannelCredentials({peer.cert_file(), peer.key_file(), peer.ca_file(), false});
+  if (!peer_credentials.ok()) return Fail(peer_credentials.status());
+  GrpcKvTransport transport(*peer_credentials, static_cast<int>(config->max_message_bytes()));
+  WorkerIdentity identity;
+  identity.model_name = ServedModelName(*config);
+  identity.role = config->role();
+  identity.backend = config->backend();
+  identity.max_context =
+      config->max_context() > 0
+          ? std::min(config->max_context(), (*engine)->config().max_position_embeddings)
+          : (*engine)->config().max_position_embeddings;
+  identity.kv_lease = std::chrono::milliseconds(config->kv_lease_ms());
+  WorkerHandler handler(&loop, identity, &transport, metrics->get());
+
+  const v1::TlsConfig& tls = config->tls();
+  auto credentials = net::ServerCredentials(
+      {tls.cert_file(), tls.key_file(), tls.ca_file(), tls.require_client_cert()});
+  if (!credentials.ok()) return Fail(credentials.status());
+  auto server = WorkerServer::Start(&handler, {config->listen_address(), *credentials,
+                                               static_cast<int>(config->max_message_bytes())});
+  if (!server.ok()) return Fail(server.status());
+
+  std::unique_ptr<metrics::HttpExporter> exporter;
+  if (!config->metrics_address().empty()) {
+    const auto [host, port] = SplitHostPort(config->metrics_address());
+    auto started = metrics::HttpExporter::Start(&registry, host, port);
+    if (!started.ok()) return Fail(started.status());
+    exporter = *std::move(started);
+    (void)exporter->AddHandler("/healthz", [&handler] {
+      return handler.draining() ? std::make_pair(503, std::string("draining\n"))
+                                : std::make_pair(200, std::string("ok\n"));
+    });
+  }
+  if (!config->port_file().empty()) {
+    const std::string tmp = config->port_file() + ".tmp";
+    std::ofstream(tmp) << "grpc_port=" << (*server)->port()
+                       << "\nmetrics_port=" << (exporter ? exporter->port() : 0) << "\n";
+    std::rename(tmp.c_str(), config->port_file().c_str());
+  }
+  LOG(Info) << "lserve-worker serving " << identity.model_name << " on port " << (*server)->port()
+            << " (" << config->role() << ", backend " << config->backend() << ")";
+
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  int signal = 0;
+  sigwait(&signals, &signal);
+  LOG(Info) << "signal " << signal << ": draining";
+  handler.Drain();
+  (*server)->SetServing(false);
+  const auto give_up = std::chrono::steady_clock::now() +
+                       std::chrono::milliseconds(int64_t(config->drain_timeout_s() * 1000));
+  while (!handler.Idle() && std::chrono::steady_clock::now() < give_up) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  // Streams still open past the drain timeout are cancelled by the shutdown.
+  (*server)->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  loop.Stop();
+  LOG(Info) << "drained; exiting";
+  return 0;
+}
+
+}  // namespace
+}  // namespace lserve
+
+int main(int argc, char** argv) {
+  // Every thread inherits this mask, so only sigwait in Main sees SIGTERM and SIGINT.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  absl::SetProgramUsageMessage("Serve an LLM over gRPC (lserve.v1).");
+  lserve::RecordGivenFlags(argc, argv);
+  absl::ParseCommandLine(argc, argv);
+  return lserve::Main();
+}

@@ -1,0 +1,94 @@
+// Runs a Scheduler on its own engine thread: steps while there is work, sleeps when
+// there is none, and routes each request's events to the sink registered with it.
+// Transport-free: the gRPC adapter and tests drive it alike.
+#ifndef LSERVE_WORKER_SERVICE_ENGINE_LOOP_H_
+#define LSERVE_WORKER_SERVICE_ENGINE_LOOP_H_
+
+#include <condition_variable>
+#include <functional>
+#include <future>
+#include <mutex>
+#include <thread>
+#include <unordered_map>
+
+#include "absl/status/statusor.h"
+#include "worker/engine.h"
+#include "worker/scheduler/scheduler.h"
+
+namespace lserve {
+
+// What the loop publishes after every step, for loads, health and metrics.
+struct LoopSnapshot {
+  SchedulerStats scheduler;
+  KvUsage kv;
+  PrefixCacheStats prefix;
+  AttentionStats attention;
+  int64_t selection_recomputations = 0;
+  int64_t selection_reuses = 0;
+  int64_t leased = 0;
+  int64_t reservations = 0;
+};
+
+class EngineLoop {
+ public:
+  // Called on the engine thread with each event of its request, in order; the last one
+  // has finished set.
+  using EventSink = std::function<void(const RequestEvent&)>;
+  // Called on the engine thread after every engine step with its duration and the
+  // snapshots from before and after it.
+  using StepObserver =
+      std::function<void(double seconds, const LoopSnapshot& before, const LoopSnapshot& after)>;
+
+  EngineLoop(Engine* engine, Scheduler* scheduler, StepObserver observer = nullptr);
+  ~EngineLoop();  // Stop()
+  EngineLoop(const EngineLoop&) = delete;
+  EngineLoop& operator=(const EngineLoop&) = delete;
+
+  absl::StatusOr<RequestId> Submit(GenerationRequest request, EventSink sink);
+  absl::Status Abort(RequestId id) { return scheduler_->Abort(id); }
+  // Runs fn on the engine thread and returns its result (never call from that thread).
+  template <typename T>
+  T Run(std::function<T()> fn);
+  // The same for work that streams events afterwards: fn returns the request id whose
+  // events go to sink (or an error, and then the sink is dropped).
+  absl::Status RunWithSink(std::function<absl::StatusOr<RequestId>()> fn, EventSink sink);
+
+  LoopSnapshot Snapshot() const;
+  Scheduler& scheduler() { return *scheduler_; }
+  const Engine& engine() const { return *engine_; }
+  // Stops stepping (after the step in progress) and joins the thread. Requests still live
+  // get no further events.
+  void Stop();
+
+ private:
+  void Loop();
+  void Wake();
+  // Takes a fresh snapshot, publishes it and returns the previous one.
+  LoopSnapshot Publish();
+
+  Engine* engine_;
+  Scheduler* scheduler_;
+  StepObserver observer_;
+  std::mutex sinks_mu_;
+  std::unordered_map<RequestId, EventSink> sinks_;
+  std::mutex wake_mu_;
+  std::condition_variable wake_cv_;
+  bool stop_ = false;
+  bool woken_ = false;
+  mutable std::mutex snapshot_mu_;
+  LoopSnapshot snapshot_;
+  std::thread thread_;
+};
+
+template <typename T>
+T EngineLoop::Run(std::function<T()> fn) {
+  std::promise<T> promise;
+  std::future<T> result = promise.get_future();
+  scheduler_->Post([&] { promise.set_value(fn()); });
+  Wake();
+  return result.get();
+}
+
+}  // namespace lserve
+
+#endif  // LSERVE_WORKER_SERVICE_ENGINE_LOOP_H_

@@ -1,0 +1,99 @@
+// The worker's request logic, transport-free (DESIGN.md §5): converts and validates
+// lserve.v1 messages, runs them through the EngineLoop, and reports through callbacks and
+// absl::Status. worker_service.cc adapts it to gRPC; tests call it directly.
+#ifndef LSERVE_WORKER_SERVICE_WORKER_HANDLER_H_
+#define LSERVE_WORKER_SERVICE_WORKER_HANDLER_H_
+
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <unordered_map>
+
+#include "absl/status/statusor.h"
+#include "lserve/v1/config.pb.h"
+#include "lserve/v1/generation.pb.h"
+#include "lserve/v1/worker.pb.h"
+#include "worker/service/engine_loop.h"
+#include "worker/service/kv_transport.h"
+#include "worker/service/kv_wire.h"
+#include "worker/service/metrics.h"
+
+namespace lserve {
+
+struct WorkerIdentity {
+  std::string model_name;
+  v1::WorkerRole role = v1::WORKER_ROLE_UNIFIED;
+  std::string backend;
+  int32_t max_context = 0;  // requests beyond it are refused
+  std::chrono::milliseconds kv_lease{30000};
+  int64_t max_kv_bytes = int64_t{64} << 30;  // largest KV a push may announce
+};
+
+v1::GeneratedToken ToProtoToken(const GeneratedToken& token, bool logprobs);
+v1::Timings ToProtoTimings(const RequestTimings& timings);
+
+// Receives the responses of one stream. `final` is set on the last call, with the
+// stream's outcome; calls come from the engine thread, in order.
+using ResponseSink =
+    std::function<void(const v1::GenerateResponse& response, bool final, const absl::Status&)>;
+
+class WorkerHandler {
+ public:
+  // loop, transport and metrics (which may be null) must outlive the handler.
+  WorkerHandler(EngineLoop* loop, WorkerIdentity identity, KvTransport* transport,
+                WorkerMetrics* metrics);
+
+  // The public API. `deadline` is the call's (the transport's) deadline, if any.
+  absl::StatusOr<RequestId> StartGenerate(const v1::GenerateRequest& request,
+                                          std::optional<SteadyClock::time_point> deadline,
+                                          ResponseSink sink);
+  // The stream's client went away: the request stops and frees its pages.
+  void Cancel(RequestId id);
+  absl::Status Abort(const v1::AbortRequest& request);
+  v1::ModelInfo ModelInfo() const;
+  v1::Load Load() const;
+
+  // The internal API of the disaggregated hand-off.
+  absl::StatusOr<v1::ReserveKvResponse> ReserveKv(const v1::ReserveKvRequest& request);
+  // Calls `done` (on the engine thread) once the first token is sampled.
+  absl::Status StartPrefill(const v1::PrefillRequest& request,
+                            std::optional<SteadyClock::time_point> deadline,
+                            std::function<void(absl::StatusOr<v1::PrefillResponse>)> done);
+  std::unique_ptr<KvReceiver> NewKvReceiver() const;
+  absl::StatusOr<v1::PushKvResponse> FinishPush(KvReceiver& receiver);
+  // Blocks while the KV moves.
+  absl::StatusOr<v1::TransferKvResponse> TransferKv(const v1::TransferKvRequest& request,
+                                                    SteadyClock::time_point deadline);
+  absl::Status ReleaseKv(const v1::ReleaseKvRequest& request);
+  absl::StatusOr<RequestId> StartDecode(const v1::DecodeRequest& request,
+                                        std::optional<SteadyClock::time_point> deadline,
+                                        ResponseSink sink);
+  v1::DrainResponse Drain();
+  bool draining() const { return loop_->scheduler().draining(); }
+  // Nothing queued, running, swapped, leased or reserved.
+  bool Idle() const;
+
+  // Converts and validates a request as StartGenerate would (exposed for tests).
+  absl::StatusOr<GenerationRequest> ToRequest(
+      const v1::GenerateRequest& request, std::optional<SteadyClock::time_point> deadline) const;
+
+ private:
+  absl::Status CheckRole(bool prefill_side) const;
+  // Wraps a sink with the client-id bookkeeping and the metrics of one request.
+  EngineLoop::EventSink StreamSink(std::string client_id, bool logprobs, ResponseSink sink);
+  void Forget(const std::string& client_id);
+
+  EngineLoop* loop_;
+  WorkerIdentity identity_;
+  KvTransport* transport_;
+  WorkerMetrics* metrics_;
+  mutable std::mutex ids_mu_;
+  std::unordered_map<std::string, RequestId> client_ids_;  // live requests by client id
+};
+
+}  // namespace lserve
+
+#endif  // LSERVE_WORKER_SERVICE_WORKER_HANDLER_H_
