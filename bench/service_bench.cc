@@ -15,7 +15,7 @@
 #include "absl/strings/str_split.h"
 #include "bench/bench_report.h"
 #include "client/client.h"
-#include "tests/worker/service/process_util.h"
+#include "tests/testing/process_util.h"
 #include "worker/model/synthetic_model.h"
 #include "worker/service/worker_handler.h"
 

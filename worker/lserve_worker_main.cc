@@ -2,22 +2,21 @@
 // lserve.v1.Worker) over gRPC, with grpc.health.v1, server reflection and Prometheus
 // metrics over HTTP. SIGTERM or SIGINT drains: no new requests, running ones finish
 // (up to drain_timeout_s), then the process exits 0.
-#include <signal.h>
-
-#include <cstdio>
-#include <fstream>
+#include <cstdlib>
 #include <iostream>
-#include <set>
 #include <string>
 #include <thread>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
+#include "common/command_line.h"
 #include "common/logging.h"
 #include "common/metrics/http_exporter.h"
 #include "net/tls.h"
 #include "worker/service/grpc_kv_transport.h"
+#include "worker/service/router_registration.h"
 #include "worker/service/worker_config.h"
 #include "worker/service/worker_service.h"
 
@@ -43,28 +42,22 @@ ABSL_FLAG(std::string, tls_key, "", "PEM key of the gRPC port");
 ABSL_FLAG(std::string, tls_ca, "", "PEM CA that client certificates must chain to");
 ABSL_FLAG(bool, require_client_cert, false, "mTLS: refuse clients without a certificate");
 ABSL_FLAG(double, drain_timeout_s, 0, "On SIGTERM, how long running requests may finish");
+ABSL_FLAG(std::string, router, "",
+          "Register with the router at host:port and heartbeat ($LSERVE_API_KEY: its key)");
+ABSL_FLAG(std::string, advertise, "", "Address others reach this worker at; default: bound one");
+ABSL_FLAG(std::string, peer_tls_ca, "", "PEM CA verifying other workers and the router");
+ABSL_FLAG(std::string, peer_tls_cert, "", "PEM certificate presented to peers (mTLS)");
+ABSL_FLAG(std::string, peer_tls_key, "", "PEM key presented to peers (mTLS)");
+ABSL_FLAG(int, prefill_local, 0, "Streaming heads' prefill window; 0: the default");
+ABSL_FLAG(int, decode_local, 0, "Streaming heads' decode window; 0: the default");
+ABSL_FLAG(int, sink, -1, "Streaming heads' sink tokens; -1: the default");
+ABSL_FLAG(int, page_size, 0, "KV page size; 0: the default");
+ABSL_FLAG(int64_t, token_budget, 0, "Decode token budget; 0: the default");
 
 namespace lserve {
 namespace {
 
-// Flags named on the command line override the config file; the rest keep its values.
-std::set<std::string>& GivenFlags() {
-  static std::set<std::string> given;
-  return given;
-}
-
-void RecordGivenFlags(int argc, char** argv) {
-  for (int i = 1; i < argc; ++i) {
-    std::string arg = argv[i];
-    if (arg == "--") break;
-    if (arg.rfind("--", 0) != 0) continue;
-    arg = arg.substr(2, arg.find('=') == std::string::npos ? std::string::npos : arg.find('=') - 2);
-    GivenFlags().insert(arg);
-    if (arg.rfind("no", 0) == 0) GivenFlags().insert(arg.substr(2));
-  }
-}
-
-bool Given(const char* name) { return GivenFlags().count(name) > 0; }
+bool Given(const char* name) { return FlagGiven(name); }
 
 absl::StatusOr<v1::WorkerConfig> ConfigFromFlags() {
   v1::WorkerConfig config;
@@ -110,14 +103,24 @@ absl::StatusOr<v1::WorkerConfig> ConfigFromFlags() {
     config.mutable_tls()->set_require_client_cert(absl::GetFlag(FLAGS_require_client_cert));
   }
   if (Given("drain_timeout_s")) config.set_drain_timeout_s(absl::GetFlag(FLAGS_drain_timeout_s));
+  if (Given("router")) config.set_router_address(absl::GetFlag(FLAGS_router));
+  if (Given("advertise")) config.set_advertise_address(absl::GetFlag(FLAGS_advertise));
+  if (Given("peer_tls_ca"))
+    config.mutable_peer_tls()->set_ca_file(absl::GetFlag(FLAGS_peer_tls_ca));
+  if (Given("peer_tls_cert")) {
+    config.mutable_peer_tls()->set_cert_file(absl::GetFlag(FLAGS_peer_tls_cert));
+  }
+  if (Given("peer_tls_key"))
+    config.mutable_peer_tls()->set_key_file(absl::GetFlag(FLAGS_peer_tls_key));
+  v1::AttentionSettings* attention = config.mutable_attention();
+  if (Given("prefill_local")) attention->set_prefill_local(absl::GetFlag(FLAGS_prefill_local));
+  if (Given("decode_local")) attention->set_decode_local(absl::GetFlag(FLAGS_decode_local));
+  if (Given("sink")) attention->set_sink(absl::GetFlag(FLAGS_sink));
+  if (Given("page_size")) attention->set_page_size(absl::GetFlag(FLAGS_page_size));
+  if (Given("token_budget")) attention->set_token_budget(absl::GetFlag(FLAGS_token_budget));
   ApplyWorkerDefaults(&config);
   if (absl::Status status = ValidateWorkerConfig(config); !status.ok()) return status;
   return config;
-}
-
-std::pair<std::string, int> SplitHostPort(const std::string& address) {
-  const size_t colon = address.rfind(':');
-  return {address.substr(0, colon), std::atoi(address.substr(colon + 1).c_str())};
 }
 
 int Fail(const absl::Status& status) {
@@ -175,35 +178,34 @@ int Main() {
                                                static_cast<int>(config->max_message_bytes())});
   if (!server.ok()) return Fail(server.status());
 
-  std::unique_ptr<metrics::HttpExporter> exporter;
-  if (!config->metrics_address().empty()) {
-    const auto [host, port] = SplitHostPort(config->metrics_address());
-    auto started = metrics::HttpExporter::Start(&registry, host, port);
-    if (!started.ok()) return Fail(started.status());
-    exporter = *std::move(started);
-    (void)exporter->AddHandler("/healthz", [&handler] {
-      return handler.draining() ? std::make_pair(503, std::string("draining\n"))
-                                : std::make_pair(200, std::string("ok\n"));
-    });
-  }
-  if (!config->port_file().empty()) {
-    const std::string tmp = config->port_file() + ".tmp";
-    std::ofstream(tmp) << "grpc_port=" << (*server)->port()
-                       << "\nmetrics_port=" << (exporter ? exporter->port() : 0) << "\n";
-    std::rename(tmp.c_str(), config->port_file().c_str());
+  auto exporter =
+      metrics::StartExporterWithHealth(&registry, config->metrics_address(), [&handler] {
+        return handler.draining() ? std::make_pair(503, std::string("draining\n"))
+                                  : std::make_pair(200, std::string("ok\n"));
+      });
+  if (!exporter.ok()) return Fail(exporter.status());
+  WritePortFile(config->port_file(), (*server)->port(), *exporter ? (**exporter).port() : 0);
+  std::unique_ptr<RouterRegistration> registration;
+  if (!config->router_address().empty()) {
+    v1::RegisterRequest announcement;
+    announcement.set_address(
+        config->advertise_address().empty()
+            ? absl::StrCat(SplitHostPort(config->listen_address()).first, ":", (*server)->port())
+            : config->advertise_address());
+    announcement.set_role(config->role());
+    announcement.set_model(identity.model_name);
+    const char* api_key = std::getenv("LSERVE_API_KEY");
+    registration = std::make_unique<RouterRegistration>(config->router_address(), *peer_credentials,
+                                                        announcement, api_key ? api_key : "");
   }
   LOG(Info) << "lserve-worker serving " << identity.model_name << " on port " << (*server)->port()
             << " (" << config->role() << ", backend " << config->backend() << ")";
 
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGTERM);
-  sigaddset(&signals, SIGINT);
-  int signal = 0;
-  sigwait(&signals, &signal);
+  const int signal = WaitForStopSignal();
   LOG(Info) << "signal " << signal << ": draining";
   handler.Drain();
   (*server)->SetServing(false);
+  registration.reset();  // the router stops sending work once the heartbeats stop
   const auto give_up = std::chrono::steady_clock::now() +
                        std::chrono::milliseconds(int64_t(config->drain_timeout_s() * 1000));
   while (!handler.Idle() && std::chrono::steady_clock::now() < give_up) {
@@ -220,12 +222,8 @@ int Main() {
 }  // namespace lserve
 
 int main(int argc, char** argv) {
-  // Every thread inherits this mask, so only sigwait in Main sees SIGTERM and SIGINT.
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGTERM);
-  sigaddset(&signals, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  // Every thread inherits this mask, so only Main sees SIGTERM and SIGINT.
+  lserve::BlockStopSignals();
   absl::SetProgramUsageMessage("Serve an LLM over gRPC (lserve.v1).");
   lserve::RecordGivenFlags(argc, argv);
   absl::ParseCommandLine(argc, argv);

@@ -195,4 +195,26 @@ int HttpExporter::Serve(mg_connection* conn) {
   return SendResponse(conn, status, kPlain, body, head, false);
 }
 
+absl::StatusOr<std::unique_ptr<HttpExporter>> StartExporterWithHealth(
+    const Registry* registry, const std::string& address, HttpExporter::Handler healthz) {
+  if (address.empty()) return nullptr;
+  const size_t colon = address.rfind(':');
+  if (colon == std::string::npos) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("metrics address '", address, "' is not host:port"));
+  }
+  const std::string port = address.substr(colon + 1);
+  if (port.empty() || port.find_first_not_of("0123456789") != std::string::npos ||
+      port.size() > 5) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("metrics address '", address, "' has no valid port"));
+  }
+  auto exporter = HttpExporter::Start(registry, address.substr(0, colon), std::stoi(port));
+  if (!exporter.ok()) return exporter.status();
+  if (absl::Status status = (*exporter)->AddHandler("/healthz", std::move(healthz)); !status.ok()) {
+    return status;
+  }
+  return exporter;
+}
+
 }  // namespace lserve::metrics

@@ -61,6 +61,11 @@ class HttpExporter {
   std::map<std::string, Handler, std::less<>> handlers_;
 };
 
+// For the servers' --metrics_listen: nullptr when `address` is empty; otherwise an
+// exporter on host:port serving `healthz` at /healthz too.
+absl::StatusOr<std::unique_ptr<HttpExporter>> StartExporterWithHealth(
+    const Registry* registry, const std::string& address, HttpExporter::Handler healthz);
+
 }  // namespace lserve::metrics
 
 #endif  // LSERVE_COMMON_METRICS_HTTP_EXPORTER_H_

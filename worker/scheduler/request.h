@@ -24,6 +24,9 @@ struct SamplingParams {
   int max_tokens = 16;
   std::vector<int32_t> stop_token_ids;
   int logprobs = -1;  // -1: none; n >= 0: each token's logprob plus the n most likely
+  // Draws made before this request (it resumes one that generated that many elsewhere),
+  // so the seeded random stream continues where it stopped.
+  uint64_t draw_offset = 0;
 };
 
 // Hard limit on SamplingParams::logprobs.

@@ -51,9 +51,12 @@ bool Scheduler::TryAdd(State& state, std::vector<Planned>& plan, int64_t& budget
   input.sample = state.computed + n == static_cast<int64_t>(state.context.size());
   if (input.sample) {
     const SamplingParams& s = state.request.sampling;
-    input.sampling = {
-        s.temperature, s.top_k, s.top_p, s.seed, static_cast<uint64_t>(state.generated),
-        s.logprobs};
+    input.sampling = {s.temperature,
+                      s.top_k,
+                      s.top_p,
+                      s.seed,
+                      s.draw_offset + static_cast<uint64_t>(state.generated),
+                      s.logprobs};
   }
   planned_ = Plus(planned_, need);
   budget -= n;

@@ -1,13 +1,11 @@
 #include "worker/service/worker_config.h"
 
-#include <google/protobuf/io/tokenizer.h>
-#include <google/protobuf/text_format.h>
-
 #include <cmath>
 #include <filesystem>
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "net/text_config.h"
 #include "worker/model/synthetic_model.h"
 
 namespace lserve {
@@ -16,18 +14,6 @@ namespace {
 absl::Status Invalid(const std::string& field, const std::string& why) {
   return absl::InvalidArgumentError(absl::StrCat("worker config: ", field, " ", why));
 }
-
-// Collects the parser's first error with its position.
-class ErrorCollector : public google::protobuf::io::ErrorCollector {
- public:
-  void AddError(int line, int column, const std::string& message) override {
-    if (first_.empty()) first_ = absl::StrCat(line + 1, ":", column + 1, ": ", message);
-  }
-  const std::string& first() const { return first_; }
-
- private:
-  std::string first_;
-};
 
 }  // namespace
 
@@ -50,14 +36,7 @@ void ApplyWorkerDefaults(v1::WorkerConfig* c) {
 
 absl::StatusOr<v1::WorkerConfig> ParseWorkerConfig(const std::string& text,
                                                    const std::string& source) {
-  v1::WorkerConfig config;
-  google::protobuf::TextFormat::Parser parser;
-  ErrorCollector errors;
-  parser.RecordErrorsTo(&errors);
-  if (!parser.ParseFromString(text, &config)) {
-    return absl::InvalidArgumentError(absl::StrCat(source, ":", errors.first()));
-  }
-  return config;
+  return net::ParseTextConfig<v1::WorkerConfig>(text, source);
 }
 
 absl::Status ValidateWorkerConfig(const v1::WorkerConfig& c) {

@@ -5,14 +5,10 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
+#include "net/generation_defaults.h"
 #include "worker/attention/attention_config.h"
 
 namespace lserve {
-namespace {
-
-constexpr int kDefaultMaxTokens = 16;
-
-}  // namespace
 
 v1::GeneratedToken ToProtoToken(const GeneratedToken& token, bool logprobs) {
   v1::GeneratedToken out;
@@ -92,9 +88,10 @@ absl::StatusOr<GenerationRequest> WorkerHandler::ToRequest(
   request.sampling.top_k = s.top_k();
   request.sampling.top_p = s.top_p() == 0.0f ? 1.0f : s.top_p();
   request.sampling.seed = s.seed();
-  request.sampling.max_tokens = s.max_tokens() == 0 ? kDefaultMaxTokens : s.max_tokens();
+  request.sampling.max_tokens = s.max_tokens() == 0 ? net::kDefaultMaxTokens : s.max_tokens();
   request.sampling.stop_token_ids.assign(s.stop_token_ids().begin(), s.stop_token_ids().end());
   request.sampling.logprobs = s.logprobs() ? s.top_logprobs() : -1;
+  request.sampling.draw_offset = s.draw_offset();
   request.priority = r.priority();
   request.client_request_id = r.request_id();
   request.deadline = deadline;

@@ -117,6 +117,11 @@ absl::StatusOr<v1::TransferKvResponse> WorkerHandler::TransferKv(const v1::Trans
 }
 
 absl::Status WorkerHandler::ReleaseKv(const v1::ReleaseKvRequest& r) {
+  if (r.reservation_id() != 0) {
+    const RequestId reservation = static_cast<RequestId>(r.reservation_id());
+    return loop_->Run<absl::Status>(
+        [&] { return loop_->scheduler().CancelReservation(reservation); });
+  }
   const RequestId handle = static_cast<RequestId>(r.kv_handle());
   return loop_->Run<absl::Status>([&] { return loop_->scheduler().ReleaseLeased(handle); });
 }

@@ -1,12 +1,9 @@
 #include "worker/service/worker_service.h"
 
-#include <grpcpp/ext/proto_server_reflection_plugin.h>
-#include <grpcpp/health_check_service_interface.h>
-
-#include <deque>
-#include <mutex>
 #include <thread>
+#include <tuple>
 
+#include "net/generate_stream_reactor.h"
 #include "net/grpc_status.h"
 
 namespace lserve {
@@ -26,122 +23,6 @@ grpc::ServerUnaryReactor* Done(grpc::CallbackServerContext* context, const absl:
   reactor->Finish(ToGrpcStatus(status));
   return reactor;
 }
-
-// A server stream of GenerateResponse fed by the engine thread. Writes go out one at a
-// time; responses queued meanwhile are merged, so a slow client costs one message per
-// write rather than one per token. The reactor deletes itself in OnDone; the sink only
-// touches the Shared part, which outlives it.
-class StreamReactor : public grpc::ServerWriteReactor<v1::GenerateResponse> {
- public:
-  using Starter = std::function<absl::StatusOr<RequestId>(ResponseSink)>;
-
-  StreamReactor(WorkerHandler* handler, const Starter& start)
-      : handler_(handler), shared_(std::make_shared<Shared>()) {
-    shared_->reactor = this;
-    std::weak_ptr<Shared> weak = shared_;
-    absl::StatusOr<RequestId> id =
-        start([weak](const v1::GenerateResponse& response, bool final, const absl::Status& status) {
-          if (auto shared = weak.lock()) Push(*shared, response, final, status);
-        });
-    std::lock_guard<std::mutex> lock(shared_->mu);
-    if (!id.ok()) {
-      shared_->finishing = true;
-      Finish(ToGrpcStatus(id.status()));
-      return;
-    }
-    id_ = *id;
-    started_ = true;
-    if (cancelled_) handler_->Cancel(id_);
-  }
-
-  void OnWriteDone(bool ok) override {
-    std::unique_lock<std::mutex> lock(shared_->mu);
-    shared_->writing = false;
-    if (!ok) {
-      // The client is gone; OnCancel stops the request. Drop what is queued.
-      shared_->queue.clear();
-      if (!shared_->finishing) {
-        shared_->finishing = true;
-        lock.unlock();
-        Finish(grpc::Status(grpc::StatusCode::CANCELLED, "client went away"));
-      }
-      return;
-    }
-    WriteNext(*shared_, lock);
-  }
-
-  void OnCancel() override {
-    std::lock_guard<std::mutex> lock(shared_->mu);
-    cancelled_ = true;
-    if (started_) handler_->Cancel(id_);
-  }
-
-  void OnDone() override {
-    {
-      std::lock_guard<std::mutex> lock(shared_->mu);
-      shared_->reactor = nullptr;
-    }
-    delete this;
-  }
-
- private:
-  struct Shared {
-    std::mutex mu;
-    StreamReactor* reactor = nullptr;
-    std::deque<v1::GenerateResponse> queue;
-    v1::GenerateResponse writing_now;
-    bool writing = false;
-    bool final = false;
-    bool finishing = false;
-    grpc::Status status;
-  };
-
-  static void Push(Shared& shared, const v1::GenerateResponse& response, bool final,
-                   const absl::Status& status) {
-    std::unique_lock<std::mutex> lock(shared.mu);
-    if (shared.reactor == nullptr || shared.finishing) return;
-    if (!shared.queue.empty() && shared.queue.back().finish_reason() == 0 &&
-        !shared.queue.back().has_timings()) {
-      // Merge into the response still waiting to be written.
-      shared.queue.back().mutable_tokens()->MergeFrom(response.tokens());
-      shared.queue.back().set_finish_reason(response.finish_reason());
-      if (response.has_timings()) *shared.queue.back().mutable_timings() = response.timings();
-    } else if (response.tokens_size() > 0 || (final && status.ok())) {
-      shared.queue.push_back(response);
-    }
-    if (final) {
-      shared.final = true;
-      shared.status = ToGrpcStatus(status);
-    }
-    if (!shared.writing) WriteNext(shared, lock);
-  }
-
-  // Called with the lock held; releases it before calling into gRPC.
-  static void WriteNext(Shared& shared, std::unique_lock<std::mutex>& lock) {
-    StreamReactor* reactor = shared.reactor;
-    if (reactor == nullptr || shared.finishing) return;
-    if (!shared.queue.empty()) {
-      shared.writing_now = std::move(shared.queue.front());
-      shared.queue.pop_front();
-      shared.writing = true;
-      lock.unlock();
-      reactor->StartWrite(&shared.writing_now);
-      return;
-    }
-    if (shared.final) {
-      shared.finishing = true;
-      const grpc::Status status = shared.status;
-      lock.unlock();
-      reactor->Finish(status);
-    }
-  }
-
-  WorkerHandler* handler_;
-  std::shared_ptr<Shared> shared_;
-  RequestId id_ = -1;
-  bool started_ = false;
-  bool cancelled_ = false;
-};
 
 // Reads KV chunks into a receiver, then hands the sequence to the reservation.
 class PushKvReactor : public grpc::ServerReadReactor<v1::KvChunk> {
@@ -178,9 +59,13 @@ class PushKvReactor : public grpc::ServerReadReactor<v1::KvChunk> {
 
 grpc::ServerWriteReactor<v1::GenerateResponse>* GenerationService::Generate(
     grpc::CallbackServerContext* context, const v1::GenerateRequest* request) {
-  return new StreamReactor(handler_, [&](ResponseSink sink) {
-    return handler_->StartGenerate(*request, DeadlineOf(context), std::move(sink));
-  });
+  return new net::GenerateStreamReactor(
+      [&](net::GenerateSink sink) -> absl::StatusOr<std::function<void()>> {
+        absl::StatusOr<RequestId> id =
+            handler_->StartGenerate(*request, DeadlineOf(context), std::move(sink));
+        if (!id.ok()) return id.status();
+        return [handler = handler_, id = *id] { handler->Cancel(id); };
+      });
 }
 
 grpc::ServerUnaryReactor* GenerationService::Abort(grpc::CallbackServerContext* context,
@@ -251,9 +136,13 @@ grpc::ServerUnaryReactor* WorkerApiService::ReleaseKv(grpc::CallbackServerContex
 
 grpc::ServerWriteReactor<v1::GenerateResponse>* WorkerApiService::Decode(
     grpc::CallbackServerContext* context, const v1::DecodeRequest* request) {
-  return new StreamReactor(handler_, [&](ResponseSink sink) {
-    return handler_->StartDecode(*request, DeadlineOf(context), std::move(sink));
-  });
+  return new net::GenerateStreamReactor(
+      [&](net::GenerateSink sink) -> absl::StatusOr<std::function<void()>> {
+        absl::StatusOr<RequestId> id =
+            handler_->StartDecode(*request, DeadlineOf(context), std::move(sink));
+        if (!id.ok()) return id.status();
+        return [handler = handler_, id = *id] { handler->Cancel(id); };
+      });
 }
 
 grpc::ServerUnaryReactor* WorkerApiService::Drain(grpc::CallbackServerContext* context,
@@ -263,31 +152,19 @@ grpc::ServerUnaryReactor* WorkerApiService::Drain(grpc::CallbackServerContext* c
   return Done(context, absl::OkStatus());
 }
 
-absl::StatusOr<std::unique_ptr<WorkerServer>> WorkerServer::Start(WorkerHandler* handler,
-                                                                  const ServerOptions& options) {
+absl::StatusOr<std::unique_ptr<WorkerServer>> WorkerServer::Start(
+    WorkerHandler* handler, const net::ServerOptions& options) {
   std::unique_ptr<WorkerServer> server(new WorkerServer(handler));
-  grpc::EnableDefaultHealthCheckService(true);
-  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
-  grpc::ServerBuilder builder;
-  builder.AddListeningPort(options.listen_address, options.credentials, &server->port_);
-  builder.SetMaxReceiveMessageSize(options.max_message_bytes);
-  builder.SetMaxSendMessageSize(options.max_message_bytes);
-  builder.RegisterService(&server->generation_);
-  builder.RegisterService(&server->worker_);
-  server->server_ = builder.BuildAndStart();
-  if (server->server_ == nullptr || server->port_ == 0) {
-    return absl::UnavailableError("cannot listen on " + options.listen_address);
-  }
+  auto started = net::StartServer(options, {&server->generation_, &server->worker_});
+  if (!started.ok()) return started.status();
+  std::tie(server->server_, server->port_) = *std::move(started);
   server->SetServing(true);
   return server;
 }
 
 void WorkerServer::SetServing(bool serving) {
-  grpc::HealthCheckServiceInterface* health = server_->GetHealthCheckService();
-  if (health == nullptr) return;
-  health->SetServingStatus(serving);
-  health->SetServingStatus(v1::Generation::service_full_name(), serving);
-  health->SetServingStatus(v1::Worker::service_full_name(), serving);
+  net::SetServing(*server_, serving,
+                  {v1::Generation::service_full_name(), v1::Worker::service_full_name()});
 }
 
 void WorkerServer::Shutdown(std::chrono::system_clock::time_point deadline) {

@@ -12,6 +12,7 @@
 #include "absl/status/statusor.h"
 #include "lserve/v1/generation.grpc.pb.h"
 #include "lserve/v1/worker.grpc.pb.h"
+#include "net/server.h"
 #include "worker/service/worker_handler.h"
 
 namespace lserve {
@@ -61,17 +62,11 @@ class WorkerApiService final : public v1::Worker::CallbackService {
   WorkerHandler* handler_;
 };
 
-struct ServerOptions {
-  std::string listen_address;  // host:port (port 0 picks one)
-  std::shared_ptr<grpc::ServerCredentials> credentials;
-  int max_message_bytes = 64 << 20;
-};
-
 // Both services with grpc.health.v1 and server reflection.
 class WorkerServer {
  public:
   static absl::StatusOr<std::unique_ptr<WorkerServer>> Start(WorkerHandler* handler,
-                                                             const ServerOptions& options);
+                                                             const net::ServerOptions& options);
   int port() const { return port_; }
   // Health answers NOT_SERVING from now on (draining).
   void SetServing(bool serving);

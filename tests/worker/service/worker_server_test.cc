@@ -9,13 +9,16 @@
 #include "client/client.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "gtest/gtest.h"
-#include "tests/worker/service/process_util.h"
+#include "tests/testing/process_util.h"
+#include "tests/testing/requests.h"
 #include "worker/model/synthetic_model.h"
 #include "worker/scheduler/offline.h"
 
 namespace lserve {
 namespace {
 
+using testing::Ids;
+using testing::Request;
 using testing::ServerProcess;
 
 std::unique_ptr<ServerProcess> StartWorker(std::vector<std::string> args = {}) {
@@ -31,22 +34,6 @@ std::unique_ptr<Client> Connect(const ServerProcess& worker, net::TlsFiles tls =
   options.target = worker.address();
   options.tls = std::move(tls);
   return *Client::Connect(options);
-}
-
-v1::GenerateRequest Request(int prompt_len, int salt, int max_tokens, float temperature = 0.0f) {
-  v1::GenerateRequest request;
-  for (int i = 0; i < prompt_len; ++i)
-    request.add_prompt_token_ids((i * 37 + salt * 11 + 5) % 500 + 3);
-  request.mutable_sampling()->set_max_tokens(max_tokens);
-  request.mutable_sampling()->set_temperature(temperature);
-  request.mutable_sampling()->set_seed(100 + salt);
-  return request;
-}
-
-std::vector<int32_t> Ids(const GenerateResult& result) {
-  std::vector<int32_t> ids;
-  for (const auto& token : result.tokens) ids.push_back(token.token_id());
-  return ids;
 }
 
 // Polls the worker's load until no page is held by a request (bounded).

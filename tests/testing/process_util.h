@@ -1,8 +1,8 @@
 // Starts lserve binaries as real processes on 127.0.0.1 for integration tests: waits for
 // the port file they write once serving, and stops them (SIGTERM, then SIGKILL) within
 // bounded time.
-#ifndef LSERVE_TESTS_WORKER_SERVICE_PROCESS_UTIL_H_
-#define LSERVE_TESTS_WORKER_SERVICE_PROCESS_UTIL_H_
+#ifndef LSERVE_TESTS_TESTING_PROCESS_UTIL_H_
+#define LSERVE_TESTS_TESTING_PROCESS_UTIL_H_
 
 #include <signal.h>
 #include <sys/wait.h>
@@ -121,4 +121,4 @@ class ServerProcess {
 
 }  // namespace lserve::testing
 
-#endif  // LSERVE_TESTS_WORKER_SERVICE_PROCESS_UTIL_H_
+#endif  // LSERVE_TESTS_TESTING_PROCESS_UTIL_H_
