@@ -1,8 +1,28 @@
 #include "client/client.h"
 
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "grpc/health/v1/health.grpc.pb.h"
 #include "net/grpc_status.h"
 
 namespace lserve {
+namespace {
+
+// A server that is full says when to come back (the "grpc-retry-pushback-ms" trailer):
+// the status carries it in its message and as the payload kRetryPushbackPayload.
+absl::Status WithRetryHint(absl::Status status, const grpc::ClientContext& context) {
+  if (status.code() != absl::StatusCode::kResourceExhausted) return status;
+  const auto& trailers = context.GetServerTrailingMetadata();
+  auto it = trailers.find("grpc-retry-pushback-ms");
+  if (it == trailers.end()) return status;
+  const std::string ms(it->second.data(), it->second.size());
+  absl::Status hinted(status.code(), absl::StrCat(status.message(), " (retry after ", ms, " ms)"));
+  hinted.SetPayload(kRetryPushbackPayload, absl::Cord(ms));
+  return hinted;
+}
+
+}  // namespace
 
 absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ClientOptions& options) {
   absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> credentials =
@@ -47,7 +67,7 @@ absl::StatusOr<GenerateResult> Client::Generate(
     }
   }
   const grpc::Status status = reader->Finish();
-  if (!status.ok()) return net::FromGrpcStatus(status);
+  if (!status.ok()) return WithRetryHint(net::FromGrpcStatus(status), context);
   return result;
 }
 
@@ -76,6 +96,27 @@ absl::StatusOr<v1::Load> Client::Load() {
   const grpc::Status status = stub_->GetLoad(&context, v1::LoadRequest(), &load);
   if (!status.ok()) return net::FromGrpcStatus(status);
   return load;
+}
+
+absl::Status Client::WaitServing(std::chrono::milliseconds timeout) {
+  auto health = grpc::health::v1::Health::NewStub(channel_);
+  const auto give_up = std::chrono::steady_clock::now() + timeout;
+  absl::Status last = absl::DeadlineExceededError("not serving");
+  do {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
+    grpc::health::v1::HealthCheckRequest request;
+    grpc::health::v1::HealthCheckResponse response;
+    const grpc::Status status = health->Check(&context, request, &response);
+    if (status.ok() && response.status() == grpc::health::v1::HealthCheckResponse::SERVING) {
+      return absl::OkStatus();
+    }
+    last = status.ok() ? absl::UnavailableError(absl::StrCat(options_.target, " is not serving"))
+                       : net::FromGrpcStatus(status);
+    if (std::chrono::steady_clock::now() >= give_up) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  } while (true);
+  return last;
 }
 
 }  // namespace lserve

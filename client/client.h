@@ -25,6 +25,9 @@ struct ClientOptions {
   std::string tls_server_name;  // overrides the name checked in the server's certificate
 };
 
+// Payload of a RESOURCE_EXHAUSTED status: milliseconds the server asks the client to wait.
+inline constexpr char kRetryPushbackPayload[] = "lserve.dev/retry-pushback-ms";
+
 struct GenerateResult {
   std::vector<v1::GeneratedToken> tokens;
   v1::FinishReason finish_reason = v1::FINISH_REASON_UNSPECIFIED;
@@ -45,6 +48,8 @@ class Client {
   absl::Status Abort(const std::string& request_id);
   absl::StatusOr<v1::ModelInfo> ModelInfo();
   absl::StatusOr<v1::Load> Load();
+  // Until grpc.health.v1 says SERVING (OK), or `timeout` passes (the last answer).
+  absl::Status WaitServing(std::chrono::milliseconds timeout);
 
   v1::Generation::Stub& stub() { return *stub_; }
   std::shared_ptr<grpc::Channel> channel() { return channel_; }

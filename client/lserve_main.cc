@@ -2,6 +2,7 @@
 //   lserve generate --prompt_ids=1,2,3 [--max_tokens=N ...]   streams ids, or --json
 //   lserve info | load                                          prints the message as JSON
 //   lserve abort --request_id=ID
+//   lserve health [--wait_s=N]                                  exit 0 once SERVING
 #include <google/protobuf/util/json_util.h>
 
 #include <cstdio>
@@ -32,6 +33,7 @@ ABSL_FLAG(std::string, request_id, "", "Client request id (for abort)");
 ABSL_FLAG(int, priority, 0, "Request priority");
 ABSL_FLAG(int64_t, timeout_ms, 0, "Call deadline in ms; 0: none");
 ABSL_FLAG(bool, json, false, "generate: print one JSON object at the end");
+ABSL_FLAG(double, wait_s, 0, "health: how long to wait for SERVING");
 
 namespace lserve {
 namespace {
@@ -53,7 +55,7 @@ int PrintJson(const Message& message) {
 
 int Main(const std::vector<char*>& args) {
   if (args.size() < 2) {
-    std::cerr << "usage: lserve generate|info|load|abort [flags]\n";
+    std::cerr << "usage: lserve generate|info|load|abort|health [flags]\n";
     return 2;
   }
   const std::string command = args[1];
@@ -74,6 +76,13 @@ int Main(const std::vector<char*>& args) {
   if (command == "load") {
     auto load = (*client)->Load();
     return load.ok() ? PrintJson(*load) : Fail(load.status());
+  }
+  if (command == "health") {
+    const absl::Status status = (*client)->WaitServing(
+        std::chrono::milliseconds(static_cast<int64_t>(absl::GetFlag(FLAGS_wait_s) * 1000)));
+    if (!status.ok()) return Fail(status);
+    std::cout << "SERVING\n";
+    return 0;
   }
   if (command == "abort") {
     const absl::Status status = (*client)->Abort(absl::GetFlag(FLAGS_request_id));
@@ -131,7 +140,7 @@ int Main(const std::vector<char*>& args) {
 }  // namespace lserve
 
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage("lserve generate|info|load|abort [flags]");
+  absl::SetProgramUsageMessage("lserve generate|info|load|abort|health [flags]");
   std::vector<char*> args = absl::ParseCommandLine(argc, argv);
   return lserve::Main(args);
 }

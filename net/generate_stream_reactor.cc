@@ -4,9 +4,16 @@
 
 namespace lserve::net {
 
-GenerateStreamReactor::GenerateStreamReactor(const Start& start)
+void AddRetryHint(grpc::CallbackServerContext* context, const absl::Status& status) {
+  if (context == nullptr || status.code() != absl::StatusCode::kResourceExhausted) return;
+  context->AddTrailingMetadata("grpc-retry-pushback-ms", std::to_string(kRetryPushbackMs));
+}
+
+GenerateStreamReactor::GenerateStreamReactor(const Start& start,
+                                             grpc::CallbackServerContext* context)
     : shared_(std::make_shared<Shared>()) {
   shared_->reactor = this;
+  shared_->context = context;
   std::weak_ptr<Shared> weak = shared_;
   absl::StatusOr<std::function<void()>> cancel =
       start([weak](const v1::GenerateResponse& response, bool final, const absl::Status& status) {
@@ -15,6 +22,7 @@ GenerateStreamReactor::GenerateStreamReactor(const Start& start)
   std::unique_lock<std::mutex> lock(shared_->mu);
   if (!cancel.ok()) {
     shared_->finishing = true;
+    AddRetryHint(context, cancel.status());
     lock.unlock();
     Finish(ToGrpcStatus(cancel.status()));
     return;
@@ -70,6 +78,7 @@ void GenerateStreamReactor::Push(Shared& shared, const v1::GenerateResponse& res
   if (final) {
     shared.final = true;
     shared.status = ToGrpcStatus(status);
+    AddRetryHint(shared.context, status);
   }
   if (!shared.writing) WriteNext(shared, lock);
 }

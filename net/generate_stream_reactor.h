@@ -18,6 +18,12 @@
 
 namespace lserve::net {
 
+// How long a client told RESOURCE_EXHAUSTED should wait before retrying.
+inline constexpr int kRetryPushbackMs = 1000;
+
+// Adds the retry hint to a call that ends with `status` when it is RESOURCE_EXHAUSTED.
+void AddRetryHint(grpc::CallbackServerContext* context, const absl::Status& status);
+
 // Takes the stream's responses; `final` marks the last one, with the stream's outcome.
 using GenerateSink =
     std::function<void(const v1::GenerateResponse& response, bool final, const absl::Status&)>;
@@ -27,7 +33,10 @@ class GenerateStreamReactor : public grpc::ServerWriteReactor<v1::GenerateRespon
   // start begins the work with a sink and returns how to cancel it, or an error that
   // ends the stream at once.
   using Start = std::function<absl::StatusOr<std::function<void()>>(GenerateSink)>;
-  explicit GenerateStreamReactor(const Start& start);
+  // With the call's context, a RESOURCE_EXHAUSTED outcome carries the trailer
+  // "grpc-retry-pushback-ms" (gRPC's retry hint) so clients know when to come back.
+  explicit GenerateStreamReactor(const Start& start,
+                                 grpc::CallbackServerContext* context = nullptr);
 
   void OnWriteDone(bool ok) override;
   void OnCancel() override;
@@ -37,6 +46,7 @@ class GenerateStreamReactor : public grpc::ServerWriteReactor<v1::GenerateRespon
   struct Shared {
     std::mutex mu;
     GenerateStreamReactor* reactor = nullptr;
+    grpc::CallbackServerContext* context = nullptr;  // valid while reactor is
     std::deque<v1::GenerateResponse> queue;
     v1::GenerateResponse writing_now;
     bool writing = false;

@@ -40,7 +40,7 @@ void ApplyRouterDefaults(v1::RouterConfig* c) {
   if (c->max_attempts() == 0) c->set_max_attempts(3);
   if (c->retry_backoff_s() == 0) c->set_retry_backoff_s(0.05);
   if (c->max_in_flight() == 0) c->set_max_in_flight(256);
-  if (c->max_queue() == 0) c->set_max_queue(1024);
+  if (!c->has_max_queue()) c->set_max_queue(1024);  // 0 is meaningful: no queue
   if (c->max_message_bytes() == 0) c->set_max_message_bytes(int64_t{64} << 20);
   if (c->kv_lease_ms() == 0) c->set_kv_lease_ms(30000);
 }

@@ -53,6 +53,8 @@ bool Stops(const v1::GenerateRequest& request, int32_t token) {
 
 void RouterHandler::Failed(Run& run, WorkerState& worker, const absl::Status& status) {
   if (status.ok() || IsRequestError(status) || run.cancel->cancelled()) return;
+  // The request's own deadline passing is not the worker's fault.
+  if (absl::IsDeadlineExceeded(status) && std::chrono::system_clock::now() >= run.deadline) return;
   run.exclude.push_back(worker.address);
   // A full worker is healthy: it is only skipped for this request.
   if (status.code() != absl::StatusCode::kResourceExhausted) registry_->ReportFailure(worker);

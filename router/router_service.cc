@@ -77,7 +77,8 @@ grpc::ServerWriteReactor<v1::GenerateResponse>* RouterGenerationService::Generat
           threads->Leave();
         }).detach();
         return [cancel] { cancel->Cancel(); };
-      });
+      },
+      context);
 }
 
 grpc::ServerUnaryReactor* RouterGenerationService::Abort(grpc::CallbackServerContext* context,

@@ -70,10 +70,14 @@ double RouterMetric(Cluster& cluster, const std::string& name, const std::string
 
 void ExpectKvFreedOnSurvivors(Cluster& cluster) {
   for (int i = 0; i < cluster.num_prefill(); ++i) {
-    if (cluster.prefill(i).pid() > 0) EXPECT_TRUE(cluster.KvReturnsToZero(cluster.prefill(i)));
+    if (cluster.prefill(i).pid() > 0) {
+      EXPECT_TRUE(cluster.KvReturnsToZero(cluster.prefill(i)));
+    }
   }
   for (int i = 0; i < cluster.num_decode(); ++i) {
-    if (cluster.decode(i).pid() > 0) EXPECT_TRUE(cluster.KvReturnsToZero(cluster.decode(i)));
+    if (cluster.decode(i).pid() > 0) {
+      EXPECT_TRUE(cluster.KvReturnsToZero(cluster.decode(i)));
+    }
   }
 }
 

@@ -4,6 +4,7 @@
 // ring and the page statistics travel with the KV); mixed concurrent load spreads over
 // both pools; the prefix-aware policy sends repeated prefixes to the worker holding them.
 #include <atomic>
+#include <future>
 #include <map>
 #include <thread>
 
@@ -168,11 +169,52 @@ TEST(ClusterTest, PrefixAwareRoutingSendsRepeatsToTheWorkerHoldingThePrefix) {
       const int worker = gained[0] > 0 ? 0 : 1;
       EXPECT_EQ(gained[worker], 64) << "prefix " << prefix;
       EXPECT_EQ(gained[1 - worker], 0) << "prefix " << prefix;
-      if (holder >= 0) EXPECT_EQ(worker, holder) << "prefix " << prefix;
+      if (holder >= 0) {
+        EXPECT_EQ(worker, holder) << "prefix " << prefix;
+      }
       holder = worker;
     }
   }
   ExpectAllKvFreed(**cluster);
+}
+
+TEST(ClusterTest, BackpressureAndDeadlinesReachTheClientAndTheWorkers) {
+  ClusterOptions options;
+  options.router_args = {"--max_in_flight=1", "--max_queue=0"};
+  options.prefill_workers = 1;
+  options.decode_workers = 1;
+  options.reference = false;
+  auto cluster = Cluster::Start(options);
+  ASSERT_TRUE(cluster.ok()) << cluster.status();
+  auto client = (*cluster)->ConnectRouter();
+  // A request's deadline travels to the worker, which stops and frees its pages.
+  v1::GenerateRequest slow = Request(40, 1, 4000, 0.0f);
+  slow.set_timeout_ms(300);
+  EXPECT_EQ(client->Generate(slow).status().code(), absl::StatusCode::kDeadlineExceeded);
+  ExpectAllKvFreed(**cluster);
+  // The router is full with one request in flight: the next gets RESOURCE_EXHAUSTED with
+  // a retry hint.
+  slow.set_timeout_ms(0);
+  slow.set_request_id("slow");
+  std::promise<void> started;
+  auto running = std::async(std::launch::async, [&] {
+    bool first = true;
+    return client
+        ->Generate(slow,
+                   [&](const v1::GenerateResponse&) {
+                     if (first) started.set_value();
+                     first = false;
+                   })
+        .status();
+  });
+  ASSERT_EQ(started.get_future().wait_for(std::chrono::seconds(10)), std::future_status::ready);
+  const absl::Status refused = client->Generate(Request(8, 2, 4, 0.0f)).status();
+  EXPECT_EQ(refused.code(), absl::StatusCode::kResourceExhausted) << refused;
+  EXPECT_EQ(refused.GetPayload(kRetryPushbackPayload).value_or(absl::Cord()), "1000") << refused;
+  EXPECT_TRUE(client->Abort("slow").ok());
+  EXPECT_EQ(running.get().code(), absl::StatusCode::kCancelled);
+  ExpectAllKvFreed(**cluster);
+  EXPECT_TRUE(client->Generate(Request(8, 3, 4, 0.0f)).ok());
 }
 
 }  // namespace

@@ -1,5 +1,6 @@
 #include "tests/router/cluster_util.h"
 
+#include <iostream>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -95,6 +96,11 @@ bool Cluster::KvReturnsToZero(const ServerProcess& worker) {
       return true;
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  if (client != nullptr) {
+    auto load = client->Load();
+    std::cerr << "KV still held: "
+              << (load.ok() ? load->ShortDebugString() : load.status().ToString()) << "\n";
   }
   return false;
 }

@@ -58,10 +58,11 @@ class WorkerHandler {
 
   // The internal API of the disaggregated hand-off.
   absl::StatusOr<v1::ReserveKvResponse> ReserveKv(const v1::ReserveKvRequest& request);
-  // Calls `done` (on the engine thread) once the first token is sampled.
-  absl::Status StartPrefill(const v1::PrefillRequest& request,
-                            std::optional<SteadyClock::time_point> deadline,
-                            std::function<void(absl::StatusOr<v1::PrefillResponse>)> done);
+  // Calls `done` (on the engine thread) once the first token is sampled. The id cancels
+  // the prefill (Cancel) while it runs; afterwards its KV is held under the lease.
+  absl::StatusOr<RequestId> StartPrefill(
+      const v1::PrefillRequest& request, std::optional<SteadyClock::time_point> deadline,
+      std::function<void(absl::StatusOr<v1::PrefillResponse>)> done);
   std::unique_ptr<KvReceiver> NewKvReceiver() const;
   absl::StatusOr<v1::PushKvResponse> FinishPush(KvReceiver& receiver);
   // Blocks while the KV moves.

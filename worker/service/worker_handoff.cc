@@ -33,7 +33,7 @@ absl::StatusOr<v1::ReserveKvResponse> WorkerHandler::ReserveKv(const v1::Reserve
   return response;
 }
 
-absl::Status WorkerHandler::StartPrefill(
+absl::StatusOr<RequestId> WorkerHandler::StartPrefill(
     const v1::PrefillRequest& r, std::optional<SteadyClock::time_point> deadline,
     std::function<void(absl::StatusOr<v1::PrefillResponse>)> done) {
   if (absl::Status status = CheckRole(true); !status.ok()) return status;
@@ -71,7 +71,7 @@ absl::Status WorkerHandler::StartPrefill(
   if (!id.ok() && id.status().code() == absl::StatusCode::kOutOfRange) {
     return absl::InvalidArgumentError(id.status().message());
   }
-  return id.status();
+  return id;
 }
 
 std::unique_ptr<KvReceiver> WorkerHandler::NewKvReceiver() const {

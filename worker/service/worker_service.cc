@@ -1,5 +1,7 @@
 #include "worker/service/worker_service.h"
 
+#include <mutex>
+#include <optional>
 #include <thread>
 #include <tuple>
 
@@ -55,6 +57,58 @@ class PushKvReactor : public grpc::ServerReadReactor<v1::KvChunk> {
   v1::KvChunk chunk_;
 };
 
+// Runs a prefill. A router that goes away (cancel, deadline, crash) cancels a running
+// prefill, and drops the lease of one that finished but whose handle never reached it.
+class PrefillReactor : public grpc::ServerUnaryReactor {
+ public:
+  PrefillReactor(WorkerHandler* handler, grpc::CallbackServerContext* context,
+                 const v1::PrefillRequest& request, v1::PrefillResponse* response)
+      : handler_(handler), context_(context) {
+    absl::StatusOr<RequestId> id = handler_->StartPrefill(
+        request, DeadlineOf(context), [this, response](absl::StatusOr<v1::PrefillResponse> r) {
+          if (r.ok()) {
+            std::lock_guard<std::mutex> lock(mu_);
+            *response = *r;
+            kv_handle_ = r->kv_handle();
+          }
+          Finish(ToGrpcStatus(r.status()));  // OnDone may run from here on
+        });
+    if (!id.ok()) {
+      Finish(ToGrpcStatus(id.status()));
+      return;
+    }
+    std::lock_guard<std::mutex> lock(mu_);
+    id_ = *id;
+    if (cancelled_) handler_->Cancel(id_);
+  }
+  void OnCancel() override {
+    std::lock_guard<std::mutex> lock(mu_);
+    cancelled_ = true;
+    if (id_ >= 0) handler_->Cancel(id_);
+  }
+  void OnDone() override {
+    std::optional<uint64_t> kv_handle;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      kv_handle = kv_handle_;
+    }
+    if (context_->IsCancelled() && kv_handle.has_value()) {
+      v1::ReleaseKvRequest release;
+      release.set_kv_handle(*kv_handle);
+      (void)handler_->ReleaseKv(release);
+    }
+    delete this;
+  }
+
+ private:
+  WorkerHandler* handler_;
+  grpc::CallbackServerContext* context_;
+  std::mutex mu_;
+  RequestId id_ = -1;
+  bool cancelled_ = false;
+  std::optional<uint64_t> kv_handle_;
+};
+
 }  // namespace
 
 grpc::ServerWriteReactor<v1::GenerateResponse>* GenerationService::Generate(
@@ -65,7 +119,8 @@ grpc::ServerWriteReactor<v1::GenerateResponse>* GenerationService::Generate(
             handler_->StartGenerate(*request, DeadlineOf(context), std::move(sink));
         if (!id.ok()) return id.status();
         return [handler = handler_, id = *id] { handler->Cancel(id); };
-      });
+      },
+      context);
 }
 
 grpc::ServerUnaryReactor* GenerationService::Abort(grpc::CallbackServerContext* context,
@@ -98,14 +153,7 @@ grpc::ServerUnaryReactor* WorkerApiService::ReserveKv(grpc::CallbackServerContex
 grpc::ServerUnaryReactor* WorkerApiService::Prefill(grpc::CallbackServerContext* context,
                                                     const v1::PrefillRequest* request,
                                                     v1::PrefillResponse* response) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  const absl::Status started = handler_->StartPrefill(
-      *request, DeadlineOf(context), [reactor, response](absl::StatusOr<v1::PrefillResponse> r) {
-        if (r.ok()) *response = *std::move(r);
-        reactor->Finish(ToGrpcStatus(r.status()));
-      });
-  if (!started.ok()) reactor->Finish(ToGrpcStatus(started));
-  return reactor;
+  return new PrefillReactor(handler_, context, *request, response);
 }
 
 grpc::ServerReadReactor<v1::KvChunk>* WorkerApiService::PushKv(grpc::CallbackServerContext*,
@@ -142,7 +190,8 @@ grpc::ServerWriteReactor<v1::GenerateResponse>* WorkerApiService::Decode(
             handler_->StartDecode(*request, DeadlineOf(context), std::move(sink));
         if (!id.ok()) return id.status();
         return [handler = handler_, id = *id] { handler->Cancel(id); };
-      });
+      },
+      context);
 }
 
 grpc::ServerUnaryReactor* WorkerApiService::Drain(grpc::CallbackServerContext* context,

@@ -9,6 +9,7 @@
 #include "client/client.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "gtest/gtest.h"
+#include "lserve/v1/worker.grpc.pb.h"
 #include "tests/testing/process_util.h"
 #include "tests/testing/requests.h"
 #include "worker/model/synthetic_model.h"
@@ -97,6 +98,37 @@ TEST(WorkerServerTest, ClientCancellingMidStreamFreesEveryPage) {
   EXPECT_TRUE(KvReturnsToZero(*client));
 }
 
+TEST(WorkerServerTest, PrefillsWhoseCallerGoesAwayHoldNoLease) {
+  auto worker = StartWorker({"--role=prefill"});
+  ASSERT_NE(worker, nullptr);
+  auto client = Connect(*worker);
+  auto stub = v1::Worker::NewStub(client->channel());
+  // Deadlines from 1 to 40 ms cut some prefills while they run and others after they
+  // finished but before their handle arrived; none may keep its KV for the lease.
+  int cut = 0;
+  for (int i = 0; i < 40; ++i) {
+    v1::PrefillRequest request;
+    *request.mutable_request() = Request(400, i, 8);
+    request.set_lease_ms(600000);
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(1 + i));
+    v1::PrefillResponse response;
+    const grpc::Status status = stub->Prefill(&context, request, &response);
+    if (status.ok()) {
+      v1::ReleaseKvRequest release;
+      release.set_kv_handle(response.kv_handle());
+      grpc::ClientContext release_context;
+      v1::ReleaseKvResponse released;
+      ASSERT_TRUE(stub->ReleaseKv(&release_context, release, &released).ok());
+    } else {
+      EXPECT_EQ(status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+      ++cut;
+    }
+  }
+  EXPECT_GT(cut, 0);
+  EXPECT_TRUE(KvReturnsToZero(*client));
+}
+
 TEST(WorkerServerTest, BadInputGetsClearStatuses) {
   auto worker = StartWorker({"--max_context=512"});
   ASSERT_NE(worker, nullptr);
@@ -139,6 +171,7 @@ TEST(WorkerServerTest, FullQueueGetsResourceExhausted) {
   }
   const absl::Status refused = client->Generate(Request(5, 9, 4)).status();
   EXPECT_EQ(refused.code(), absl::StatusCode::kResourceExhausted) << refused;
+  EXPECT_EQ(refused.GetPayload(kRetryPushbackPayload).value_or(absl::Cord()), "1000") << refused;
   for (int i = 0; i < 2; ++i) EXPECT_TRUE(client->Abort("hold-" + std::to_string(i)).ok());
   for (auto& thread : holders) thread.join();
   for (const auto& status : held) EXPECT_EQ(status.code(), absl::StatusCode::kCancelled);
