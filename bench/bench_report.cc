@@ -1,6 +1,7 @@
 #include "bench/bench_report.h"
 
 #include <cstdio>
+#include <cstdlib>
 #include <ctime>
 #include <fstream>
 #include <thread>
@@ -43,7 +44,11 @@ nlohmann::json Provenance(int argc, char** argv) {
       {"date", date},
       {"cpu", FirstLine("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2")},
       {"hardware_threads", std::thread::hardware_concurrency()},
-      {"commit", FirstLine("git rev-parse --short HEAD 2>/dev/null")},
+      // A machine without the repository's history (a GPU machine given a copy of the
+      // tree) names the commit in LSERVE_COMMIT.
+      {"commit", std::getenv("LSERVE_COMMIT") != nullptr
+                     ? std::string(std::getenv("LSERVE_COMMIT"))
+                     : FirstLine("git rev-parse --short HEAD 2>/dev/null")},
       // Uncommitted changes mean the numbers come from the commit that records them.
       {"working_tree",
        FirstLine("git status --porcelain 2>/dev/null | head -1").empty() ? "clean" : "modified"},

@@ -43,6 +43,10 @@ struct PageTableView {
   const int32_t* stream_indptr = nullptr;
   const int32_t* stream_indices = nullptr;
   const int32_t* stream_sink_pages = nullptr;
+  // Host values describing the batch, for sizing launches without reading device memory:
+  // the longest kv_len and the most rows of one sequence (0: unknown).
+  int32_t max_kv_len = 0;
+  int32_t max_queries = 0;
 };
 
 // Rows [q_indptr[b], q_indptr[b+1]) belong to sequence b and are its newest tokens: row
@@ -114,6 +118,21 @@ struct ScorePagesParams {
   const PageScoreJob* jobs = nullptr;
   int num_jobs = 0;
   float* scores = nullptr;
+};
+
+// Decode page selection from ScorePages' scores: for each job, with n = ceil(kv_len / P)
+// pages of its sequence, the newest page plus the max_pages - 1 best others (equal scores
+// prefer the lower index), or every page when n <= max_pages, written ascending to
+// selected[j * max_pages ...] with their number in counts[j].
+struct SelectPagesParams {
+  const float* scores = nullptr;
+  const PageScoreJob* jobs = nullptr;
+  int num_jobs = 0;
+  const int32_t* kv_len = nullptr;  // [num_seqs], indexed by job.seq
+  int page_size = 0;
+  int max_pages = 0;
+  int32_t* selected = nullptr;  // [num_jobs][max_pages]
+  int32_t* counts = nullptr;    // [num_jobs]
 };
 
 }  // namespace lserve

@@ -56,6 +56,7 @@ class Backend {
   virtual absl::Status AppendKv(const AppendKvParams& params) = 0;
   virtual absl::Status PagedAttention(const PagedAttentionParams& params) = 0;
   virtual absl::Status ScorePages(const ScorePagesParams& params) = 0;
+  virtual absl::Status SelectPages(const SelectPagesParams& params) = 0;
   virtual absl::Status Sample(const SampleParams& params) = 0;
 };
 

@@ -31,6 +31,9 @@ absl::Status CpuBackend::PagedAttention(const PagedAttentionParams& params) {
 absl::Status CpuBackend::ScorePages(const ScorePagesParams& params) {
   return cpu::ScorePages(params, pool());
 }
+absl::Status CpuBackend::SelectPages(const SelectPagesParams& params) {
+  return cpu::SelectPages(params);
+}
 absl::Status CpuBackend::Sample(const SampleParams& params) { return cpu::Sample(params); }
 
 }  // namespace lserve

@@ -34,6 +34,7 @@ class CpuBackend final : public Backend {
   absl::Status AppendKv(const AppendKvParams& params) override;
   absl::Status PagedAttention(const PagedAttentionParams& params) override;
   absl::Status ScorePages(const ScorePagesParams& params) override;
+  absl::Status SelectPages(const SelectPagesParams& params) override;
   absl::Status Sample(const SampleParams& params) override;
 
   ThreadPool* pool() { return pool_.get(); }

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <limits>
+#include <numeric>
 
 namespace lserve::cpu {
 namespace {
@@ -70,6 +71,42 @@ absl::Status ScorePages(const ScorePagesParams& p, ThreadPool* pool) {
       }
     }
   });
+  return absl::OkStatus();
+}
+
+std::vector<int32_t> SelectTopPages(std::span<const float> scores, int64_t max_pages) {
+  const int32_t n = static_cast<int32_t>(scores.size());
+  std::vector<int32_t> pages;
+  if (n == 0) return pages;
+  if (n <= max_pages) {
+    pages.resize(n);
+    std::iota(pages.begin(), pages.end(), 0);
+    return pages;
+  }
+  std::vector<int32_t> others(n - 1);
+  std::iota(others.begin(), others.end(), 0);
+  const int64_t keep = std::max<int64_t>(0, max_pages - 1);
+  std::partial_sort(others.begin(), others.begin() + keep, others.end(), [&](int32_t a, int32_t b) {
+    return scores[a] != scores[b] ? scores[a] > scores[b] : a < b;
+  });
+  pages.assign(others.begin(), others.begin() + keep);
+  pages.push_back(n - 1);
+  std::sort(pages.begin(), pages.end());
+  return pages;
+}
+
+absl::Status SelectPages(const SelectPagesParams& p) {
+  if (p.page_size <= 0 || p.max_pages <= 0) {
+    return absl::InvalidArgumentError("page selection needs page_size and max_pages > 0");
+  }
+  for (int j = 0; j < p.num_jobs; ++j) {
+    const PageScoreJob& job = p.jobs[j];
+    const int64_t num_pages = (p.kv_len[job.seq] + p.page_size - 1) / p.page_size;
+    const std::vector<int32_t> pages =
+        SelectTopPages({p.scores + job.out_offset, static_cast<size_t>(num_pages)}, p.max_pages);
+    std::copy(pages.begin(), pages.end(), p.selected + int64_t{j} * p.max_pages);
+    p.counts[j] = static_cast<int32_t>(pages.size());
+  }
   return absl::OkStatus();
 }
 

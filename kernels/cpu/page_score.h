@@ -2,6 +2,10 @@
 #ifndef LSERVE_KERNELS_CPU_PAGE_SCORE_H_
 #define LSERVE_KERNELS_CPU_PAGE_SCORE_H_
 
+#include <cstdint>
+#include <span>
+#include <vector>
+
 #include "absl/status/status.h"
 #include "common/thread_pool.h"
 #include "kernels/attention_params.h"
@@ -18,6 +22,12 @@ float ScoreOrderDot(const float* q, const float* k, int head_dim);
 
 // Float32 pools only; jobs run in parallel.
 absl::Status ScorePages(const ScorePagesParams& params, ThreadPool* pool);
+
+// The newest page plus the max_pages - 1 best others, as ascending page indices. Equal
+// scores prefer the lower index. Everything when the pages fit.
+std::vector<int32_t> SelectTopPages(std::span<const float> scores, int64_t max_pages);
+
+absl::Status SelectPages(const SelectPagesParams& params);
 
 }  // namespace lserve::cpu
 

@@ -12,6 +12,7 @@
 #include "kernels/cuda/cuda_status.h"
 #include "kernels/cuda/device.h"
 #include "kernels/cuda/norm_activation.h"
+#include "kernels/cuda/paged_attention.h"
 #include "kernels/cuda/rope.h"
 
 namespace lserve::cuda {
@@ -51,14 +52,16 @@ absl::Status NotOnGpu(const char* op) {
 
 class CudaBackend final : public Backend {
  public:
+  explicit CudaBackend(int device) {
+    (void)cudaDeviceGetAttribute(&num_sms_, cudaDevAttrMultiProcessorCount, device);
+  }
   std::string_view name() const override { return "cuda"; }
   DType compute_dtype() const override { return DType::kBF16; }
   MemorySpace* memory() override { return DeviceMemory(); }
   absl::Status CheckEngineSupport() const override {
     return absl::UnimplementedError(
-        "the cuda backend cannot run the engine yet: GEMM, embedding, KV append, paged "
-        "attention, page scoring, sampling and the fused residual RMSNorm are missing; use "
-        "--backend=cpu");
+        "the cuda backend cannot run the engine yet: GEMM, embedding, prefill attention, "
+        "sampling and the fused residual RMSNorm are missing; use --backend=cpu");
   }
 
   void BeginStep() override {
@@ -109,15 +112,32 @@ class CudaBackend final : public Backend {
     return cuda::SiluMul(params, stream_);
   }
   absl::Status Gemm(const GemmParams&) override { return NotOnGpu("GEMM"); }
-  absl::Status AppendKv(const AppendKvParams&) override { return NotOnGpu("KV append"); }
-  absl::Status PagedAttention(const PagedAttentionParams&) override {
-    return NotOnGpu("paged attention");
+  absl::Status AppendKv(const AppendKvParams& params) override {
+    return cuda::AppendKv(params, stream_);
   }
-  absl::Status ScorePages(const ScorePagesParams&) override { return NotOnGpu("page scoring"); }
+  absl::Status PagedAttention(const PagedAttentionParams& params) override {
+    if (params.tables.max_queries > 1) return NotOnGpu("prefill (multi-row) paged attention");
+    const DecodeLaunch launch = PlanDecode(params, num_sms_);
+    if (workspace_.bytes() < launch.workspace_bytes) {
+      // The previous step may still read the old workspace.
+      RETURN_IF_ERROR(SynchronizeStream(stream_));
+      workspace_ = Buffer();
+      ASSIGN_OR_RETURN(workspace_, Buffer::Allocate(memory(), launch.workspace_bytes));
+    }
+    return PagedDecodeAttention(params, launch, workspace_.data(), stream_);
+  }
+  absl::Status ScorePages(const ScorePagesParams& params) override {
+    return cuda::ScorePages(params, stream_);
+  }
+  absl::Status SelectPages(const SelectPagesParams& params) override {
+    return cuda::SelectPages(params, stream_);
+  }
   absl::Status Sample(const SampleParams&) override { return NotOnGpu("sampling"); }
 
  private:
   cudaStream_t stream_ = nullptr;  // the legacy default stream
+  int num_sms_ = 132;
+  Buffer workspace_;  // split-K partial results of decode attention
   Buffer staging_;
   size_t staged_ = 0;
   std::vector<Buffer> retired_;
@@ -137,7 +157,7 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(int device) {
         "cuda backend: device ", device, " is not usable (", count, " devices visible)"));
   }
   RETURN_IF_ERROR(CudaStatus(cudaSetDevice(device), "cudaSetDevice"));
-  return std::unique_ptr<Backend>(new CudaBackend());
+  return std::unique_ptr<Backend>(new CudaBackend(device));
 }
 
 }  // namespace lserve::cuda

@@ -1,5 +1,7 @@
 #include "worker/attention/attention_plan.h"
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 
@@ -31,6 +33,11 @@ absl::Status AttentionPlan::Build(const KvStore& store, std::span<const Attentio
   tables_ = PageTableView{};
   tables_.num_seqs = static_cast<int>(batch_.size());
   tables_.ring_start = host_.ring_start;
+  for (size_t b = 0; b < batch_.size(); ++b) {
+    tables_.max_kv_len = std::max(tables_.max_kv_len, host_.kv_len[b]);
+    tables_.max_queries =
+        std::max(tables_.max_queries, static_cast<int32_t>(batch_[b].num_queries));
+  }
   ASSIGN_OR_RETURN(tables_.kv_len, StageVector(backend, host_.kv_len));
   ASSIGN_OR_RETURN(tables_.dense_indptr, StageVector(backend, host_.dense_indptr));
   ASSIGN_OR_RETURN(tables_.dense_indices, StageVector(backend, host_.dense_indices));

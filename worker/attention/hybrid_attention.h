@@ -42,10 +42,12 @@ class HybridAttention {
   const SparseAttentionConfig& config() const { return config_; }
   PageSelectionCache& selector() { return selector_; }
 
+  // The kernels' view of one layer of the store (backend pointers).
+  PagedKvLayer LayerView(int layer) const;
+
  private:
   HybridAttention(KvStore* store, const SparseAttentionConfig& config, int num_q_heads,
                   Backend* backend);
-  PagedKvLayer LayerView(int layer) const;
   // Fills selection arrays for the sequences that select pages (scoring those due).
   absl::Status Select(int layer, const AttentionPlan& plan, const void* q);
 

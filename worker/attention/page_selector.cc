@@ -1,29 +1,13 @@
 #include "worker/attention/page_selector.h"
 
 #include <algorithm>
-#include <numeric>
+
+#include "kernels/cpu/page_score.h"
 
 namespace lserve {
 
 std::vector<int32_t> SelectTopPages(std::span<const float> scores, int64_t max_pages) {
-  const int32_t n = static_cast<int32_t>(scores.size());
-  std::vector<int32_t> pages;
-  if (n == 0) return pages;
-  if (n <= max_pages) {
-    pages.resize(n);
-    std::iota(pages.begin(), pages.end(), 0);
-    return pages;
-  }
-  std::vector<int32_t> others(n - 1);
-  std::iota(others.begin(), others.end(), 0);
-  const int64_t keep = std::max<int64_t>(0, max_pages - 1);
-  std::partial_sort(others.begin(), others.begin() + keep, others.end(), [&](int32_t a, int32_t b) {
-    return scores[a] != scores[b] ? scores[a] > scores[b] : a < b;
-  });
-  pages.assign(others.begin(), others.begin() + keep);
-  pages.push_back(n - 1);
-  std::sort(pages.begin(), pages.end());
-  return pages;
+  return cpu::SelectTopPages(scores, max_pages);
 }
 
 PageSelectionCache::Entry& PageSelectionCache::EntryFor(SeqId seq, int layer, int head) {

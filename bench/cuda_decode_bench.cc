@@ -1,0 +1,335 @@
+// Decode attention on the GPU at Llama-3-8B head geometry (32 query heads, 8 KV heads,
+// head_dim 128), bf16, page 64, one layer:
+//  (a) dense paged decode at batch 1/8/32 and 8K-256K keys: time and effective bandwidth
+//      (bytes of K and V read per second);
+//  (b) hybrid decode, half the KV heads streaming (sink 128 + local 256), the other half
+//      reading their top pages within a 4096-token budget, reused for 4 steps: selector
+//      time (scoring + top-k) apart from attention time, and the step time averaged over
+//      the reuse interval against dense at the same shape.
+// Pages are scattered (a random permutation), statistics random. Prints a table; --json.
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <numeric>
+#include <random>
+#include <vector>
+
+#include "bench/bench_report.h"
+#include "kernels/cuda/paged_attention.h"
+
+namespace lserve::bench {
+namespace {
+
+constexpr int kQHeads = 32, kKvHeads = 8, kDim = 128, kPage = 64, kLogical = 16;
+constexpr int kSink = 128, kLocal = 256, kBudget = 4096, kReuse = 4;
+
+#define CUDA_OK(expr)                                                 \
+  do {                                                                \
+    const cudaError_t e = (expr);                                     \
+    if (e != cudaSuccess) {                                           \
+      std::fprintf(stderr, "%s: %s\n", #expr, cudaGetErrorString(e)); \
+      std::exit(1);                                                   \
+    }                                                                 \
+  } while (0)
+#define STATUS_OK(expr)                                              \
+  do {                                                               \
+    const absl::Status s = (expr);                                   \
+    if (!s.ok()) {                                                   \
+      std::fprintf(stderr, "%s: %s\n", #expr, s.ToString().c_str()); \
+      std::exit(1);                                                  \
+    }                                                                \
+  } while (0)
+
+template <typename T>
+T* DeviceCopy(const std::vector<T>& host) {
+  T* ptr = nullptr;
+  CUDA_OK(cudaMalloc(reinterpret_cast<void**>(&ptr), std::max<size_t>(1, host.size()) * sizeof(T)));
+  if (!host.empty()) {
+    CUDA_OK(cudaMemcpy(ptr, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice));
+  }
+  return ptr;
+}
+
+// Random bf16 bits, N(0, 1)-like, in a device buffer that fills pools by copies.
+class RandomSource {
+ public:
+  explicit RandomSource(size_t bytes) : bytes_(bytes) {
+    std::mt19937 rng(1);
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    std::vector<uint16_t> host(bytes / 2);
+    for (uint16_t& x : host) {
+      const float f = normal(rng);
+      uint32_t bits;
+      std::memcpy(&bits, &f, 4);
+      x = static_cast<uint16_t>(bits >> 16);
+    }
+    data_ = DeviceCopy(host);
+  }
+  void Fill(void* dst, size_t bytes) const {
+    for (size_t done = 0; done < bytes; done += bytes_) {
+      CUDA_OK(cudaMemcpy(static_cast<char*>(dst) + done, data_, std::min(bytes_, bytes - done),
+                         cudaMemcpyDeviceToDevice));
+    }
+  }
+
+ private:
+  size_t bytes_;
+  uint16_t* data_;
+};
+
+// One layer's pools and page tables for `batch` sequences of `len` keys.
+struct Batch {
+  std::vector<void*> allocations;
+  PagedAttentionParams attention;
+  ScorePagesParams score;
+  SelectPagesParams select;
+  int num_jobs = 0;
+  double kv_bytes = 0;  // K and V of every key, all heads (what dense decode reads)
+
+  template <typename T>
+  T* Keep(T* p) {
+    allocations.push_back(p);
+    return p;
+  }
+  ~Batch() {
+    for (void* p : allocations) cudaFree(p);
+  }
+};
+
+// hybrid: every other KV head streams; scoring per query head or per KV head.
+void BuildBatch(Batch& b, const RandomSource& random, int batch, int64_t len, bool hybrid,
+                bool per_kv_head) {
+  const int dense_heads = hybrid ? kKvHeads / 2 : kKvHeads;
+  const int stream_heads = kKvHeads - dense_heads;
+  std::vector<int32_t> slot(kKvHeads);
+  std::vector<uint8_t> streaming(kKvHeads);
+  for (int h = 0, d = 0, s = 0; h < kKvHeads; ++h) {
+    streaming[h] = hybrid && h % 2 == 1;
+    slot[h] = streaming[h] ? s++ : d++;
+  }
+  PagedKvLayer kv;
+  kv.dtype = DType::kBF16;
+  kv.page_size = kPage;
+  kv.logical_page_size = kLogical;
+  kv.head_dim = kDim;
+  kv.num_kv_heads = kKvHeads;
+  kv.kv_head_slot = b.Keep(DeviceCopy(slot));
+  kv.kv_head_streaming = b.Keep(DeviceCopy(streaming));
+  const int64_t pages_per_seq = (len + kPage - 1) / kPage;
+  const int64_t dense_pages = pages_per_seq * batch;
+  kv.dense.num_heads = dense_heads;
+  kv.dense.page_stride =
+      2LL * dense_heads * kPage * kDim + 2LL * dense_heads * (kPage / kLogical) * kDim;
+  const size_t dense_bytes = dense_pages * kv.dense.page_stride * 2;
+  CUDA_OK(cudaMalloc(&kv.dense.base, dense_bytes));
+  b.Keep(kv.dense.base);
+  random.Fill(kv.dense.base, dense_bytes);
+  const int sink_pages = (kSink + kPage - 1) / kPage;
+  const int ring = (kLocal + kPage - 1) / kPage + 1;
+  kv.streaming.num_heads = stream_heads;
+  kv.streaming.page_stride = 2LL * stream_heads * kPage * kDim;
+  if (stream_heads > 0) {
+    const size_t bytes = size_t(batch) * (sink_pages + ring) * kv.streaming.page_stride * 2;
+    CUDA_OK(cudaMalloc(&kv.streaming.base, bytes));
+    b.Keep(kv.streaming.base);
+    random.Fill(kv.streaming.base, bytes);
+  }
+  // Page tables: each sequence's dense pages scattered over the pool.
+  std::vector<int32_t> order(dense_pages);
+  std::iota(order.begin(), order.end(), 0);
+  std::shuffle(order.begin(), order.end(), std::mt19937(2));
+  std::vector<int32_t> kv_len(batch, static_cast<int32_t>(len)), dense_indptr{0}, stream_indptr{0},
+      stream_indices, sink(batch, sink_pages), q_indptr{0}, local(batch, kLocal);
+  for (int s = 0; s < batch; ++s) {
+    dense_indptr.push_back(static_cast<int32_t>((s + 1) * pages_per_seq));
+    for (int p = 0; p < sink_pages + ring; ++p)
+      stream_indices.push_back(s * (sink_pages + ring) + p);
+    stream_indptr.push_back(static_cast<int32_t>(stream_indices.size()));
+    q_indptr.push_back(s + 1);
+  }
+  PageTableView t;
+  t.num_seqs = batch;
+  t.ring_start = sink_pages * kPage;
+  t.kv_len = b.Keep(DeviceCopy(kv_len));
+  t.dense_indptr = b.Keep(DeviceCopy(dense_indptr));
+  t.dense_indices = b.Keep(DeviceCopy(order));
+  t.stream_indptr = b.Keep(DeviceCopy(stream_indptr));
+  t.stream_indices = b.Keep(DeviceCopy(stream_indices));
+  t.stream_sink_pages = b.Keep(DeviceCopy(sink));
+  t.max_kv_len = static_cast<int32_t>(len);
+  t.max_queries = 1;
+  void* q = nullptr;
+  void* out = nullptr;
+  CUDA_OK(cudaMalloc(&q, size_t(batch) * kQHeads * kDim * 2));
+  CUDA_OK(cudaMalloc(&out, size_t(batch) * kQHeads * kDim * 2));
+  b.Keep(q);
+  b.Keep(out);
+  random.Fill(q, size_t(batch) * kQHeads * kDim * 2);
+  PagedAttentionParams& a = b.attention;
+  a.kv = kv;
+  a.tables = t;
+  a.q_indptr = b.Keep(DeviceCopy(q_indptr));
+  a.q = q;
+  a.out = out;
+  a.q_row_stride = a.out_row_stride = kQHeads * kDim;
+  a.num_q_heads = kQHeads;
+  a.scale = 1.0f / std::sqrt(float(kDim));
+  a.sink = kSink;
+  a.local = b.Keep(DeviceCopy(local));
+  b.kv_bytes = double(batch) * len * kKvHeads * kDim * 2 * 2;
+  if (!hybrid || len <= kBudget) return;
+  // Selection: one job per (sequence, dense KV head, query head) or per (sequence, KV head).
+  const int group = kQHeads / kKvHeads;
+  const int max_pages = kBudget / kPage;
+  std::vector<PageScoreJob> jobs;
+  std::vector<int32_t> begin(size_t(batch) * kQHeads, -1), end(begin.size(), -1);
+  for (int s = 0; s < batch; ++s) {
+    for (int h = 0; h < kKvHeads; ++h) {
+      if (streaming[h]) continue;
+      for (int q_head = h * group; q_head < (h + 1) * group; q_head += per_kv_head ? group : 1) {
+        const int j = static_cast<int>(jobs.size());
+        jobs.push_back(
+            {s, h, q_head, per_kv_head ? group : 1, s, static_cast<int32_t>(j * pages_per_seq)});
+        for (int g = q_head; g < q_head + (per_kv_head ? group : 1); ++g) {
+          begin[s * kQHeads + g] = j * max_pages;
+          end[s * kQHeads + g] = (j + 1) * max_pages;
+        }
+      }
+    }
+  }
+  b.num_jobs = static_cast<int>(jobs.size());
+  float* scores = nullptr;
+  int32_t* selected = nullptr;
+  int32_t* counts = nullptr;
+  CUDA_OK(
+      cudaMalloc(reinterpret_cast<void**>(&scores), jobs.size() * pages_per_seq * sizeof(float)));
+  CUDA_OK(
+      cudaMalloc(reinterpret_cast<void**>(&selected), jobs.size() * max_pages * sizeof(int32_t)));
+  CUDA_OK(cudaMalloc(reinterpret_cast<void**>(&counts), jobs.size() * sizeof(int32_t)));
+  b.Keep(scores);
+  b.Keep(selected);
+  b.Keep(counts);
+  const PageScoreJob* jobs_d = b.Keep(DeviceCopy(jobs));
+  b.score = {kv, t, q, kQHeads * kDim, jobs_d, b.num_jobs, scores};
+  b.select = {scores, jobs_d, b.num_jobs, t.kv_len, kPage, max_pages, selected, counts};
+  a.selection_begin = b.Keep(DeviceCopy(begin));
+  a.selection_end = b.Keep(DeviceCopy(end));
+  a.selected_pages = selected;
+}
+
+// Mean milliseconds of `run` over enough repetitions.
+template <typename Run>
+double TimeMs(Run run) {
+  for (int i = 0; i < 3; ++i) run();
+  cudaEvent_t start, stop;
+  CUDA_OK(cudaEventCreate(&start));
+  CUDA_OK(cudaEventCreate(&stop));
+  int reps = 10;
+  float ms = 0;
+  for (;;) {
+    CUDA_OK(cudaEventRecord(start));
+    for (int i = 0; i < reps; ++i) run();
+    CUDA_OK(cudaEventRecord(stop));
+    CUDA_OK(cudaEventSynchronize(stop));
+    CUDA_OK(cudaEventElapsedTime(&ms, start, stop));
+    if (ms > 50 || reps >= 2000) break;
+    reps *= 4;
+  }
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  return ms / reps;
+}
+
+double DecodeMs(Batch& b, int num_sms, void** workspace, size_t* workspace_bytes) {
+  const cuda::DecodeLaunch launch = cuda::PlanDecode(b.attention, num_sms);
+  if (launch.workspace_bytes > *workspace_bytes) {
+    cudaFree(*workspace);
+    CUDA_OK(cudaMalloc(workspace, launch.workspace_bytes));
+    *workspace_bytes = launch.workspace_bytes;
+  }
+  return TimeMs(
+      [&] { STATUS_OK(cuda::PagedDecodeAttention(b.attention, launch, *workspace, nullptr)); });
+}
+
+}  // namespace
+}  // namespace lserve::bench
+
+int main(int argc, char** argv) {
+  using namespace lserve;
+  using namespace lserve::bench;
+  const std::string json_path = FlagValue(argc, argv, "json");
+  const bool quick = FlagValue(argc, argv, "quick") == "1";
+  int num_sms = 0;
+  CUDA_OK(cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, 0));
+  cudaDeviceProp prop;
+  CUDA_OK(cudaGetDeviceProperties(&prop, 0));
+  RandomSource random(size_t{64} << 20);
+  void* workspace = nullptr;
+  size_t workspace_bytes = 0;
+  nlohmann::json report = Provenance(argc, argv);
+  report["gpu"] = prop.name;
+  const std::vector<int> batches = {1, 8, 32};
+  const std::vector<int64_t> lengths =
+      quick ? std::vector<int64_t>{8192, 32768}
+            : std::vector<int64_t>{8192, 16384, 32768, 65536, 131072, 262144};
+  std::printf("Dense paged decode, Llama-3-8B heads, bf16, page 64 (one layer)\n");
+  std::printf("%6s %8s %10s %10s %6s\n", "batch", "keys", "ms", "TB/s", "splits");
+  std::map<std::pair<int, int64_t>, double> dense_ms;
+  for (int batch : batches) {
+    for (int64_t len : lengths) {
+      Batch b;
+      BuildBatch(b, random, batch, len, false, false);
+      const double ms = DecodeMs(b, num_sms, &workspace, &workspace_bytes);
+      dense_ms[{batch, len}] = ms;
+      const double tbs = b.kv_bytes / (ms * 1e-3) / 1e12;
+      const int splits = cuda::PlanDecode(b.attention, num_sms).splits;
+      std::printf("%6d %8lld %10.4f %10.3f %6d\n", batch, (long long)len, ms, tbs, splits);
+      report["dense"].push_back({{"batch", batch},
+                                 {"keys", len},
+                                 {"ms", ms},
+                                 {"tb_per_s", tbs},
+                                 {"kv_bytes", b.kv_bytes},
+                                 {"splits", splits}});
+    }
+  }
+  std::printf(
+      "\nHybrid decode: 4 of 8 KV heads streaming (sink 128, local 256), budget 4096, "
+      "reuse 4\n");
+  std::printf("%6s %8s %8s %10s %10s %10s %10s %8s\n", "batch", "keys", "scoring", "select ms",
+              "attn ms", "step ms", "dense ms", "speedup");
+  for (bool per_kv_head : {false, true}) {
+    for (int batch : batches) {
+      for (int64_t len : lengths) {
+        Batch b;
+        BuildBatch(b, random, batch, len, true, per_kv_head);
+        double select_ms = 0;
+        if (b.num_jobs > 0) {
+          select_ms = TimeMs([&] {
+            STATUS_OK(cuda::ScorePages(b.score, nullptr));
+            STATUS_OK(cuda::SelectPages(b.select, nullptr));
+          });
+        }
+        const double attention_ms = DecodeMs(b, num_sms, &workspace, &workspace_bytes);
+        const double step_ms = attention_ms + select_ms / kReuse;
+        const double dense = dense_ms[{batch, len}];
+        const char* mode = per_kv_head ? "kv_head" : "q_head";
+        std::printf("%6d %8lld %8s %10.4f %10.4f %10.4f %10.4f %8.2f\n", batch, (long long)len,
+                    mode, select_ms, attention_ms, step_ms, dense, dense / step_ms);
+        report["hybrid"].push_back({{"batch", batch},
+                                    {"keys", len},
+                                    {"scoring", mode},
+                                    {"select_ms", select_ms},
+                                    {"attention_ms", attention_ms},
+                                    {"step_ms", step_ms},
+                                    {"dense_ms", dense},
+                                    {"speedup_vs_dense", dense / step_ms}});
+      }
+    }
+  }
+  if (!WriteReport(report, json_path)) return 1;
+  return 0;
+}

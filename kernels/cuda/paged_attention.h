@@ -1,0 +1,53 @@
+// Paged KV ops of the CUDA backend's decode path (DESIGN.md §3): the KV append fused with
+// the page statistics, decode attention over the page tables with split-K, page scoring
+// and top-k page selection. Pools are bf16 in kvstore/kv_pool.h's layout; queries and
+// outputs bf16; math in float32. Params are the shared structs of
+// kernels/attention_params.h; streams travel as `void*` (see norm_activation.h). All
+// pointers are device pointers except AttentionStats. Nothing here reads device memory
+// from the host, so a decode step can be captured in a CUDA graph.
+#ifndef LSERVE_KERNELS_CUDA_PAGED_ATTENTION_H_
+#define LSERVE_KERNELS_CUDA_PAGED_ATTENTION_H_
+
+#include <cstddef>
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "kernels/attention_params.h"
+
+namespace lserve::cuda {
+
+// Writes every row's K and V into its pool; for each logical page of a dense head that
+// received keys, kmax/kmin are recomputed from the keys it holds (which equals folding
+// the new keys into the old statistics, a logical page's first key starting afresh).
+absl::Status AppendKv(const AppendKvParams& params, void* stream);
+
+// Split-K plan of a decode launch: `splits` CTAs share each (sequence, KV head) and
+// workspace_bytes of float32 scratch hold their partial results (0 when splits == 1).
+struct DecodeLaunch {
+  int splits = 1;
+  size_t workspace_bytes = 0;
+};
+// Chooses the split count from the work: enough CTAs to fill `num_sms` SMs a few times
+// over, each split at least 256 keys long. Uses the host hints params.tables.max_kv_len.
+DecodeLaunch PlanDecode(const PagedAttentionParams& params, int num_sms);
+
+// Decode attention: every sequence has one query row (params.tables.max_queries must be
+// 1). Dense heads read every page, or the selected pages when a selection is set;
+// streaming heads read the sink and the local window through the ring. The query heads
+// of a KV head share each K/V load whenever they read the same pages. `workspace` holds
+// launch.workspace_bytes. params.stats is not updated.
+absl::Status PagedDecodeAttention(const PagedAttentionParams& params, const DecodeLaunch& launch,
+                                  void* workspace, void* stream);
+
+// Page scores as cpu::ScorePages defines them, summed in the same order with the same
+// float32 roundings, so the scores (and the selections made from them) are bitwise those
+// of the CPU backend on the same values. Uses params.tables.max_kv_len to size the grid.
+absl::Status ScorePages(const ScorePagesParams& params, void* stream);
+
+// Top-k page selection per job on the GPU (radix select over the score bits, ties to the
+// lower index), equal to cpu::SelectPages.
+absl::Status SelectPages(const SelectPagesParams& params, void* stream);
+
+}  // namespace lserve::cuda
+
+#endif  // LSERVE_KERNELS_CUDA_PAGED_ATTENTION_H_

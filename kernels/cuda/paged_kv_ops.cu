@@ -1,0 +1,299 @@
+// The KV append fused with the page statistics, page scoring and top-k page selection of
+// the CUDA backend's decode path.
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <cub/block/block_scan.cuh>
+
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "kernels/cuda/bf16_vec.cuh"
+#include "kernels/cuda/cuda_status.h"
+#include "kernels/cuda/paged_attention.h"
+#include "kernels/cuda/paged_kv.cuh"
+
+namespace lserve::cuda {
+namespace {
+
+using internal::Bf16ToFloat;
+using internal::CheckLaunch;
+using internal::KvLocation;
+
+constexpr int kAppendThreads = 128;
+constexpr int kScoreThreads = 128;
+constexpr int kSelectThreads = 512;
+
+absl::Status CheckLayer(const PagedKvLayer& kv, const char* op) {
+  if (kv.dtype != DType::kBF16) {
+    return absl::InvalidArgumentError(absl::StrCat("cuda ", op, ": bf16 pools only"));
+  }
+  if (kv.head_dim <= 0 || kv.head_dim % 8 != 0 || kv.page_size <= 0 || kv.logical_page_size <= 0 ||
+      kv.page_size % kv.logical_page_size != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "cuda ", op, ": head_dim must be a multiple of 8 and page_size of logical_page_size"));
+  }
+  return absl::OkStatus();
+}
+
+// ----- append ---------------------------------------------------------------------------
+
+struct AppendArgs {
+  PagedKvLayer kv;
+  PageTableView t;
+  const int32_t* q_indptr;
+  const uint16_t* k;
+  const uint16_t* v;
+  int64_t row_stride;
+};
+
+// One block per (sequence, KV head) and stride of logical pages: it copies the rows that
+// land in each logical page, then (dense heads) recomputes the page's kmax/kmin from the
+// keys it holds, with the CPU's comparisons (so signed zeros come out the same).
+__global__ void __launch_bounds__(kAppendThreads) AppendKernel(AppendArgs a) {
+  const int num_kv_heads = a.kv.num_kv_heads;
+  const int b = blockIdx.x / num_kv_heads;
+  const int h = blockIdx.x % num_kv_heads;
+  const int64_t first_row = a.q_indptr[b];
+  const int64_t rows = a.q_indptr[b + 1] - first_row;
+  if (rows <= 0) return;
+  const int64_t len = a.t.kv_len[b];
+  const int64_t first_pos = len - rows;
+  const int d = a.kv.head_dim;
+  const int page_size = a.kv.page_size;
+  const int logical = a.kv.logical_page_size;
+  const bool streaming = a.kv.kv_head_streaming[h] != 0;
+  const int slot = a.kv.kv_head_slot[h];
+  const KvPoolView& pool = streaming ? a.kv.streaming : a.kv.dense;
+  const int64_t value_offset = internal::ValueOffset(pool, page_size, d);
+  const int vectors = d / 8;
+  for (int64_t lp = first_pos / logical + blockIdx.y; lp <= (len - 1) / logical; lp += gridDim.y) {
+    const int64_t lo = max(first_pos, lp * logical);
+    const int64_t hi = min(len, (lp + 1) * logical);
+    for (int64_t i = threadIdx.x; i < (hi - lo) * vectors; i += blockDim.x) {
+      const int64_t pos = lo + i / vectors;
+      const int c = static_cast<int>(i % vectors) * 8;
+      const KvLocation at = streaming ? internal::StreamingLocation(a.t, page_size, b, pos)
+                                      : internal::DenseLocation(a.t, page_size, b, pos);
+      uint16_t* key = internal::KeyRow(pool, at, slot, page_size, d) + c;
+      const int64_t src = (first_row + pos - first_pos) * a.row_stride + int64_t{h} * d + c;
+      *reinterpret_cast<uint4*>(key) = *reinterpret_cast<const uint4*>(a.k + src);
+      *reinterpret_cast<uint4*>(key + value_offset) = *reinterpret_cast<const uint4*>(a.v + src);
+    }
+    if (streaming) continue;
+    __syncthreads();  // the rows above are visible to the whole block
+    const KvLocation start = internal::DenseLocation(a.t, page_size, b, lp * logical);
+    const int j = start.row / logical;
+    uint16_t* kmax =
+        internal::KmaxRow(pool, start.page, slot, j, page_size, page_size / logical, d);
+    uint16_t* kmin = kmax + internal::KminOffset(pool, page_size / logical, d);
+    const uint16_t* first_key = internal::KeyRow(pool, start, slot, page_size, d);
+    for (int c = threadIdx.x; c < d; c += blockDim.x) {
+      float high = Bf16ToFloat(first_key[c]);
+      float low = high;
+      for (int r = 1; r < hi - lp * logical; ++r) {
+        const float key = Bf16ToFloat(first_key[int64_t{r} * d + c]);
+        high = high < key ? key : high;  // std::max
+        low = key < low ? key : low;     // std::min
+      }
+      kmax[c] = internal::FloatToBf16(high);
+      kmin[c] = internal::FloatToBf16(low);
+    }
+    __syncthreads();
+  }
+}
+
+// ----- scoring ---------------------------------------------------------------------------
+
+struct ScoreArgs {
+  PagedKvLayer kv;
+  PageTableView t;
+  const uint16_t* q;
+  int64_t q_row_stride;
+  const PageScoreJob* jobs;
+  float* scores;
+};
+
+// One thread per physical page. Sums like cpu::LogicalPageScore: eight interleaved
+// partial sums, each product rounded before it is added (no FMA contraction).
+__global__ void __launch_bounds__(kScoreThreads) ScoreKernel(ScoreArgs a) {
+  const PageScoreJob job = a.jobs[blockIdx.y];
+  const int d = a.kv.head_dim;
+  const int page_size = a.kv.page_size;
+  const int logical = a.kv.logical_page_size;
+  const int logical_per_page = page_size / logical;
+  const int64_t len = a.t.kv_len[job.seq];
+  const int64_t num_pages = (len + page_size - 1) / page_size;
+  const int32_t* table = a.t.dense_indices + a.t.dense_indptr[job.seq];
+  const int slot = a.kv.kv_head_slot[job.kv_head];
+  const uint16_t* row = a.q + int64_t{job.q_row} * a.q_row_stride;
+  const int64_t kmin_offset = internal::KminOffset(a.kv.dense, logical_per_page, d);
+  for (int64_t i = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; i < num_pages;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t filled =
+        min(int64_t{logical_per_page}, (len - i * page_size + logical - 1) / logical);
+    float best = -INFINITY;
+    for (int l = 0; l < filled; ++l) {
+      const uint16_t* kmax =
+          internal::KmaxRow(a.kv.dense, table[i], slot, l, page_size, logical_per_page, d);
+      for (int g = 0; g < job.num_q_heads; ++g) {
+        const uint16_t* q = row + int64_t{job.first_q_head + g} * d;
+        float partial[8] = {};
+        for (int c = 0; c < d; c += 8) {
+          float qv[8], hi[8], lo[8];
+          internal::LoadBf16<8>(q + c, qv);
+          internal::LoadBf16<8>(kmax + c, hi);
+          internal::LoadBf16<8>(kmax + kmin_offset + c, lo);
+#pragma unroll
+          for (int u = 0; u < 8; ++u) {
+            const float x = __fmul_rn(qv[u], hi[u]);
+            const float y = __fmul_rn(qv[u], lo[u]);
+            partial[u] = __fadd_rn(partial[u], x < y ? y : x);
+          }
+        }
+        float score = 0.0f;
+#pragma unroll
+        for (int u = 0; u < 8; ++u) score = __fadd_rn(score, partial[u]);
+        best = best < score ? score : best;
+      }
+    }
+    a.scores[job.out_offset + i] = best;
+  }
+}
+
+// ----- selection -------------------------------------------------------------------------
+
+// Order-preserving map of a score to an unsigned key (zeros of either sign are equal).
+__device__ __forceinline__ uint32_t OrderedKey(float score) {
+  if (score == 0.0f) score = 0.0f;
+  const uint32_t bits = __float_as_uint(score);
+  return (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
+}
+
+// One block per job: radix select (four 8-bit passes) finds the key of the keep-th best
+// page other than the newest, then a block scan writes, in index order, the pages above
+// it and the lowest-indexed pages equal to it.
+__global__ void __launch_bounds__(kSelectThreads) SelectKernel(SelectPagesParams p) {
+  using Scan = cub::BlockScan<int, kSelectThreads>;
+  __shared__ typename Scan::TempStorage scan_storage;
+  __shared__ int histogram[256];
+  __shared__ uint32_t shared_prefix;
+  __shared__ int shared_remaining;
+  __shared__ int written;
+  __shared__ int ties_taken;
+  const PageScoreJob job = p.jobs[blockIdx.x];
+  const int64_t len = p.kv_len[job.seq];
+  const int n = static_cast<int>((len + p.page_size - 1) / p.page_size);
+  int32_t* out = p.selected + int64_t{blockIdx.x} * p.max_pages;
+  const float* scores = p.scores + job.out_offset;
+  if (n <= p.max_pages) {
+    for (int i = threadIdx.x; i < n; i += blockDim.x) out[i] = i;
+    if (threadIdx.x == 0) p.counts[blockIdx.x] = n;
+    return;
+  }
+  const int keep = p.max_pages - 1;
+  const int others = n - 1;
+  if (threadIdx.x == 0) {
+    shared_prefix = 0;
+    shared_remaining = keep;
+    written = 0;
+    ties_taken = 0;
+  }
+  uint32_t mask = 0;
+  for (int shift = 24; shift >= 0 && keep > 0; shift -= 8) {
+    for (int i = threadIdx.x; i < 256; i += blockDim.x) histogram[i] = 0;
+    __syncthreads();
+    const uint32_t prefix = shared_prefix;
+    for (int i = threadIdx.x; i < others; i += blockDim.x) {
+      const uint32_t key = OrderedKey(scores[i]);
+      if ((key & mask) == prefix) atomicAdd(&histogram[(key >> shift) & 255], 1);
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      int above = 0;
+      for (int bucket = 255; bucket >= 0; --bucket) {
+        if (above + histogram[bucket] >= shared_remaining) {
+          shared_remaining -= above;
+          shared_prefix = prefix | (static_cast<uint32_t>(bucket) << shift);
+          break;
+        }
+        above += histogram[bucket];
+      }
+    }
+    mask |= 255u << shift;
+    __syncthreads();
+  }
+  const uint32_t threshold = shared_prefix;
+  const int ties_wanted = keep > 0 ? shared_remaining : 0;
+  for (int base = 0; base < others && keep > 0; base += blockDim.x) {
+    const int i = base + threadIdx.x;
+    const uint32_t key = i < others ? OrderedKey(scores[i]) : 0;
+    const int tie = i < others && key == threshold ? 1 : 0;
+    int tie_rank = 0;
+    int tie_total = 0;
+    Scan(scan_storage).ExclusiveSum(tie, tie_rank, tie_total);
+    __syncthreads();
+    const int take =
+        i < others && (key > threshold || (tie && ties_taken + tie_rank < ties_wanted)) ? 1 : 0;
+    int position = 0;
+    int take_total = 0;
+    Scan(scan_storage).ExclusiveSum(take, position, take_total);
+    if (take) out[written + position] = i;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      written += take_total;
+      ties_taken += tie_total;
+    }
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) {
+    out[keep] = n - 1;
+    p.counts[blockIdx.x] = keep + 1;
+  }
+}
+
+}  // namespace
+
+absl::Status AppendKv(const AppendKvParams& p, void* stream) {
+  RETURN_IF_ERROR(CheckLayer(p.kv, "KV append"));
+  if (p.row_stride % 8 != 0 || !internal::IsAligned16(p.k) || !internal::IsAligned16(p.v)) {
+    return absl::InvalidArgumentError("cuda KV append: K/V rows must be 16-byte aligned");
+  }
+  if (p.tables.num_seqs == 0 || p.kv.num_kv_heads == 0) return absl::OkStatus();
+  AppendArgs args{p.kv,
+                  p.tables,
+                  p.q_indptr,
+                  static_cast<const uint16_t*>(p.k),
+                  static_cast<const uint16_t*>(p.v),
+                  p.row_stride};
+  // Enough blocks per (sequence, head) for a prefill chunk's logical pages.
+  const int logical_pages = p.tables.max_queries / p.kv.logical_page_size + 2;
+  const dim3 grid(p.tables.num_seqs * p.kv.num_kv_heads, std::min(64, logical_pages));
+  AppendKernel<<<grid, kAppendThreads, 0, internal::AsStream(stream)>>>(args);
+  return CheckLaunch("AppendKernel");
+}
+
+absl::Status ScorePages(const ScorePagesParams& p, void* stream) {
+  RETURN_IF_ERROR(CheckLayer(p.kv, "page scoring"));
+  if (p.q_row_stride % 8 != 0 || !internal::IsAligned16(p.q)) {
+    return absl::InvalidArgumentError("cuda page scoring: q rows must be 16-byte aligned");
+  }
+  if (p.num_jobs == 0) return absl::OkStatus();
+  ScoreArgs args{p.kv,           p.tables, static_cast<const uint16_t*>(p.q),
+                 p.q_row_stride, p.jobs,   p.scores};
+  const int64_t pages = (int64_t{p.tables.max_kv_len} + p.kv.page_size - 1) / p.kv.page_size;
+  const int blocks =
+      static_cast<int>(std::clamp<int64_t>((pages + kScoreThreads - 1) / kScoreThreads, 1, 1024));
+  ScoreKernel<<<dim3(blocks, p.num_jobs), kScoreThreads, 0, internal::AsStream(stream)>>>(args);
+  return CheckLaunch("ScoreKernel");
+}
+
+absl::Status SelectPages(const SelectPagesParams& p, void* stream) {
+  if (p.page_size <= 0 || p.max_pages <= 0) {
+    return absl::InvalidArgumentError("page selection needs page_size and max_pages > 0");
+  }
+  if (p.num_jobs == 0) return absl::OkStatus();
+  SelectKernel<<<p.num_jobs, kSelectThreads, 0, internal::AsStream(stream)>>>(p);
+  return CheckLaunch("SelectKernel");
+}
+
+}  // namespace lserve::cuda

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# On a GPU machine, with binaries from `scripts/gpu_bundle.sh` (build-gpu/, .gpu-libs/):
+# the CUDA parity tests, compute-sanitizer (memcheck, racecheck) on small decode-path
+# cases, the decode benchmark and its PyTorch baselines measured in the same run.
+# Logs and JSON go to $OUT (default ./gpu-out). LSERVE_COMMIT names the commit in the JSON.
+# Usage: scripts/gpu_decode_run.sh [--quick]
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${OUT:-gpu-out}
+mkdir -p "$out"
+quick=${1:-}
+export LD_LIBRARY_PATH=$PWD/.gpu-libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+export LSERVE_REQUIRE_CUDA=1
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv | tee "$out/gpu.txt"
+rc=0
+for t in build-gpu/tests/kernels/cuda/cuda_*_test; do
+  timeout 300 "$t" --gtest_brief=1 >"$out/$(basename "$t").log" 2>&1
+  status=$?
+  echo "$(basename "$t"): rc=$status $(grep -E '^\[  (PASSED|FAILED)' "$out/$(basename "$t").log" | tr '\n' ' ')"
+  [ $status -eq 0 ] || rc=1
+done
+sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null)
+if [ -n "$sanitizer" ]; then
+  for tool in memcheck racecheck; do
+    timeout 300 "$sanitizer" --tool "$tool" --error-exitcode 9 \
+      build-gpu/tests/kernels/cuda/cuda_page_select_test --gtest_filter='*Ties*' \
+      >"$out/sanitizer-$tool-select.log" 2>&1
+    echo "compute-sanitizer $tool page select: rc=$? $(tail -1 "$out/sanitizer-$tool-select.log")"
+    LSERVE_DECODE_TEST_SMALL=1 timeout 300 "$sanitizer" --tool "$tool" --error-exitcode 9 \
+      build-gpu/tests/kernels/cuda/cuda_paged_decode_test \
+      --gtest_filter='*DenseAndStreaming*:*OddGroups*' >"$out/sanitizer-$tool-decode.log" 2>&1
+    echo "compute-sanitizer $tool decode: rc=$? $(tail -1 "$out/sanitizer-$tool-decode.log")"
+  done
+fi
+bench_args=()
+[ "$quick" = "--quick" ] && bench_args=(--quick=1)
+timeout 300 build-gpu/bench/cuda_decode_bench "${bench_args[@]}" --json="$out/cuda_decode.json" \
+  | tee "$out/cuda_decode.txt"
+timeout 300 python3 bench/decode_baselines.py ${quick:+--quick} --json="$out/decode_baselines.json" \
+  | tee "$out/decode_baselines.txt"
+echo "tests rc=$rc"
+exit $rc
