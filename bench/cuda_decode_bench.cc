@@ -219,6 +219,7 @@ void BuildBatch(Batch& b, const RandomSource& random, int batch, int64_t len, bo
   a.selection_begin = b.Keep(DeviceCopy(begin));
   a.selection_end = b.Keep(DeviceCopy(end));
   a.selected_pages = selected;
+  a.max_keys = kBudget;
 }
 
 // Mean milliseconds of `run` over enough repetitions.

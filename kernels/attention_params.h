@@ -94,6 +94,9 @@ struct PagedAttentionParams {
   const int32_t* selection_end = nullptr;
   const int32_t* selected_pages = nullptr;
   AttentionStats* stats = nullptr;  // host counters, added to when set
+  // Host hint: the most keys one head of the batch reads (0: tables.max_kv_len), e.g. the
+  // selection budget; backends size split-K launches with it.
+  int64_t max_keys = 0;
 };
 
 // One scoring job: the dense pages of sequence `seq` for KV head `kv_head`, scored for

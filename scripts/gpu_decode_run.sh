@@ -16,7 +16,8 @@ rc=0
 for t in build-gpu/tests/kernels/cuda/cuda_*_test; do
   timeout 300 "$t" --gtest_brief=1 >"$out/$(basename "$t").log" 2>&1
   status=$?
-  echo "$(basename "$t"): rc=$status $(grep -E '^\[  (PASSED|FAILED)' "$out/$(basename "$t").log" | tr '\n' ' ')"
+  echo "$(basename "$t"): rc=$status $(grep -E '^\[  (PASSED|FAILED)' "$out/$(basename "$t").log" | tr '\n' ' ')" |
+    tee -a "$out/summary.txt"
   [ $status -eq 0 ] || rc=1
 done
 sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null)
@@ -25,11 +26,13 @@ if [ -n "$sanitizer" ]; then
     timeout 300 "$sanitizer" --tool "$tool" --error-exitcode 9 \
       build-gpu/tests/kernels/cuda/cuda_page_select_test --gtest_filter='*Ties*' \
       >"$out/sanitizer-$tool-select.log" 2>&1
-    echo "compute-sanitizer $tool page select: rc=$? $(tail -1 "$out/sanitizer-$tool-select.log")"
+    echo "compute-sanitizer $tool page select: rc=$? $(tail -1 "$out/sanitizer-$tool-select.log")" |
+      tee -a "$out/summary.txt"
     LSERVE_DECODE_TEST_SMALL=1 timeout 300 "$sanitizer" --tool "$tool" --error-exitcode 9 \
       build-gpu/tests/kernels/cuda/cuda_paged_decode_test \
       --gtest_filter='*DenseAndStreaming*:*OddGroups*' >"$out/sanitizer-$tool-decode.log" 2>&1
-    echo "compute-sanitizer $tool decode: rc=$? $(tail -1 "$out/sanitizer-$tool-decode.log")"
+    echo "compute-sanitizer $tool decode: rc=$? $(tail -1 "$out/sanitizer-$tool-decode.log")" |
+      tee -a "$out/summary.txt"
   done
 fi
 bench_args=()
@@ -38,5 +41,6 @@ timeout 300 build-gpu/bench/cuda_decode_bench "${bench_args[@]}" --json="$out/cu
   | tee "$out/cuda_decode.txt"
 timeout 300 python3 bench/decode_baselines.py ${quick:+--quick} --json="$out/decode_baselines.json" \
   | tee "$out/decode_baselines.txt"
+cat "$out/summary.txt"
 echo "tests rc=$rc"
 exit $rc

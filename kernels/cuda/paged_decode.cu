@@ -1,7 +1,8 @@
 // Decode attention over paged bf16 KV (flash-decoding): one CTA per (split, KV head,
 // sequence) reads a slice of the keys its query heads see, once for the whole GQA group
-// when the group reads the same pages, and keeps a float32 online softmax per token slot;
-// slots merge in shared memory, splits in a combine kernel.
+// when the group reads the same pages (else one CTA per query head), streaming the keys
+// through a cp.async pipeline and keeping a float32 online softmax per token slot; slots
+// merge in shared memory, splits in a combine kernel.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -23,7 +24,9 @@ using internal::KvLocation;
 
 constexpr int kThreads = 128;
 constexpr int kWarps = kThreads / 32;
-constexpr int kUnroll = 4;  // tokens per slot in flight
+constexpr int kUnroll = 2;  // tokens per slot and tile
+constexpr int kStages = 8;  // tiles in flight
+constexpr int kPipelineBytes = kStages * kUnroll * 2 * kThreads * 16;
 constexpr int kMinKeysPerSplit = 256;
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kNegInf = -INFINITY;
@@ -45,6 +48,7 @@ struct DecodeArgs {
   const int32_t* selection_end;
   const int32_t* selected_pages;
   int splits;
+  int page_shift;     // log2(page_size)
   float* partial_o;   // [seq][q head][split][head_dim]
   float* partial_ml;  // [seq][q head][split][2]: running max (log2 units), sum
 };
@@ -58,46 +62,78 @@ __device__ __forceinline__ void Unpack(const uint4& raw, float (&f)[8]) {
   }
 }
 
+__device__ __forceinline__ void CpAsync16(void* shared, const void* global, int bytes) {
+  const uint32_t address = static_cast<uint32_t>(__cvta_generic_to_shared(shared));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(address), "l"(global),
+               "r"(bytes));
+}
+__device__ __forceinline__ void CpAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int kPending>
+__device__ __forceinline__ void CpAsyncWait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
+}
+
 // The keys one head pass visits, as a virtual range [0, count): every token, the selected
 // pages, or the sink followed by the local window.
 struct KeyRange {
   int mode;  // 0 all, 1 selected pages, 2 streaming
-  int64_t count;
-  int64_t sink_end;      // streaming: tokens [0, sink_end) ...
-  int64_t window_start;  // ... then [window_start, len)
+  int32_t count;
+  int32_t sink_end;      // streaming: tokens [0, sink_end) ...
+  int32_t window_start;  // ... then [window_start, len)
   int32_t page_begin;    // selected: selected_pages[page_begin ...]
 };
 
-__device__ __forceinline__ bool Locate(const DecodeArgs& a, const KeyRange& r, int b, int64_t len,
-                                       int64_t v, KvLocation* at) {
-  const int page_size = a.kv.page_size;
+// Token v of the range -> (physical page, row). 32-bit index math with shifts (page sizes
+// are powers of two, positions below 2^31): this runs for every key of every thread.
+__device__ __forceinline__ bool Locate(const DecodeArgs& a, const KeyRange& r, int b, int32_t len,
+                                       int32_t v, int32_t dense_first, KvLocation* at) {
+  const int shift = a.page_shift;
+  const int32_t mask = (1 << shift) - 1;
   if (r.mode == 2) {
-    const int64_t pos = v < r.sink_end ? v : r.window_start + (v - r.sink_end);
-    *at = internal::StreamingLocation(a.t, page_size, b, pos);
+    const int32_t pos = v < r.sink_end ? v : r.window_start + (v - r.sink_end);
+    const int32_t first = a.t.stream_indptr[b];
+    if (pos < a.t.ring_start) {
+      *at = {a.t.stream_indices[first + (pos >> shift)], pos & mask};
+      return true;
+    }
+    const int32_t sink = a.t.stream_sink_pages[b];
+    const int32_t slots = a.t.stream_indptr[b + 1] - first - sink;
+    const int32_t offset = pos - a.t.ring_start;
+    *at = {a.t.stream_indices[first + sink + (offset >> shift) % slots], offset & mask};
     return true;
   }
   if (r.mode == 1) {
-    const int32_t index = a.selected_pages[r.page_begin + v / page_size];
-    const int32_t row = static_cast<int32_t>(v % page_size);
-    if (int64_t{index} * page_size + row >= len) return false;
-    *at = {a.t.dense_indices[a.t.dense_indptr[b] + index], row};
+    const int32_t index = a.selected_pages[r.page_begin + (v >> shift)];
+    const int32_t row = v & mask;
+    if ((index << shift) + row >= len) return false;
+    *at = {a.t.dense_indices[dense_first + index], row};
     return true;
   }
-  *at = internal::DenseLocation(a.t, page_size, b, v);
+  *at = {a.t.dense_indices[dense_first + (v >> shift)], v & mask};
   return true;
 }
 
+__host__ __device__ constexpr int kSlotsFor(int head_dim) { return kWarps * (32 / (head_dim / 8)); }
+
 template <int kHeadDim, int kGroup>
-__global__ void __launch_bounds__(kThreads) DecodeKernel(DecodeArgs a) {
+__global__ void __launch_bounds__(kThreads, kGroup > 4 ? 2 : 3) DecodeKernel(DecodeArgs a) {
   constexpr int kThreadsPerToken = kHeadDim / 8;
   constexpr int kTokensPerWarp = 32 / kThreadsPerToken;
-  constexpr int kSlots = kWarps * kTokensPerWarp;
-  __shared__ float slot_max[kSlots][kGroup];
-  __shared__ float slot_sum[kSlots][kGroup];
-  __shared__ float slot_acc[kSlots][kGroup][kHeadDim];
+  constexpr int kSlots = kSlotsFor(kHeadDim);
+  static_assert(kSlots == kWarps * kTokensPerWarp);
+  extern __shared__ uint4 pipeline[];  // [kStages][kUnroll][K, V][kThreads]
+  // After the key loop the same memory merges the token slots.
+  auto slot_max = reinterpret_cast<float(*)[kGroup]>(pipeline);
+  auto slot_sum =
+      reinterpret_cast<float(*)[kGroup]>(reinterpret_cast<float*>(pipeline) + kSlots * kGroup);
+  auto slot_acc = reinterpret_cast<float(*)[kGroup][kHeadDim]>(reinterpret_cast<float*>(pipeline) +
+                                                               2 * kSlots * kGroup);
 
   const int split = blockIdx.x;
-  const int kv_head = blockIdx.y;
+  // blockIdx.y = (KV head, query head of its group): a group that reads the same pages
+  // runs in the group's first CTA, otherwise each query head in its own.
+  const int kv_head = blockIdx.y / a.group;
+  const int own_head = blockIdx.y % a.group;
   const int b = blockIdx.z;
   const int lane = threadIdx.x & 31;
   const int token_slot = (threadIdx.x >> 5) * kTokensPerWarp + lane / kThreadsPerToken;
@@ -106,7 +142,8 @@ __global__ void __launch_bounds__(kThreads) DecodeKernel(DecodeArgs a) {
   const int slot = a.kv.kv_head_slot[kv_head];
   const KvPoolView& pool = streaming ? a.kv.streaming : a.kv.dense;
   const int64_t value_offset = internal::ValueOffset(pool, a.kv.page_size, kHeadDim);
-  const int64_t len = a.t.kv_len[b];
+  const int32_t len = a.t.kv_len[b];
+  const int32_t dense_first = a.t.dense_indptr[b];
   const int64_t row = a.q_indptr[b + 1] - 1;
   const int first_q = kv_head * a.group;
   const int64_t sel = int64_t{b} * a.num_q_heads + first_q;
@@ -119,22 +156,22 @@ __global__ void __launch_bounds__(kThreads) DecodeKernel(DecodeArgs a) {
                a.selection_end[sel + g] == a.selection_end[sel];
     }
   }
-  const int passes = shared ? 1 : a.group;
-  for (int pass = 0; pass < passes; ++pass) {
+  if (shared && own_head != 0) return;
+  for (int pass = shared ? 0 : own_head; pass < (shared ? 1 : own_head + 1); ++pass) {
     KeyRange range{0, len, 0, 0, 0};
     if (streaming) {
       range.mode = 2;
-      range.sink_end = min(a.sink, len);
+      range.sink_end = static_cast<int32_t>(min(a.sink, int64_t{len}));
       range.window_start = max(range.sink_end, len - a.local[b]);
       range.count = range.sink_end + (len - range.window_start);
     } else if (selected) {
       range.mode = 1;
       range.page_begin = a.selection_begin[sel + pass];
-      range.count = int64_t{a.selection_end[sel + pass] - range.page_begin} * a.kv.page_size;
+      range.count = (a.selection_end[sel + pass] - range.page_begin) << a.page_shift;
     }
-    const int64_t chunk = (range.count + a.splits - 1) / a.splits;
-    const int64_t begin = split * chunk;
-    const int64_t end = min(range.count, begin + chunk);
+    const int32_t chunk = (range.count + a.splits - 1) / a.splits;
+    const int32_t begin = split * chunk;
+    const int32_t end = min(range.count, begin + chunk);
 
     float q[kGroup][8];
     float acc[kGroup][8];
@@ -159,25 +196,46 @@ __global__ void __launch_bounds__(kThreads) DecodeKernel(DecodeArgs a) {
       running_sum[g] = 0.0f;
     }
 
-    for (int64_t base = begin; base < end; base += kSlots * kUnroll) {
+    // A pipeline of kStages tiles in flight: each thread copies (cp.async) exactly the
+    // 16-byte pieces it later reads, so only its own copies need waiting for.
+    constexpr int kTile = kSlots * kUnroll;
+    const int32_t tiles = end > begin ? (end - begin + kTile - 1) / kTile : 0;
+    uint32_t valid_bits = 0;
+    auto issue = [&](int32_t tile) {
+      const int stage = static_cast<int>(tile % kStages);
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int32_t v = begin + tile * kTile + u * kSlots + token_slot;
+        KvLocation at{0, 0};
+        const bool valid = v < end && Locate(a, range, b, len, v, dense_first, &at);
+        const uint16_t* key =
+            valid ? internal::KeyRow(pool, at, slot, a.kv.page_size, kHeadDim) + sub * 8 : a.q;
+        uint4* dst = pipeline + ((stage * kUnroll + u) * 2) * kThreads + threadIdx.x;
+        CpAsync16(dst, key, valid ? 16 : 0);
+        CpAsync16(dst + kThreads, valid ? key + value_offset : a.q, valid ? 16 : 0);
+        const uint32_t bit = 1u << (stage * kUnroll + u);
+        valid_bits = valid ? (valid_bits | bit) : (valid_bits & ~bit);
+      }
+    };
+    for (int s = 0; s < kStages - 1; ++s) {
+      if (s < tiles) issue(s);
+      CpAsyncCommit();
+    }
+    for (int32_t tile = 0; tile < tiles; ++tile) {
+      CpAsyncWait<kStages - 2>();
+      const int stage = static_cast<int>(tile % kStages);
       uint4 k_raw[kUnroll];
       uint4 v_raw[kUnroll];
       bool valid[kUnroll];
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) {
-        const int64_t v = base + u * kSlots + token_slot;
-        KvLocation at{0, 0};
-        valid[u] = v < end && Locate(a, range, b, len, v, &at);
-        if (valid[u]) {
-          const uint16_t* key =
-              internal::KeyRow(pool, at, slot, a.kv.page_size, kHeadDim) + sub * 8;
-          k_raw[u] = __ldg(reinterpret_cast<const uint4*>(key));
-          v_raw[u] = __ldg(reinterpret_cast<const uint4*>(key + value_offset));
-        } else {
-          k_raw[u] = make_uint4(0, 0, 0, 0);
-          v_raw[u] = make_uint4(0, 0, 0, 0);
-        }
+        const uint4* src = pipeline + ((stage * kUnroll + u) * 2) * kThreads + threadIdx.x;
+        k_raw[u] = src[0];
+        v_raw[u] = src[kThreads];
+        valid[u] = (valid_bits >> (stage * kUnroll + u)) & 1u;
       }
+      if (tile + kStages - 1 < tiles) issue(tile + kStages - 1);
+      CpAsyncCommit();
       float score[kUnroll][kGroup];
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) {
@@ -225,6 +283,8 @@ __global__ void __launch_bounds__(kThreads) DecodeKernel(DecodeArgs a) {
     }
 
     // Merge the token slots.
+    CpAsyncWait<0>();
+    __syncthreads();
 #pragma unroll
     for (int g = 0; g < kGroup; ++g) {
       if (sub == 0) {
@@ -295,8 +355,12 @@ __global__ void CombineKernel(DecodeArgs a) {
 
 template <int kHeadDim, int kGroup>
 absl::Status Launch(const DecodeArgs& args, cudaStream_t stream) {
-  const dim3 grid(args.splits, args.kv.num_kv_heads, args.t.num_seqs);
-  DecodeKernel<kHeadDim, kGroup><<<grid, kThreads, 0, stream>>>(args);
+  static_assert(kSlotsFor(kHeadDim) * kGroup * (kHeadDim + 2) * 4 <= kPipelineBytes);
+  static const cudaError_t configured = cudaFuncSetAttribute(
+      DecodeKernel<kHeadDim, kGroup>, cudaFuncAttributeMaxDynamicSharedMemorySize, kPipelineBytes);
+  RETURN_IF_ERROR(internal::CudaStatus(configured, "configuring DecodeKernel"));
+  const dim3 grid(args.splits, args.kv.num_kv_heads * args.group, args.t.num_seqs);
+  DecodeKernel<kHeadDim, kGroup><<<grid, kThreads, kPipelineBytes, stream>>>(args);
   RETURN_IF_ERROR(CheckLaunch("DecodeKernel"));
   if (args.splits == 1) return absl::OkStatus();
   CombineKernel<kHeadDim><<<dim3(args.num_q_heads, args.t.num_seqs), kHeadDim, 0, stream>>>(args);
@@ -317,7 +381,8 @@ DecodeLaunch PlanDecode(const PagedAttentionParams& p, int num_sms) {
   DecodeLaunch launch;
   const int64_t units = int64_t{std::max(1, p.tables.num_seqs)} * std::max(1, p.kv.num_kv_heads);
   const int64_t wanted = (4 * int64_t{std::max(1, num_sms)} + units - 1) / units;
-  const int64_t longest = std::max<int64_t>(1, p.tables.max_kv_len / kMinKeysPerSplit);
+  const int64_t keys = p.max_keys > 0 ? p.max_keys : p.tables.max_kv_len;
+  const int64_t longest = std::max<int64_t>(1, keys / kMinKeysPerSplit);
   launch.splits = static_cast<int>(std::clamp<int64_t>(std::min(wanted, longest), 1, 128));
   if (launch.splits > 1) {
     launch.workspace_bytes = sizeof(float) * static_cast<size_t>(p.tables.num_seqs) *
@@ -340,6 +405,10 @@ absl::Status PagedDecodeAttention(const PagedAttentionParams& p, const DecodeLau
     return absl::InvalidArgumentError(absl::StrCat("cuda decode attention: ", p.num_q_heads,
                                                    " query heads over ", p.kv.num_kv_heads,
                                                    " KV heads (groups of 1 to 8)"));
+  }
+  if (p.kv.page_size <= 0 || (p.kv.page_size & (p.kv.page_size - 1)) != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("cuda decode attention: page_size ",
+                                                   p.kv.page_size, " is not a power of two"));
   }
   if (p.tables.max_queries != 1) {
     return absl::InvalidArgumentError(
@@ -369,6 +438,7 @@ absl::Status PagedDecodeAttention(const PagedAttentionParams& p, const DecodeLau
   args.selection_end = p.selection_end;
   args.selected_pages = p.selected_pages;
   args.splits = launch.splits;
+  args.page_shift = __builtin_ctz(static_cast<unsigned>(p.kv.page_size));
   if (launch.splits > 1) {
     args.partial_o = static_cast<float*>(workspace);
     args.partial_ml = args.partial_o + static_cast<size_t>(p.tables.num_seqs) * p.num_q_heads *

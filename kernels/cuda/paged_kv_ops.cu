@@ -113,9 +113,12 @@ struct ScoreArgs {
   float* scores;
 };
 
-// One thread per physical page. Sums like cpu::LogicalPageScore: eight interleaved
-// partial sums, each product rounded before it is added (no FMA contraction).
+// One thread per (physical page, logical page, query head), so each thread sums one
+// logical page's bound like cpu::LogicalPageScore: eight interleaved partial sums, each
+// product rounded before it is added (no FMA contraction). A page's score is the max over
+// its threads (exact in any order), taken in shared memory.
 __global__ void __launch_bounds__(kScoreThreads) ScoreKernel(ScoreArgs a) {
+  __shared__ float partial_best[kScoreThreads];
   const PageScoreJob job = a.jobs[blockIdx.y];
   const int d = a.kv.head_dim;
   const int page_size = a.kv.page_size;
@@ -127,15 +130,24 @@ __global__ void __launch_bounds__(kScoreThreads) ScoreKernel(ScoreArgs a) {
   const int slot = a.kv.kv_head_slot[job.kv_head];
   const uint16_t* row = a.q + int64_t{job.q_row} * a.q_row_stride;
   const int64_t kmin_offset = internal::KminOffset(a.kv.dense, logical_per_page, d);
-  for (int64_t i = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; i < num_pages;
-       i += int64_t{gridDim.x} * blockDim.x) {
-    const int64_t filled =
-        min(int64_t{logical_per_page}, (len - i * page_size + logical - 1) / logical);
-    float best = -INFINITY;
-    for (int l = 0; l < filled; ++l) {
-      const uint16_t* kmax =
-          internal::KmaxRow(a.kv.dense, table[i], slot, l, page_size, logical_per_page, d);
-      for (int g = 0; g < job.num_q_heads; ++g) {
+  const int per_page = logical_per_page * job.num_q_heads;  // threads per page
+  const int pages_per_block = max(1, kScoreThreads / per_page);
+  for (int64_t first = int64_t{blockIdx.x} * pages_per_block; first < num_pages;
+       first += int64_t{gridDim.x} * pages_per_block) {
+    for (int part = 0; part < per_page; part += kScoreThreads) {
+      // With per_page > kScoreThreads (huge groups) one page takes several rounds.
+      const int t = threadIdx.x;
+      const int64_t i = per_page <= kScoreThreads ? first + t / per_page : first;
+      const int item = per_page <= kScoreThreads ? t % per_page : part + t;
+      const int l = item / job.num_q_heads;
+      const int g = item % job.num_q_heads;
+      float score = -INFINITY;
+      const bool active =
+          (per_page <= kScoreThreads ? t < pages_per_block * per_page : item < per_page) &&
+          i < num_pages && l * int64_t{logical} < len - i * page_size;
+      if (active) {
+        const uint16_t* kmax =
+            internal::KmaxRow(a.kv.dense, table[i], slot, l, page_size, logical_per_page, d);
         const uint16_t* q = row + int64_t{job.first_q_head + g} * d;
         float partial[8] = {};
         for (int c = 0; c < d; c += 8) {
@@ -150,13 +162,30 @@ __global__ void __launch_bounds__(kScoreThreads) ScoreKernel(ScoreArgs a) {
             partial[u] = __fadd_rn(partial[u], x < y ? y : x);
           }
         }
-        float score = 0.0f;
+        score = 0.0f;
 #pragma unroll
         for (int u = 0; u < 8; ++u) score = __fadd_rn(score, partial[u]);
-        best = best < score ? score : best;
       }
+      partial_best[t] = score;
+      __syncthreads();
+      if (per_page <= kScoreThreads) {
+        if (t < pages_per_block && first + t < num_pages) {
+          float best = -INFINITY;
+          for (int k = 0; k < per_page; ++k) {
+            const float x = partial_best[t * per_page + k];
+            best = best < x ? x : best;
+          }
+          a.scores[job.out_offset + first + t] = best;
+        }
+      } else if (t == 0) {
+        float best = part == 0 ? -INFINITY : a.scores[job.out_offset + first];
+        for (int k = 0; k < kScoreThreads && part + k < per_page; ++k) {
+          best = best < partial_best[k] ? partial_best[k] : best;
+        }
+        a.scores[job.out_offset + first] = best;
+      }
+      __syncthreads();
     }
-    a.scores[job.out_offset + i] = best;
   }
 }
 
@@ -208,15 +237,31 @@ __global__ void __launch_bounds__(kSelectThreads) SelectKernel(SelectPagesParams
       if ((key & mask) == prefix) atomicAdd(&histogram[(key >> shift) & 255], 1);
     }
     __syncthreads();
-    if (threadIdx.x == 0) {
-      int above = 0;
-      for (int bucket = 255; bucket >= 0; --bucket) {
-        if (above + histogram[bucket] >= shared_remaining) {
-          shared_remaining -= above;
-          shared_prefix = prefix | (static_cast<uint32_t>(bucket) << shift);
-          break;
+    if (threadIdx.x < 32) {
+      // Warp 0 finds the bucket holding the remaining-th largest key: lane l sums buckets
+      // 255 - 8l down to 248 - 8l, a prefix sum over lanes locates the lane, which then
+      // walks its eight buckets.
+      const int lane = threadIdx.x;
+      const int remaining = shared_remaining;
+      int own = 0;
+      for (int k = 0; k < 8; ++k) own += histogram[255 - 8 * lane - k];
+      int inclusive = own;
+      for (int offset = 1; offset < 32; offset <<= 1) {
+        const int other = __shfl_up_sync(0xFFFFFFFFu, inclusive, offset);
+        if (lane >= offset) inclusive += other;
+      }
+      const unsigned found = __ballot_sync(0xFFFFFFFFu, inclusive >= remaining);
+      if (lane == __ffs(found) - 1) {
+        int above = inclusive - own;
+        for (int k = 0; k < 8; ++k) {
+          const int bucket = 255 - 8 * lane - k;
+          if (above + histogram[bucket] >= remaining) {
+            shared_remaining = remaining - above;
+            shared_prefix = prefix | (static_cast<uint32_t>(bucket) << shift);
+            break;
+          }
+          above += histogram[bucket];
         }
-        above += histogram[bucket];
       }
     }
     mask |= 255u << shift;
@@ -281,8 +326,10 @@ absl::Status ScorePages(const ScorePagesParams& p, void* stream) {
   ScoreArgs args{p.kv,           p.tables, static_cast<const uint16_t*>(p.q),
                  p.q_row_stride, p.jobs,   p.scores};
   const int64_t pages = (int64_t{p.tables.max_kv_len} + p.kv.page_size - 1) / p.kv.page_size;
+  // Sized for one query head per job; jobs of several heads loop over their pages.
+  const int64_t per_block = std::max(1, kScoreThreads / (p.kv.page_size / p.kv.logical_page_size));
   const int blocks =
-      static_cast<int>(std::clamp<int64_t>((pages + kScoreThreads - 1) / kScoreThreads, 1, 1024));
+      static_cast<int>(std::clamp<int64_t>((pages + per_block - 1) / per_block, 1, 4096));
   ScoreKernel<<<dim3(blocks, p.num_jobs), kScoreThreads, 0, internal::AsStream(stream)>>>(args);
   return CheckLaunch("ScoreKernel");
 }

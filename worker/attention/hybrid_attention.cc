@@ -187,6 +187,8 @@ absl::Status HybridAttention::Run(int layer, const AttentionPlan& plan, const vo
     params.selection_begin = selection_begin_device_;
     params.selection_end = selection_end_device_;
     params.selected_pages = selected_pages_device_;
+    // Selecting sequences read at most the budget; the others fit in it.
+    params.max_keys = config_.BudgetPages() * config_.page_size;
   }
   params.stats = &stats_;
   return backend_->PagedAttention(params);
