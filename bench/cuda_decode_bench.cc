@@ -16,6 +16,7 @@
 #include <map>
 #include <numeric>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "bench/bench_report.h"
@@ -102,7 +103,7 @@ struct Batch {
 
 // hybrid: every other KV head streams; scoring per query head or per KV head.
 void BuildBatch(Batch& b, const RandomSource& random, int batch, int64_t len, bool hybrid,
-                bool per_kv_head) {
+                bool per_kv_head, bool scatter) {
   const int dense_heads = hybrid ? kKvHeads / 2 : kKvHeads;
   const int stream_heads = kKvHeads - dense_heads;
   std::vector<int32_t> slot(kKvHeads);
@@ -141,7 +142,7 @@ void BuildBatch(Batch& b, const RandomSource& random, int batch, int64_t len, bo
   // Page tables: each sequence's dense pages scattered over the pool.
   std::vector<int32_t> order(dense_pages);
   std::iota(order.begin(), order.end(), 0);
-  std::shuffle(order.begin(), order.end(), std::mt19937(2));
+  if (scatter) std::shuffle(order.begin(), order.end(), std::mt19937(2));
   std::vector<int32_t> kv_len(batch, static_cast<int32_t>(len)), dense_indptr{0}, stream_indptr{0},
       stream_indices, sink(batch, sink_pages), q_indptr{0}, local(batch, kLocal);
   for (int s = 0; s < batch; ++s) {
@@ -264,6 +265,12 @@ int main(int argc, char** argv) {
   using namespace lserve::bench;
   const std::string json_path = FlagValue(argc, argv, "json");
   const bool quick = FlagValue(argc, argv, "quick") == "1";
+  // --scatter=0 lays each sequence's pages out in order (the paging cost in isolation);
+  // --batch=N, --keys=N, --hybrid=0 narrow the sweep (e.g. for a profiler).
+  const bool scatter = FlagValue(argc, argv, "scatter", "1") == "1";
+  const bool run_hybrid = FlagValue(argc, argv, "hybrid", "1") == "1";
+  const std::string only_batch = FlagValue(argc, argv, "batch");
+  const std::string only_keys = FlagValue(argc, argv, "keys");
   int num_sms = 0;
   CUDA_OK(cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, 0));
   cudaDeviceProp prop;
@@ -273,17 +280,20 @@ int main(int argc, char** argv) {
   size_t workspace_bytes = 0;
   nlohmann::json report = Provenance(argc, argv);
   report["gpu"] = prop.name;
-  const std::vector<int> batches = {1, 8, 32};
-  const std::vector<int64_t> lengths =
+  std::vector<int> batches = {1, 8, 32};
+  if (!only_batch.empty()) batches = {std::stoi(only_batch)};
+  std::vector<int64_t> lengths =
       quick ? std::vector<int64_t>{8192, 32768}
             : std::vector<int64_t>{8192, 16384, 32768, 65536, 131072, 262144};
+  if (!only_keys.empty()) lengths = {std::stoll(only_keys)};
+  report["scattered_pages"] = scatter;
   std::printf("Dense paged decode, Llama-3-8B heads, bf16, page 64 (one layer)\n");
   std::printf("%6s %8s %10s %10s %6s\n", "batch", "keys", "ms", "TB/s", "splits");
   std::map<std::pair<int, int64_t>, double> dense_ms;
   for (int batch : batches) {
     for (int64_t len : lengths) {
       Batch b;
-      BuildBatch(b, random, batch, len, false, false);
+      BuildBatch(b, random, batch, len, false, false, scatter);
       const double ms = DecodeMs(b, num_sms, &workspace, &workspace_bytes);
       dense_ms[{batch, len}] = ms;
       const double tbs = b.kv_bytes / (ms * 1e-3) / 1e12;
@@ -303,10 +313,11 @@ int main(int argc, char** argv) {
   std::printf("%6s %8s %8s %10s %10s %10s %10s %8s\n", "batch", "keys", "scoring", "select ms",
               "attn ms", "step ms", "dense ms", "speedup");
   for (bool per_kv_head : {false, true}) {
+    if (!run_hybrid) break;
     for (int batch : batches) {
       for (int64_t len : lengths) {
         Batch b;
-        BuildBatch(b, random, batch, len, true, per_kv_head);
+        BuildBatch(b, random, batch, len, true, per_kv_head, scatter);
         double select_ms = 0;
         if (b.num_jobs > 0) {
           select_ms = TimeMs([&] {
