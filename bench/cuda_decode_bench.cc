@@ -221,6 +221,7 @@ void BuildBatch(Batch& b, const RandomSource& random, int batch, int64_t len, bo
   a.selection_end = b.Keep(DeviceCopy(end));
   a.selected_pages = selected;
   a.max_keys = kBudget;
+  a.selection_per_kv_head = per_kv_head;
 }
 
 // Mean milliseconds of `run` over enough repetitions.
@@ -251,6 +252,7 @@ double DecodeMs(Batch& b, int num_sms, void** workspace, size_t* workspace_bytes
   if (launch.workspace_bytes > *workspace_bytes) {
     cudaFree(*workspace);
     CUDA_OK(cudaMalloc(workspace, launch.workspace_bytes));
+    CUDA_OK(cudaMemset(*workspace, 0, launch.workspace_bytes));
     *workspace_bytes = launch.workspace_bytes;
   }
   return TimeMs(

@@ -93,6 +93,17 @@ struct PagedAttentionParams {
   const int32_t* selection_begin = nullptr;
   const int32_t* selection_end = nullptr;
   const int32_t* selected_pages = nullptr;
+  // Device-resident form, used instead of begin/end when selection_slot is set: for
+  // b * num_q_heads + h, a slot r >= 0 names the pages
+  // selected_pages[r * selection_stride ...] (selection_counts[r] of them, ascending), read
+  // together with the sequence's newest page when they lack it (a selection reused after
+  // the history grew a page); r < 0 means every page.
+  const int32_t* selection_slot = nullptr;
+  const int32_t* selection_counts = nullptr;
+  int32_t selection_stride = 0;
+  // Host hint: the query heads of each KV head share one selection (scoring per KV head),
+  // so backends may read the pages once for the group. Must be true of the selection.
+  bool selection_per_kv_head = false;
   AttentionStats* stats = nullptr;  // host counters, added to when set
   // Host hint: the most keys one head of the batch reads (0: tables.max_kv_len), e.g. the
   // selection budget; backends size split-K launches with it.
@@ -125,8 +136,9 @@ struct ScorePagesParams {
 
 // Decode page selection from ScorePages' scores: for each job, with n = ceil(kv_len / P)
 // pages of its sequence, the newest page plus the max_pages - 1 best others (equal scores
-// prefer the lower index), or every page when n <= max_pages, written ascending to
-// selected[j * max_pages ...] with their number in counts[j].
+// prefer the lower index), or every page when n <= max_pages, written ascending to row r
+// of `selected` (selected[r * stride ...], stride = selected_stride or max_pages) with their
+// number in counts[r], where r = out_rows[j], or j when out_rows is null.
 struct SelectPagesParams {
   const float* scores = nullptr;
   const PageScoreJob* jobs = nullptr;
@@ -134,8 +146,10 @@ struct SelectPagesParams {
   const int32_t* kv_len = nullptr;  // [num_seqs], indexed by job.seq
   int page_size = 0;
   int max_pages = 0;
-  int32_t* selected = nullptr;  // [num_jobs][max_pages]
-  int32_t* counts = nullptr;    // [num_jobs]
+  int32_t* selected = nullptr;        // [rows][stride]
+  int32_t* counts = nullptr;          // [rows]
+  const int32_t* out_rows = nullptr;  // [num_jobs], optional
+  int32_t selected_stride = 0;
 };
 
 }  // namespace lserve

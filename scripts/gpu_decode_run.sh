@@ -33,6 +33,10 @@ if [ -n "$sanitizer" ]; then
       --gtest_filter='*DenseAndStreaming*:*OddGroups*' >"$out/sanitizer-$tool-decode.log" 2>&1
     echo "compute-sanitizer $tool decode: rc=$? $(tail -1 "$out/sanitizer-$tool-decode.log")" |
       tee -a "$out/summary.txt"
+    timeout 300 "$sanitizer" --tool "$tool" --error-exitcode 9 \
+      build-gpu/tests/kernels/cuda/cuda_decode_graph_test >"$out/sanitizer-$tool-graph.log" 2>&1
+    echo "compute-sanitizer $tool graph: rc=$? $(tail -1 "$out/sanitizer-$tool-graph.log")" |
+      tee -a "$out/summary.txt"
   done
 fi
 bench_args=()
@@ -41,6 +45,22 @@ timeout 300 build-gpu/bench/cuda_decode_bench "${bench_args[@]}" --json="$out/cu
   | tee "$out/cuda_decode.txt"
 timeout 300 python3 bench/decode_baselines.py ${quick:+--quick} --json="$out/decode_baselines.json" \
   | tee "$out/decode_baselines.txt"
+# Kernel-level profile of the two shapes that set the targets (when Nsight Compute exists).
+ncu_bin=$(command -v ncu || ls /usr/local/cuda/bin/ncu 2>/dev/null)
+if [ -n "$ncu_bin" ] && [ "$quick" != "--quick" ]; then
+  ncu_run() {
+    timeout 200 "$ncu_bin" --section SpeedOfLight --section LaunchStats --section Occupancy \
+      --launch-skip 5 "$@" >>"$out/ncu.txt" 2>&1
+  }
+  ncu_run -k regex:DecodeMma --launch-count 1 build-gpu/bench/cuda_decode_bench --batch=1 \
+    --keys=131072 --hybrid=0
+  ncu_run -k regex:DecodeMma --launch-count 1 build-gpu/bench/cuda_decode_bench --batch=8 \
+    --keys=32768 --hybrid=0
+  ncu_run -k regex:"Score|Select" --launch-count 2 build-gpu/bench/cuda_decode_bench --batch=1 \
+    --keys=131072
+  grep -E "DecodeMma|ScoreKernel|SelectKernel|Duration|DRAM Through|Memory Through" "$out/ncu.txt" |
+    head -80 >"$out/ncu-summary.txt"
+fi
 cat "$out/summary.txt"
 echo "tests rc=$rc"
 exit $rc

@@ -246,8 +246,18 @@ absl::Status PagedAttention(const PagedAttentionParams& p, ThreadPool* pool) {
       const bool streaming = kv.kv_head_streaming[kv_head] != 0;
       const int slot = kv.kv_head_slot[kv_head];
       const int64_t selection_index = int64_t{b} * p.num_q_heads + h;
-      const int32_t sel_begin =
-          p.selection_begin == nullptr ? -1 : p.selection_begin[selection_index];
+      int32_t sel_begin = -1;
+      int32_t sel_count = 0;
+      if (p.selection_slot != nullptr) {
+        const int32_t r = p.selection_slot[selection_index];
+        if (r >= 0) {
+          sel_begin = r * p.selection_stride;
+          sel_count = p.selection_counts[r];
+        }
+      } else if (p.selection_begin != nullptr) {
+        sel_begin = p.selection_begin[selection_index];
+        sel_count = p.selection_end[selection_index] - sel_begin;
+      }
       size_t list = 0;
       if (streaming) {
         if (streaming_list < 0) {
@@ -262,8 +272,14 @@ absl::Status PagedAttention(const PagedAttentionParams& p, ThreadPool* pool) {
         if (it == selection_lists.end()) {
           selection_lists.emplace_back(sel_begin, lists.size());
           lists.emplace_back();
-          AddPageSpans(t.dense_indices + t.dense_indptr[b], p.selected_pages + sel_begin,
-                       p.selection_end[selection_index] - sel_begin, kv_len, page, &lists.back());
+          const int32_t* listed = p.selected_pages + sel_begin;
+          AddPageSpans(t.dense_indices + t.dense_indptr[b], listed, sel_count, kv_len, page,
+                       &lists.back());
+          const int32_t newest = static_cast<int32_t>((kv_len + page - 1) / page - 1);
+          if (p.selection_slot != nullptr && (sel_count == 0 || listed[sel_count - 1] < newest)) {
+            AddPageSpans(t.dense_indices + t.dense_indptr[b], &newest, 1, kv_len, page,
+                         &lists.back());
+          }
           it = selection_lists.end() - 1;
         }
         list = it->second;

@@ -96,16 +96,20 @@ std::vector<int32_t> SelectTopPages(std::span<const float> scores, int64_t max_p
 }
 
 absl::Status SelectPages(const SelectPagesParams& p) {
-  if (p.page_size <= 0 || p.max_pages <= 0) {
-    return absl::InvalidArgumentError("page selection needs page_size and max_pages > 0");
+  if (p.page_size <= 0 || p.max_pages <= 0 ||
+      (p.selected_stride > 0 && p.selected_stride < p.max_pages)) {
+    return absl::InvalidArgumentError(
+        "page selection needs page_size, max_pages > 0 and rows of max_pages or more");
   }
   for (int j = 0; j < p.num_jobs; ++j) {
     const PageScoreJob& job = p.jobs[j];
     const int64_t num_pages = (p.kv_len[job.seq] + p.page_size - 1) / p.page_size;
     const std::vector<int32_t> pages =
         SelectTopPages({p.scores + job.out_offset, static_cast<size_t>(num_pages)}, p.max_pages);
-    std::copy(pages.begin(), pages.end(), p.selected + int64_t{j} * p.max_pages);
-    p.counts[j] = static_cast<int32_t>(pages.size());
+    const int64_t row = p.out_rows != nullptr ? p.out_rows[j] : j;
+    const int64_t stride = p.selected_stride > 0 ? p.selected_stride : p.max_pages;
+    std::copy(pages.begin(), pages.end(), p.selected + row * stride);
+    p.counts[row] = static_cast<int32_t>(pages.size());
   }
   return absl::OkStatus();
 }

@@ -34,8 +34,10 @@ DecodeLaunch PlanDecode(const PagedAttentionParams& params, int num_sms);
 // Decode attention: every sequence has one query row (params.tables.max_queries must be
 // 1). Dense heads read every page, or the selected pages when a selection is set;
 // streaming heads read the sink and the local window through the ring. The query heads
-// of a KV head share each K/V load whenever they read the same pages. `workspace` holds
-// launch.workspace_bytes. params.stats is not updated.
+// of a KV head share each K/V load whenever they read the same pages; the selection may
+// come in either form of PagedAttentionParams. The splits combine in the same launch.
+// `workspace` holds launch.workspace_bytes and must be zeroed before its first use (its
+// arrival counters return to zero after every launch). params.stats is not updated.
 absl::Status PagedDecodeAttention(const PagedAttentionParams& params, const DecodeLaunch& launch,
                                   void* workspace, void* stream);
 

@@ -1,7 +1,7 @@
-// Decode attention over paged bf16 KV (flash-decoding): the launcher, its split-K plan and
-// the combine kernel. The attention kernel (paged_decode_mma.cu) runs one CTA per (split,
-// KV head, sequence), reading a slice of the keys once for the whole GQA group when the
-// group reads the same pages (else one CTA per query head).
+// Decode attention over paged bf16 KV (flash-decoding): the launcher and its split-K plan.
+// The attention kernel (paged_decode_mma.cu) runs one CTA per (split, KV head, sequence),
+// reading a slice of the keys once for the whole GQA group when the group reads the same
+// pages (else one CTA per query head); the last split to finish combines the splits.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -19,45 +19,10 @@
 namespace lserve::cuda {
 namespace {
 
-using internal::CheckLaunch;
 using internal::DecodeArgs;
 
 constexpr int kMinKeysPerSplit = 256;
 constexpr float kLog2e = 1.4426950408889634f;
-using internal::kNegInf;
-
-// One block per (query head, sequence): weights the splits by exp2(max_i - max).
-template <int kHeadDim>
-__global__ void CombineKernel(DecodeArgs a) {
-  const int h = blockIdx.x;
-  const int b = blockIdx.y;
-  const int c = threadIdx.x;
-  const int64_t first = (int64_t{b} * a.num_q_heads + h) * a.splits;
-  float merged_max = kNegInf;
-  for (int s = 0; s < a.splits; ++s) merged_max = fmaxf(merged_max, a.partial_ml[2 * (first + s)]);
-  float sum = 0.0f;
-  float out = 0.0f;
-  if (merged_max != kNegInf) {
-    for (int s = 0; s < a.splits; ++s) {
-      const float m = a.partial_ml[2 * (first + s)];
-      if (m == kNegInf) continue;
-      const float w = exp2f(m - merged_max);
-      sum += w * a.partial_ml[2 * (first + s) + 1];
-      out += w * a.partial_o[(first + s) * kHeadDim + c];
-    }
-  }
-  const int64_t row = a.q_indptr[b + 1] - 1;
-  a.out[row * a.out_row_stride + int64_t{h} * kHeadDim + c] =
-      internal::FloatToBf16(sum > 0.0f ? out / sum : 0.0f);
-}
-
-template <int kHeadDim>
-absl::Status Launch(const DecodeArgs& args, cudaStream_t stream) {
-  RETURN_IF_ERROR(internal::LaunchDecodeMma(args, stream));
-  if (args.splits == 1) return absl::OkStatus();
-  CombineKernel<kHeadDim><<<dim3(args.num_q_heads, args.t.num_seqs), kHeadDim, 0, stream>>>(args);
-  return CheckLaunch("CombineKernel");
-}
 
 }  // namespace
 
@@ -66,7 +31,12 @@ DecodeLaunch PlanDecode(const PagedAttentionParams& p, int num_sms) {
   // CTAs in one wave of the GPU, and the CTAs of one split.
   const int64_t wave =
       int64_t{std::max(1, num_sms)} * internal::DecodeMmaBlocksPerSm(p.kv.head_dim);
-  const int64_t units = int64_t{std::max(1, p.tables.num_seqs)} * std::max(1, p.kv.num_kv_heads);
+  // Units of work: (sequence, KV head), or (sequence, query head) when the query heads of
+  // a group may read different pages.
+  const bool per_query_head =
+      (p.selection_begin != nullptr || p.selection_slot != nullptr) && !p.selection_per_kv_head;
+  const int heads = per_query_head ? p.num_q_heads : p.kv.num_kv_heads;
+  const int64_t units = int64_t{std::max(1, p.tables.num_seqs)} * std::max(1, heads);
   const int64_t keys = p.max_keys > 0 ? p.max_keys : p.tables.max_kv_len;
   const int64_t longest = std::clamp<int64_t>(keys / kMinKeysPerSplit, 1, 128);
   // The fewest splits whose last wave is nearly full (the wave efficiency of FA3's
@@ -85,8 +55,9 @@ DecodeLaunch PlanDecode(const PagedAttentionParams& p, int num_sms) {
     }
   }
   if (launch.splits > 1) {
+    // Partial results, then one arrival counter per (sequence, query head).
     launch.workspace_bytes = sizeof(float) * static_cast<size_t>(p.tables.num_seqs) *
-                             p.num_q_heads * launch.splits * (p.kv.head_dim + 2);
+                             p.num_q_heads * (launch.splits * (p.kv.head_dim + 2) + 1);
   }
   return launch;
 }
@@ -137,15 +108,20 @@ absl::Status PagedDecodeAttention(const PagedAttentionParams& p, const DecodeLau
   args.selection_begin = p.selection_begin;
   args.selection_end = p.selection_end;
   args.selected_pages = p.selected_pages;
+  args.selection_slot = p.selection_slot;
+  args.selection_counts = p.selection_counts;
+  args.selection_stride = p.selection_stride;
+  const bool any_selection = p.selection_begin != nullptr || p.selection_slot != nullptr;
+  args.ctas_per_kv_head = any_selection && !p.selection_per_kv_head ? args.group : 1;
   args.splits = launch.splits;
   args.page_shift = __builtin_ctz(static_cast<unsigned>(p.kv.page_size));
   if (launch.splits > 1) {
     args.partial_o = static_cast<float*>(workspace);
-    args.partial_ml = args.partial_o + static_cast<size_t>(p.tables.num_seqs) * p.num_q_heads *
-                                           launch.splits * p.kv.head_dim;
+    const size_t heads = static_cast<size_t>(p.tables.num_seqs) * p.num_q_heads;
+    args.partial_ml = args.partial_o + heads * launch.splits * p.kv.head_dim;
+    args.arrivals = reinterpret_cast<int32_t*>(args.partial_ml + heads * launch.splits * 2);
   }
-  cudaStream_t s = internal::AsStream(stream);
-  return p.kv.head_dim == 128 ? Launch<128>(args, s) : Launch<64>(args, s);
+  return internal::LaunchDecodeMma(args, internal::AsStream(stream));
 }
 
 }  // namespace lserve::cuda

@@ -32,10 +32,15 @@ struct DecodeArgs {
   const int32_t* selection_begin;
   const int32_t* selection_end;
   const int32_t* selected_pages;
+  const int32_t* selection_slot;
+  const int32_t* selection_counts;
+  int32_t selection_stride;
+  int ctas_per_kv_head;  // 1, or the group when query heads may read different pages
   int splits;
   int page_shift;     // log2(page_size)
   float* partial_o;   // [seq][q head][split][head_dim]
   float* partial_ml;  // [seq][q head][split][2]: running max (log2 units), sum
+  int32_t* arrivals;  // [seq][q head]: splits done; the last one combines and resets it
 };
 
 __device__ __forceinline__ void CpAsync16(void* shared, const void* global, int bytes) {
@@ -56,7 +61,9 @@ struct KeyRange {
   int32_t count;
   int32_t sink_end;      // streaming: tokens [0, sink_end) ...
   int32_t window_start;  // ... then [window_start, len)
-  int32_t page_begin;    // selected: selected_pages[page_begin ...]
+  int32_t page_begin;    // selected: selected_pages[page_begin ...] ...
+  int32_t listed;        // ... `listed` of them, then the newest page when count is longer
+  int32_t newest;
 };
 
 // Token v of the range -> (physical page, row). 32-bit index math with shifts (page sizes
@@ -79,7 +86,8 @@ __device__ __forceinline__ bool Locate(const DecodeArgs& a, const KeyRange& r, i
     return true;
   }
   if (r.mode == 1) {
-    const int32_t index = a.selected_pages[r.page_begin + (v >> shift)];
+    const int32_t k = v >> shift;
+    const int32_t index = k < r.listed ? a.selected_pages[r.page_begin + k] : r.newest;
     const int32_t row = v & mask;
     if ((index << shift) + row >= len) return false;
     *at = {a.t.dense_indices[dense_first + index], row};

@@ -65,6 +65,69 @@ __device__ __forceinline__ uint32_t TileOffset(int row, int chunk) {
   return row * (kHeadDim * 2) + ((chunk ^ (row & 7)) << 4);
 }
 
+// Flash-decoding's combine, fused: the split CTA of query heads [first_head, + heads) of
+// sequence b that finishes last merges the splits' partial results (the weights of split s
+// are exp2(max_s - max)) and writes the output row, then resets the arrival counter for
+// the next launch. `smem` holds at least heads * (splits + 1) floats.
+template <int kHeadDim>
+__device__ void CombineSplitsIfLast(const DecodeArgs& a, int b, int first_head, int heads,
+                                    int64_t row, uint8_t* smem) {
+  __shared__ bool last;
+  __threadfence();  // this CTA's partial results are visible before its arrival counts
+  __syncthreads();
+  int32_t* arrivals = a.arrivals + int64_t{b} * a.num_q_heads + first_head;
+  if (threadIdx.x == 0) {
+    last = atomicAdd(arrivals, 1) == a.splits - 1;
+    if (last) *arrivals = 0;
+  }
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  float* weight = reinterpret_cast<float*>(smem);  // [heads][splits]
+  float* inverse_sum = weight + heads * a.splits;  // [heads]
+  const int64_t first = (int64_t{b} * a.num_q_heads + first_head) * a.splits;
+  for (int i = threadIdx.x; i < heads * a.splits; i += blockDim.x) {
+    weight[i] = __ldcg(a.partial_ml + 2 * (first + i));
+  }
+  __syncthreads();
+  const int warp = threadIdx.x >> 5;
+  const int lane = threadIdx.x & 31;
+  for (int h = warp; h < heads; h += blockDim.x >> 5) {
+    float merged_max = kNegInf;
+    for (int s = lane; s < a.splits; s += 32)
+      merged_max = fmaxf(merged_max, weight[h * a.splits + s]);
+#pragma unroll
+    for (int offset = 16; offset > 0; offset >>= 1) {
+      merged_max = fmaxf(merged_max, __shfl_xor_sync(0xFFFFFFFFu, merged_max, offset));
+    }
+    float sum = 0.0f;
+    for (int s = lane; s < a.splits; s += 32) {
+      const float m = weight[h * a.splits + s];
+      const float w = m == kNegInf ? 0.0f : exp2f(m - merged_max);
+      weight[h * a.splits + s] = w;
+      sum += w * __ldcg(a.partial_ml + 2 * (first + h * a.splits + s) + 1);
+    }
+#pragma unroll
+    for (int offset = 16; offset > 0; offset >>= 1) {
+      sum += __shfl_xor_sync(0xFFFFFFFFu, sum, offset);
+    }
+    if (lane == 0) inverse_sum[h] = sum > 0.0f ? 1.0f / sum : 0.0f;
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < heads * kHeadDim; i += blockDim.x) {
+    const int h = i / kHeadDim;
+    const int c = i % kHeadDim;
+    const float* partial = a.partial_o + (first + int64_t{h} * a.splits) * kHeadDim + c;
+    float out = 0.0f;
+    for (int s = 0; s < a.splits; ++s) {
+      const float w = weight[h * a.splits + s];
+      if (w != 0.0f) out += w * __ldcg(partial + int64_t{s} * kHeadDim);
+    }
+    a.out[row * a.out_row_stride + int64_t{first_head + h} * kHeadDim + c] =
+        FloatToBf16(out * inverse_sum[h]);
+  }
+}
+
 template <int kHeadDim>
 __global__ void __launch_bounds__(kMmaThreads, 2) DecodeMmaKernel(DecodeArgs a) {
   extern __shared__ __align__(128) uint8_t smem[];
@@ -74,8 +137,8 @@ __global__ void __launch_bounds__(kMmaThreads, 2) DecodeMmaKernel(DecodeArgs a) 
   const int g = lane >> 2;  // the row (query head) this lane holds
   const int t = lane & 3;
   const int split = blockIdx.x;
-  const int kv_head = blockIdx.y / a.group;
-  const int own_head = blockIdx.y % a.group;
+  const int kv_head = blockIdx.y / a.ctas_per_kv_head;
+  const int own_head = blockIdx.y % a.ctas_per_kv_head;
   const int b = blockIdx.z;
   const bool streaming = a.kv.kv_head_streaming[kv_head] != 0;
   const int slot = a.kv.kv_head_slot[kv_head];
@@ -86,19 +149,22 @@ __global__ void __launch_bounds__(kMmaThreads, 2) DecodeMmaKernel(DecodeArgs a) 
   const int64_t row = a.q_indptr[b + 1] - 1;
   const int first_q = kv_head * a.group;
   const int64_t sel = int64_t{b} * a.num_q_heads + first_q;
-  const bool selected = !streaming && a.selection_begin != nullptr && a.selection_begin[sel] >= 0;
+  // A query head's selection: a slot, or the begin of its list (< 0: every page).
+  const bool by_slot = a.selection_slot != nullptr;
+  const int32_t* selection = by_slot ? a.selection_slot : a.selection_begin;
+  const bool selected = !streaming && selection != nullptr && selection[sel] >= 0;
   // The group shares its loads unless its heads selected different pages; then each query
   // head runs in its own CTA.
   bool shared = true;
   if (selected) {
     for (int h = 1; h < a.group; ++h) {
-      shared = shared && a.selection_begin[sel + h] == a.selection_begin[sel] &&
-               a.selection_end[sel + h] == a.selection_end[sel];
+      shared = shared && selection[sel + h] == selection[sel] &&
+               (by_slot || a.selection_end[sel + h] == a.selection_end[sel]);
     }
   }
   if (shared && own_head != 0) return;
   const int pass = shared ? 0 : own_head;
-  KeyRange range{0, len, 0, 0, 0};
+  KeyRange range{0, len, 0, 0, 0, 0, 0};
   if (streaming) {
     range.mode = 2;
     range.sink_end = static_cast<int32_t>(min(a.sink, int64_t{len}));
@@ -106,10 +172,23 @@ __global__ void __launch_bounds__(kMmaThreads, 2) DecodeMmaKernel(DecodeArgs a) 
     range.count = range.sink_end + (len - range.window_start);
   } else if (selected) {
     range.mode = 1;
-    range.page_begin = a.selection_begin[sel + pass];
-    range.count = (a.selection_end[sel + pass] - range.page_begin) << a.page_shift;
+    if (by_slot) {
+      const int32_t slot_row = selection[sel + pass];
+      range.page_begin = slot_row * a.selection_stride;
+      range.listed = a.selection_counts[slot_row];
+      range.newest = ((len + (1 << a.page_shift) - 1) >> a.page_shift) - 1;
+      const bool has_newest =
+          range.listed > 0 && a.selected_pages[range.page_begin + range.listed - 1] >= range.newest;
+      range.count = (range.listed + (has_newest ? 0 : 1)) << a.page_shift;
+    } else {
+      range.page_begin = selection[sel + pass];
+      range.listed = a.selection_end[sel + pass] - range.page_begin;
+      range.count = range.listed << a.page_shift;
+    }
   }
-  const int32_t chunk = (range.count + a.splits - 1) / a.splits;
+  // Splits start at multiples of the tile, so a tile of a page range lies in one page.
+  const int32_t chunk =
+      ((range.count + a.splits - 1) / a.splits + kTileKeys - 1) & ~(kTileKeys - 1);
   const int32_t begin = split * chunk;
   const int32_t end = min(range.count, begin + chunk);
   const bool row_active = g < a.group && (shared || g == pass);
@@ -136,19 +215,38 @@ __global__ void __launch_bounds__(kMmaThreads, 2) DecodeMmaKernel(DecodeArgs a) 
   // Consecutive lanes copy consecutive 16-byte chunks of a key row, so every copy
   // instruction reads whole rows (full sectors).
   constexpr int kRowsPerCopy = 32 / kChunks;
+  // Page ranges (modes 0 and 1): the tile's page (history index, physical page), loaded
+  // one tile ahead of its copies so the table lookups overlap the previous tile's math.
+  auto tile_page = [&](int32_t i) -> int2 {
+    const int32_t first_key = begin + (warp + i * kMmaWarps) * kTileKeys;
+    if (range.mode == 2 || i >= mine) return make_int2(0, 0);
+    int32_t index = first_key >> a.page_shift;
+    if (range.mode == 1) {
+      index = index < range.listed ? a.selected_pages[range.page_begin + index] : range.newest;
+    }
+    return make_int2(index, a.t.dense_indices[dense_first + index]);
+  };
+  int2 next_page = tile_page(0);
   auto issue = [&](int32_t i) {
     const int stage = i % kMmaStages;
     const int32_t first_key = begin + (warp + i * kMmaWarps) * kTileKeys;
     uint8_t* k_tile = ring + stage * StageBytes<kHeadDim>();
     uint8_t* v_tile = k_tile + kTileKeys * kHeadDim * 2;
     const int c = lane % kChunks;
+    const int2 page = next_page;
+    next_page = tile_page(i + 1);
     uint32_t keys = 0;
 #pragma unroll
     for (int j = 0; j < kTileKeys / kRowsPerCopy; ++j) {
       const int key_row = j * kRowsPerCopy + lane / kChunks;
       const int32_t v = first_key + key_row;
-      KvLocation at{0, 0};
-      const bool valid = v < end && Locate(a, range, b, len, v, dense_first, &at);
+      KvLocation at{page.y, v & ((1 << a.page_shift) - 1)};
+      bool valid = v < end;
+      if (range.mode == 2) {
+        valid = valid && Locate(a, range, b, len, v, dense_first, &at);
+      } else if (range.mode == 1) {
+        valid = valid && (page.x << a.page_shift) + at.row < len;
+      }
       const uint16_t* key = valid ? KeyRow(pool, at, slot, a.kv.page_size, kHeadDim) + c * 8 : a.q;
       CpAsync16(k_tile + TileOffset<kHeadDim>(key_row, c), key, valid ? 16 : 0);
       CpAsync16(v_tile + TileOffset<kHeadDim>(key_row, c), valid ? key + value_offset : a.q,
@@ -281,6 +379,11 @@ __global__ void __launch_bounds__(kMmaThreads, 2) DecodeMmaKernel(DecodeArgs a) 
       }
     }
   }
+  if (a.splits > 1) {
+    const int first_head = shared ? 0 : pass;
+    const int heads = shared ? a.group : 1;
+    CombineSplitsIfLast<kHeadDim>(a, b, first_q + first_head, heads, row, smem);
+  }
 }
 
 template <int kHeadDim>
@@ -290,7 +393,7 @@ absl::Status Launch(const DecodeArgs& args, cudaStream_t stream) {
       cudaFuncSetAttribute(DecodeMmaKernel<kHeadDim>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                            SmemBytes<kHeadDim>());
   if (configured != cudaSuccess) return CudaStatus(configured, "configuring DecodeMmaKernel");
-  const dim3 grid(args.splits, args.kv.num_kv_heads * args.group, args.t.num_seqs);
+  const dim3 grid(args.splits, args.kv.num_kv_heads * args.ctas_per_kv_head, args.t.num_seqs);
   DecodeMmaKernel<kHeadDim><<<grid, kMmaThreads, SmemBytes<kHeadDim>(), stream>>>(args);
   return CheckLaunch("DecodeMmaKernel");
 }

@@ -198,34 +198,42 @@ __device__ __forceinline__ uint32_t OrderedKey(float score) {
   return (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
 }
 
+// Keys of this many pages fit in the select kernel's shared memory (longer histories read
+// the scores from global memory in every pass).
+constexpr int kSelectSharedKeys = 8192;
+
 // One block per job: radix select (four 8-bit passes) finds the key of the keep-th best
-// page other than the newest, then a block scan writes, in index order, the pages above
-// it and the lowest-indexed pages equal to it.
+// page other than the newest; then each thread takes a contiguous run of pages, and two
+// block scans (ties, then pages taken) place, in index order, the pages above that key and
+// the lowest-indexed pages equal to it.
 __global__ void __launch_bounds__(kSelectThreads) SelectKernel(SelectPagesParams p) {
   using Scan = cub::BlockScan<int, kSelectThreads>;
   __shared__ typename Scan::TempStorage scan_storage;
+  __shared__ uint32_t shared_keys[kSelectSharedKeys];
   __shared__ int histogram[256];
   __shared__ uint32_t shared_prefix;
   __shared__ int shared_remaining;
-  __shared__ int written;
-  __shared__ int ties_taken;
   const PageScoreJob job = p.jobs[blockIdx.x];
   const int64_t len = p.kv_len[job.seq];
   const int n = static_cast<int>((len + p.page_size - 1) / p.page_size);
-  int32_t* out = p.selected + int64_t{blockIdx.x} * p.max_pages;
+  const int64_t out_row = p.out_rows != nullptr ? p.out_rows[blockIdx.x] : blockIdx.x;
+  int32_t* out = p.selected + out_row * (p.selected_stride > 0 ? p.selected_stride : p.max_pages);
   const float* scores = p.scores + job.out_offset;
   if (n <= p.max_pages) {
     for (int i = threadIdx.x; i < n; i += blockDim.x) out[i] = i;
-    if (threadIdx.x == 0) p.counts[blockIdx.x] = n;
+    if (threadIdx.x == 0) p.counts[out_row] = n;
     return;
   }
   const int keep = p.max_pages - 1;
   const int others = n - 1;
+  const bool in_shared = others <= kSelectSharedKeys;
+  if (in_shared) {
+    for (int i = threadIdx.x; i < others; i += blockDim.x) shared_keys[i] = OrderedKey(scores[i]);
+  }
+  auto key_at = [&](int i) { return in_shared ? shared_keys[i] : OrderedKey(scores[i]); };
   if (threadIdx.x == 0) {
     shared_prefix = 0;
     shared_remaining = keep;
-    written = 0;
-    ties_taken = 0;
   }
   uint32_t mask = 0;
   for (int shift = 24; shift >= 0 && keep > 0; shift -= 8) {
@@ -233,7 +241,7 @@ __global__ void __launch_bounds__(kSelectThreads) SelectKernel(SelectPagesParams
     __syncthreads();
     const uint32_t prefix = shared_prefix;
     for (int i = threadIdx.x; i < others; i += blockDim.x) {
-      const uint32_t key = OrderedKey(scores[i]);
+      const uint32_t key = key_at(i);
       if ((key & mask) == prefix) atomicAdd(&histogram[(key >> shift) & 255], 1);
     }
     __syncthreads();
@@ -267,32 +275,34 @@ __global__ void __launch_bounds__(kSelectThreads) SelectKernel(SelectPagesParams
     mask |= 255u << shift;
     __syncthreads();
   }
-  const uint32_t threshold = shared_prefix;
-  const int ties_wanted = keep > 0 ? shared_remaining : 0;
-  for (int base = 0; base < others && keep > 0; base += blockDim.x) {
-    const int i = base + threadIdx.x;
-    const uint32_t key = i < others ? OrderedKey(scores[i]) : 0;
-    const int tie = i < others && key == threshold ? 1 : 0;
+  if (keep > 0) {
+    const uint32_t threshold = shared_prefix;
+    const int ties_wanted = shared_remaining;
+    const int run = (others + kSelectThreads - 1) / kSelectThreads;
+    const int run_begin = min(others, static_cast<int>(threadIdx.x) * run);
+    const int run_end = min(others, run_begin + run);
+    int ties = 0;
+    for (int i = run_begin; i < run_end; ++i) ties += key_at(i) == threshold ? 1 : 0;
     int tie_rank = 0;
-    int tie_total = 0;
-    Scan(scan_storage).ExclusiveSum(tie, tie_rank, tie_total);
+    Scan(scan_storage).ExclusiveSum(ties, tie_rank);
     __syncthreads();
-    const int take =
-        i < others && (key > threshold || (tie && ties_taken + tie_rank < ties_wanted)) ? 1 : 0;
-    int position = 0;
-    int take_total = 0;
-    Scan(scan_storage).ExclusiveSum(take, position, take_total);
-    if (take) out[written + position] = i;
-    __syncthreads();
-    if (threadIdx.x == 0) {
-      written += take_total;
-      ties_taken += tie_total;
+    int taken = 0;
+    for (int i = run_begin, tie = tie_rank; i < run_end; ++i) {
+      const uint32_t key = key_at(i);
+      if (key == threshold) taken += tie++ < ties_wanted ? 1 : 0;
+      taken += key > threshold ? 1 : 0;
     }
-    __syncthreads();
+    int position = 0;
+    Scan(scan_storage).ExclusiveSum(taken, position);
+    for (int i = run_begin, tie = tie_rank; i < run_end; ++i) {
+      const uint32_t key = key_at(i);
+      const bool take = key > threshold || (key == threshold && tie++ < ties_wanted);
+      if (take) out[position++] = i;
+    }
   }
   if (threadIdx.x == 0) {
     out[keep] = n - 1;
-    p.counts[blockIdx.x] = keep + 1;
+    p.counts[out_row] = keep + 1;
   }
 }
 
@@ -335,8 +345,10 @@ absl::Status ScorePages(const ScorePagesParams& p, void* stream) {
 }
 
 absl::Status SelectPages(const SelectPagesParams& p, void* stream) {
-  if (p.page_size <= 0 || p.max_pages <= 0) {
-    return absl::InvalidArgumentError("page selection needs page_size and max_pages > 0");
+  if (p.page_size <= 0 || p.max_pages <= 0 ||
+      (p.selected_stride > 0 && p.selected_stride < p.max_pages)) {
+    return absl::InvalidArgumentError(
+        "page selection needs page_size, max_pages > 0 and rows of max_pages or more");
   }
   if (p.num_jobs == 0) return absl::OkStatus();
   SelectKernel<<<p.num_jobs, kSelectThreads, 0, internal::AsStream(stream)>>>(p);

@@ -39,6 +39,12 @@ absl::StatusOr<std::unique_ptr<HybridAttention>> HybridAttention::Create(
   }
   std::unique_ptr<HybridAttention> attention(
       new HybridAttention(store, config, num_q_heads, backend));
+  if (!backend->memory()->host_accessible() && config.page_selection) {
+    const int keys = config.scoring == PageScoring::kPerKvHead ? num_kv_heads : num_q_heads;
+    attention->device_rows_ =
+        std::make_unique<SelectionRows>(backend->memory(), store->config().num_layers * keys,
+                                        static_cast<int>(config.BudgetPages()));
+  }
   for (const LayerHeadLayout& layer : store->layout().layers) {
     std::vector<int32_t> slots(layer.slot.begin(), layer.slot.end());
     std::vector<uint8_t> streaming;
@@ -87,15 +93,7 @@ absl::Status HybridAttention::Select(int layer, const AttentionPlan& plan, const
   const bool per_kv = config_.scoring == PageScoring::kPerKvHead;
   const LayerHeadLayout& heads = c.layout.layers[layer];
   const auto batch = plan.batch();
-  // One selection per (sequence, query head) or (sequence, KV head); those due are scored.
-  struct Selection {
-    int b;
-    int key;  // query head, or KV head when scoring per KV head
-    int first_q_head;
-    int num_q_heads;
-    int job;  // index into jobs_, or -1 when the selection is reused
-  };
-  std::vector<Selection> selections;
+  selections_.clear();
   jobs_.clear();
   int32_t total_scores = 0;
   for (size_t b = 0; b < batch.size(); ++b) {
@@ -114,37 +112,41 @@ absl::Status HybridAttention::Select(int layer, const AttentionPlan& plan, const
                            static_cast<int32_t>(s.q_row + s.num_queries - 1), total_scores});
           total_scores += num_pages;
         }
-        selections.push_back(sel);
+        selections_.push_back(sel);
       }
     }
   }
-  if (!jobs_.empty()) {
-    MemorySpace* memory = backend_->memory();
-    scores_.resize(total_scores);
-    float* scores = scores_.data();
-    if (!memory->host_accessible()) {
-      if (scores_device_.bytes() < scores_.size() * sizeof(float)) {
-        ASSIGN_OR_RETURN(scores_device_, Buffer::Allocate(memory, scores_.size() * sizeof(float)));
-      }
-      scores = scores_device_.as<float>();
-    }
-    ScorePagesParams params;
-    params.kv = LayerView(layer);
-    params.tables = plan.tables();
-    params.q = q;
-    params.q_row_stride = int64_t{num_q_heads_} * c.head_dim;
-    ASSIGN_OR_RETURN(params.jobs, StageVector(backend_, jobs_));
-    params.num_jobs = static_cast<int>(jobs_.size());
-    params.scores = scores;
-    RETURN_IF_ERROR(backend_->ScorePages(params));
-    if (!memory->host_accessible()) {
-      RETURN_IF_ERROR(memory->CopyToHost(scores_.data(), scores, scores_.size() * sizeof(float)));
-    }
+  if (!jobs_.empty() && scores_device_.bytes() < total_scores * sizeof(float) &&
+      !backend_->memory()->host_accessible()) {
+    scores_device_ = Buffer();
+    ASSIGN_OR_RETURN(scores_device_,
+                     Buffer::Allocate(backend_->memory(), total_scores * sizeof(float)));
   }
+  scores_.resize(total_scores);
+  return device_rows_ != nullptr ? SelectOnDevice(layer, plan, q) : SelectOnHost(layer, plan, q);
+}
+
+absl::Status HybridAttention::ScoreJobs(int layer, const AttentionPlan& plan, const void* q,
+                                        float* scores) {
+  ScorePagesParams params;
+  params.kv = LayerView(layer);
+  params.tables = plan.tables();
+  params.q = q;
+  params.q_row_stride = int64_t{num_q_heads_} * store_->config().head_dim;
+  ASSIGN_OR_RETURN(params.jobs, StageVector(backend_, jobs_));
+  params.num_jobs = static_cast<int>(jobs_.size());
+  params.scores = scores;
+  return backend_->ScorePages(params);
+}
+
+absl::Status HybridAttention::SelectOnHost(int layer, const AttentionPlan& plan, const void* q) {
+  const KvStoreConfig& c = store_->config();
+  const auto batch = plan.batch();
+  if (!jobs_.empty()) RETURN_IF_ERROR(ScoreJobs(layer, plan, q, scores_.data()));
   selection_begin_.assign(batch.size() * num_q_heads_, -1);
   selection_end_.assign(batch.size() * num_q_heads_, -1);
   selected_pages_.clear();
-  for (const Selection& sel : selections) {
+  for (const Selection& sel : selections_) {
     const AttentionSequence& s = batch[sel.b];
     const int64_t kv_len = s.start_pos + s.num_queries;
     const std::vector<int32_t>* pages;
@@ -169,6 +171,45 @@ absl::Status HybridAttention::Select(int layer, const AttentionPlan& plan, const
   return absl::OkStatus();
 }
 
+absl::Status HybridAttention::SelectOnDevice(int layer, const AttentionPlan& plan, const void* q) {
+  const auto batch = plan.batch();
+  const int keys_per_layer =
+      config_.scoring == PageScoring::kPerKvHead ? store_->config().num_kv_heads : num_q_heads_;
+  selection_slot_.assign(batch.size() * num_q_heads_, -1);
+  job_rows_.resize(jobs_.size());
+  for (const Selection& sel : selections_) {
+    const AttentionSequence& s = batch[sel.b];
+    ASSIGN_OR_RETURN(const int32_t first_row, device_rows_->FirstRow(s.seq));
+    const int32_t row = first_row + layer * keys_per_layer + sel.key;
+    if (sel.job >= 0) {
+      selector_.MarkComputed(s.seq, layer, sel.key, s.decode_step);
+      job_rows_[sel.job] = row;
+    } else {
+      selector_.CountReuse();
+    }
+    for (int h = sel.first_q_head; h < sel.first_q_head + sel.num_q_heads; ++h) {
+      selection_slot_[sel.b * num_q_heads_ + h] = row;
+    }
+  }
+  if (!jobs_.empty()) {
+    RETURN_IF_ERROR(ScoreJobs(layer, plan, q, scores_device_.as<float>()));
+    SelectPagesParams params;
+    params.scores = scores_device_.as<float>();
+    ASSIGN_OR_RETURN(params.jobs, StageVector(backend_, jobs_));
+    params.num_jobs = static_cast<int>(jobs_.size());
+    params.kv_len = plan.tables().kv_len;
+    params.page_size = config_.page_size;
+    params.max_pages = static_cast<int>(config_.BudgetPages());
+    params.selected = device_rows_->pages();
+    params.counts = device_rows_->counts();
+    ASSIGN_OR_RETURN(params.out_rows, StageVector(backend_, job_rows_));
+    params.selected_stride = device_rows_->stride();
+    RETURN_IF_ERROR(backend_->SelectPages(params));
+  }
+  ASSIGN_OR_RETURN(selection_slot_device_, StageVector(backend_, selection_slot_));
+  return absl::OkStatus();
+}
+
 absl::Status HybridAttention::Run(int layer, const AttentionPlan& plan, const void* q, void* out) {
   const KvStoreConfig& c = store_->config();
   if (plan.any_selects()) RETURN_IF_ERROR(Select(layer, plan, q));
@@ -183,10 +224,18 @@ absl::Status HybridAttention::Run(int layer, const AttentionPlan& plan, const vo
   params.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
   params.sink = config_.sink;
   params.local = plan.local();
-  if (plan.any_selects()) {
+  if (plan.any_selects() && device_rows_ != nullptr) {
+    params.selection_slot = selection_slot_device_;
+    params.selection_counts = device_rows_->counts();
+    params.selected_pages = device_rows_->pages();
+    params.selection_stride = device_rows_->stride();
+  } else if (plan.any_selects()) {
     params.selection_begin = selection_begin_device_;
     params.selection_end = selection_end_device_;
     params.selected_pages = selected_pages_device_;
+  }
+  if (plan.any_selects()) {
+    params.selection_per_kv_head = config_.scoring == PageScoring::kPerKvHead;
     // Selecting sequences read at most the budget; the others fit in it.
     params.max_keys = config_.BudgetPages() * config_.page_size;
   }

@@ -7,6 +7,7 @@
 #define LSERVE_WORKER_ATTENTION_HYBRID_ATTENTION_H_
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -17,6 +18,7 @@
 #include "worker/attention/attention_config.h"
 #include "worker/attention/attention_plan.h"
 #include "worker/attention/page_selector.h"
+#include "worker/attention/selection_rows.h"
 
 namespace lserve {
 
@@ -35,7 +37,10 @@ class HybridAttention {
   // every head of the batch. q and out hold num_q_heads * head_dim values per row.
   absl::Status Run(int layer, const AttentionPlan& plan, const void* q, void* out);
 
-  void Forget(SeqId seq) { selector_.Forget(seq); }
+  void Forget(SeqId seq) {
+    selector_.Forget(seq);
+    if (device_rows_ != nullptr) device_rows_->Forget(seq);
+  }
   const AttentionStats& stats() const { return stats_; }
   int64_t selection_recomputations() const { return selector_.recomputations(); }
   int64_t selection_reuses() const { return selector_.reuses(); }
@@ -48,21 +53,38 @@ class HybridAttention {
  private:
   HybridAttention(KvStore* store, const SparseAttentionConfig& config, int num_q_heads,
                   Backend* backend);
+  // One selection per (sequence, query head) or (sequence, KV head).
+  struct Selection {
+    int b;
+    int key;  // query head, or KV head when scoring per KV head
+    int first_q_head;
+    int num_q_heads;
+    int job;  // index into jobs_, or -1 when the selection is reused
+  };
   // Fills selection arrays for the sequences that select pages (scoring those due).
   absl::Status Select(int layer, const AttentionPlan& plan, const void* q);
+  absl::Status ScoreJobs(int layer, const AttentionPlan& plan, const void* q, float* scores);
+  // Host-visible memory: top-k on the host, selections kept by selector_.
+  absl::Status SelectOnHost(int layer, const AttentionPlan& plan, const void* q);
+  // Device memory: top-k on the device into device_rows_, no copy to the host.
+  absl::Status SelectOnDevice(int layer, const AttentionPlan& plan, const void* q);
 
   KvStore* store_;
   SparseAttentionConfig config_;
   int num_q_heads_;
   Backend* backend_;
   PageSelectionCache selector_;
+  std::unique_ptr<SelectionRows> device_rows_;  // set when memory is not host-visible
   AttentionStats stats_;
   // Per layer: each KV head's slot and kind, in backend memory.
   std::vector<Buffer> head_slots_;
   std::vector<Buffer> head_streaming_;
   // Scratch reused across layers and steps.
+  std::vector<Selection> selections_;
   std::vector<PageScoreJob> jobs_;
-  std::vector<int> job_key_;  // selection key (query or KV head) of each job
+  std::vector<int32_t> job_rows_;
+  std::vector<int32_t> selection_slot_;
+  const int32_t* selection_slot_device_ = nullptr;
   std::vector<float> scores_;
   Buffer scores_device_;
   std::vector<int32_t> selection_begin_, selection_end_, selected_pages_;

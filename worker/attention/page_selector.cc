@@ -34,6 +34,11 @@ const std::vector<int32_t>& PageSelectionCache::Update(SeqId seq, int layer, int
   return entry.pages;
 }
 
+void PageSelectionCache::MarkComputed(SeqId seq, int layer, int head, int64_t decode_step) {
+  EntryFor(seq, layer, head).computed_at = decode_step;
+  ++recomputations_;
+}
+
 const std::vector<int32_t>& PageSelectionCache::Reuse(SeqId seq, int layer, int head,
                                                       int64_t kv_len) {
   Entry& entry = EntryFor(seq, layer, head);

@@ -31,6 +31,10 @@ class PageSelectionCache {
   // Stores the selection made from fresh scores.
   const std::vector<int32_t>& Update(SeqId seq, int layer, int head, int64_t decode_step,
                                      std::span<const float> scores);
+  // Records a selection made elsewhere (on a device) from fresh scores at decode_step.
+  void MarkComputed(SeqId seq, int layer, int head, int64_t decode_step);
+  // Counts a selection reused elsewhere.
+  void CountReuse() { ++reuses_; }
   // The selection in use plus the newest page of a history of kv_len tokens.
   const std::vector<int32_t>& Reuse(SeqId seq, int layer, int head, int64_t kv_len);
   void Forget(SeqId seq) { selections_.erase(seq); }

@@ -124,7 +124,8 @@ TEST(HybridAttentionTest, BudgetCoveringHistoryEqualsDenseDecodeOnMixedBatch) {
 
 // Streaming and dense heads together, decoding past a small budget: every query head's
 // output equals the naive oracle, with its own query scoring its pages (LServe) or its
-// GQA group's max (per KV head), and reused selections on later steps.
+// GQA group's max (per KV head), and reused selections on later steps; with selections
+// made on the host, and kept in backend memory as on a GPU (SelectionRows).
 TEST(HybridAttentionTest, HybridDecodeMatchesNaiveOracleForEveryQueryHead) {
   KvStoreConfig kv = DenseLayout();
   kv.num_kv_heads = 3;
@@ -136,8 +137,11 @@ TEST(HybridAttentionTest, HybridDecodeMatchesNaiveOracleForEveryQueryHead) {
   kv.decode_local = 30;
   kv.max_chunk_tokens = 300;
   const int heads = 6;  // GQA group of 2
-  for (PageScoring scoring : {PageScoring::kPerQueryHead, PageScoring::kPerKvHead}) {
+  for (int run = 0; run < 4; ++run) {
+    const PageScoring scoring = run % 2 == 0 ? PageScoring::kPerQueryHead : PageScoring::kPerKvHead;
+    const bool in_backend_memory = run >= 2;
     testing::KvDriver driver(kv, 31);
+    testing::OpaqueCpuBackend opaque(&driver.backend());
     SparseAttentionConfig config;
     config.page_size = 16;
     config.logical_page_size = 8;
@@ -147,7 +151,8 @@ TEST(HybridAttentionTest, HybridDecodeMatchesNaiveOracleForEveryQueryHead) {
     config.decode_local = 30;
     config.reuse_interval = 3;
     config.scoring = scoring;
-    auto attention = testing::MakeAttention(driver, config, heads);
+    auto attention =
+        testing::MakeAttention(driver, config, heads, in_backend_memory ? &opaque : nullptr);
     const std::vector<int64_t> lengths = {70, 333};
     for (size_t s = 0; s < lengths.size(); ++s) driver.Prefill(s, lengths[s], 300);
     // The selection each head uses, refreshed on the reuse schedule like the engine's.
@@ -197,12 +202,15 @@ TEST(HybridAttentionTest, HybridDecodeMatchesNaiveOracleForEveryQueryHead) {
               testing::NaiveAttention(driver, a.seq, 0, kv_head, qh, positions, kDim);
           for (int c = 0; c < kDim; ++c) {
             ASSERT_NEAR(out[(a.q_row * heads + h) * kDim + c], expected[c], 2e-5)
-                << PageScoringName(scoring) << " step " << step << " seq " << a.seq << " head "
-                << h;
+                << PageScoringName(scoring) << (in_backend_memory ? " rows" : " host") << " step "
+                << step << " seq " << a.seq << " head " << h;
           }
         }
       }
     }
+    // Selections made in backend memory never reach the host's cache.
+    EXPECT_GT(attention->selection_recomputations(), 0);
+    EXPECT_EQ(attention->selector().Current(1, 0, 0).empty(), in_backend_memory);
   }
 }
 
