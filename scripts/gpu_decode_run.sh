@@ -54,8 +54,9 @@ if [ -n "$ncu_bin" ] && [ "$quick" != "--quick" ]; then
   }
   ncu_run -k regex:DecodeMma --launch-count 1 build-gpu/bench/cuda_decode_bench --batch=1 \
     --keys=131072 --hybrid=0
-  ncu_run -k regex:DecodeMma --launch-count 1 build-gpu/bench/cuda_decode_bench --batch=8 \
-    --keys=32768 --hybrid=0
+  ncu_run -k regex:DecodeMma --launch-count 1 --section WarpStateStats --section SchedulerStats \
+    --section MemoryWorkloadAnalysis build-gpu/bench/cuda_decode_bench --batch=8 --keys=32768 \
+    --hybrid=0
   ncu_run -k regex:"Score|Select" --launch-count 2 build-gpu/bench/cuda_decode_bench --batch=1 \
     --keys=131072
   grep -E "DecodeMma|ScoreKernel|SelectKernel|Duration|DRAM Through|Memory Through" "$out/ncu.txt" |

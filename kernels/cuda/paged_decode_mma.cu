@@ -5,7 +5,7 @@
 // row, so ldmatrix is conflict-free), computes S = Q K^T, reuses the S accumulator as the
 // A operand of O += P V (P split into bf16 high and low parts, so the weights keep 16
 // mantissa bits), and keeps a float32 online softmax per row. Warps merge in shared
-// memory; splits merge in the combine kernel of paged_decode.cu.
+// memory; the last split CTA of a head to finish merges the splits.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -233,28 +233,44 @@ __global__ void __launch_bounds__(kMmaThreads, 2) DecodeMmaKernel(DecodeArgs a) 
     uint8_t* k_tile = ring + stage * StageBytes<kHeadDim>();
     uint8_t* v_tile = k_tile + kTileKeys * kHeadDim * 2;
     const int c = lane % kChunks;
-    const int2 page = next_page;
-    next_page = tile_page(i + 1);
     uint32_t keys = 0;
+    if (range.mode != 2) {
+      // The tile lies in one page and its valid keys are a prefix (before the range's end
+      // and the history's), so one base address and one count describe it.
+      const int2 page = next_page;
+      next_page = tile_page(i + 1);
+      const int32_t row0 = first_key & ((1 << a.page_shift) - 1);
+      int32_t valid_rows = min(kTileKeys, end - first_key);
+      if (range.mode == 1) valid_rows = min(valid_rows, len - (page.x << a.page_shift) - row0);
+      const uint16_t* tile_key =
+          KeyRow(pool, {page.y, row0}, slot, a.kv.page_size, kHeadDim) + c * 8;
 #pragma unroll
-    for (int j = 0; j < kTileKeys / kRowsPerCopy; ++j) {
-      const int key_row = j * kRowsPerCopy + lane / kChunks;
-      const int32_t v = first_key + key_row;
-      KvLocation at{page.y, v & ((1 << a.page_shift) - 1)};
-      bool valid = v < end;
-      if (range.mode == 2) {
-        valid = valid && Locate(a, range, b, len, v, dense_first, &at);
-      } else if (range.mode == 1) {
-        valid = valid && (page.x << a.page_shift) + at.row < len;
+      for (int j = 0; j < kTileKeys / kRowsPerCopy; ++j) {
+        const int key_row = j * kRowsPerCopy + lane / kChunks;
+        const bool valid = key_row < valid_rows;
+        const uint16_t* key = valid ? tile_key + key_row * kHeadDim : a.q;
+        CpAsync16(k_tile + TileOffset<kHeadDim>(key_row, c), key, valid ? 16 : 0);
+        CpAsync16(v_tile + TileOffset<kHeadDim>(key_row, c), valid ? key + value_offset : a.q,
+                  valid ? 16 : 0);
       }
-      const uint16_t* key = valid ? KeyRow(pool, at, slot, a.kv.page_size, kHeadDim) + c * 8 : a.q;
-      CpAsync16(k_tile + TileOffset<kHeadDim>(key_row, c), key, valid ? 16 : 0);
-      CpAsync16(v_tile + TileOffset<kHeadDim>(key_row, c), valid ? key + value_offset : a.q,
-                valid ? 16 : 0);
-      const uint32_t lanes = __ballot_sync(0xFFFFFFFFu, valid);
+      keys = valid_rows >= kTileKeys ? 0xFFFFu : (valid_rows > 0 ? (1u << valid_rows) - 1 : 0u);
+    } else {
 #pragma unroll
-      for (int r = 0; r < kRowsPerCopy; ++r) {
-        keys |= ((lanes >> (r * kChunks)) & 1u) << (j * kRowsPerCopy + r);
+      for (int j = 0; j < kTileKeys / kRowsPerCopy; ++j) {
+        const int key_row = j * kRowsPerCopy + lane / kChunks;
+        const int32_t v = first_key + key_row;
+        KvLocation at{0, 0};
+        const bool valid = v < end && Locate(a, range, b, len, v, dense_first, &at);
+        const uint16_t* key =
+            valid ? KeyRow(pool, at, slot, a.kv.page_size, kHeadDim) + c * 8 : a.q;
+        CpAsync16(k_tile + TileOffset<kHeadDim>(key_row, c), key, valid ? 16 : 0);
+        CpAsync16(v_tile + TileOffset<kHeadDim>(key_row, c), valid ? key + value_offset : a.q,
+                  valid ? 16 : 0);
+        const uint32_t lanes = __ballot_sync(0xFFFFFFFFu, valid);
+#pragma unroll
+        for (int r = 0; r < kRowsPerCopy; ++r) {
+          keys |= ((lanes >> (r * kChunks)) & 1u) << (j * kRowsPerCopy + r);
+        }
       }
     }
     masks = (masks & ~(uint64_t{0xFFFF} << (16 * stage))) | (uint64_t{keys} << (16 * stage));
@@ -271,6 +287,9 @@ __global__ void __launch_bounds__(kMmaThreads, 2) DecodeMmaKernel(DecodeArgs a) 
     const uint32_t k_base = SmemAddress(ring + stage * StageBytes<kHeadDim>());
     const uint32_t v_base = k_base + kTileKeys * kHeadDim * 2;
     const uint32_t keys = static_cast<uint32_t>(masks >> (16 * stage)) & 0xFFFFu;
+    // Refill the stage the previous tile used, so two tiles stay in flight during the math.
+    if (i + kMmaStages - 1 < mine) issue(i + kMmaStages - 1);
+    CpAsyncCommit();
     // S = Q K^T over two 8-key column tiles.
     float s[2][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}};
 #pragma unroll
@@ -326,8 +345,6 @@ __global__ void __launch_bounds__(kMmaThreads, 2) DecodeMmaKernel(DecodeArgs a) 
       Mma(o[n + 1], lo0, lo2, vb[2], vb[3]);
     }
     __syncwarp();  // the stage is read before it is refilled
-    if (i + kMmaStages - 1 < mine) issue(i + kMmaStages - 1);
-    CpAsyncCommit();
   }
   CpAsyncWait<0>();
   running_sum += __shfl_xor_sync(0xFFFFFFFFu, running_sum, 1);

@@ -113,78 +113,184 @@ struct ScoreArgs {
   float* scores;
 };
 
-// One thread per (physical page, logical page, query head), so each thread sums one
-// logical page's bound like cpu::LogicalPageScore: eight interleaved partial sums, each
-// product rounded before it is added (no FMA contraction). A page's score is the max over
-// its threads (exact in any order), taken in shared memory.
-__global__ void __launch_bounds__(kScoreThreads) ScoreKernel(ScoreArgs a) {
-  __shared__ float partial_best[kScoreThreads];
-  const PageScoreJob job = a.jobs[blockIdx.y];
+constexpr int kScoreHeadsPerPass = 8;
+constexpr int kScoreMaxHeads = 64;  // query heads of one group of jobs
+constexpr int kScoreMaxHeadDim = 256;
+constexpr int kScoreBatch = 4;
+constexpr int kScoreWindow = 16;  // jobs on either side read into shared memory  // 16-byte chunks
+                                  // of a statistics row in flight per thread
+
+__device__ __forceinline__ void UnpackBf16x8(uint4 raw, float (&dst)[8]) {
+  const uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+  for (int w = 0; w < 4; ++w) {
+    dst[2 * w] = __uint_as_float(words[w] << 16);
+    dst[2 * w + 1] = __uint_as_float(words[w] & 0xFFFF0000u);
+  }
+}
+
+__device__ __forceinline__ bool SameScoreInput(const PageScoreJob& x, const PageScoreJob& y) {
+  return x.seq == y.seq && x.kv_head == y.kv_head && x.q_row == y.q_row;
+}
+
+// Jobs that read the same statistics (same sequence, KV head and query row, e.g. the
+// query heads of one GQA group scored apart) are scored by one block, which reads each
+// logical page's kmax/kmin once for all of them: jobs [first, first + count) holding at
+// most kScoreHeadsPerPass heads and jobs together, or one job alone (of at most
+// kScoreMaxHeads heads). Sets count = 0 when the block for job `self` is not the first of
+// its group.
+template <typename JobAt>
+__device__ void FindScoreGroup(JobAt job_at, int num_jobs, int self, int* first, int* count) {
+  const PageScoreJob me = job_at(self);
+  int run = self;
+  while (run > 0 && SameScoreInput(job_at(run - 1), me)) --run;
+  int group = run;
+  int heads = 0;
+  int j = run;
+  for (; j < num_jobs && SameScoreInput(job_at(j), me); ++j) {
+    const int job_heads = job_at(j).num_q_heads;
+    if (j > group && (heads + job_heads > kScoreHeadsPerPass || j - group == kScoreHeadsPerPass)) {
+      if (j > self) break;
+      group = j;
+      heads = 0;
+    }
+    heads += job_heads;
+  }
+  *first = group;
+  *count = group == self ? j - group : 0;
+}
+
+// One thread per logical page of the sequence, so each thread sums one logical page's
+// bound for every query head of the group like cpu::LogicalPageScore: eight interleaved
+// partial sums, each product rounded before it is added (no FMA contraction). A job's
+// page score is the max over its heads and the page's logical pages (exact in any order).
+__global__ void __launch_bounds__(kScoreThreads) ScoreKernel(ScoreArgs a, int num_jobs) {
+  __shared__ float q_shared[kScoreHeadsPerPass][kScoreMaxHeadDim];
+  __shared__ float best_shared[kScoreHeadsPerPass][kScoreThreads];
+  __shared__ int8_t head_job[kScoreMaxHeads];  // job (within the group) of each head
+  __shared__ int16_t head_index[kScoreMaxHeads];
+  __shared__ int group_first, group_jobs, group_heads;
+  // The jobs around this block's, read at once: the group search then reads shared memory.
+  __shared__ PageScoreJob window[2 * kScoreWindow];
+  const int window_first = max(0, static_cast<int>(blockIdx.y) - kScoreWindow);
+  for (int i = threadIdx.x; i < 2 * kScoreWindow && window_first + i < num_jobs; i += blockDim.x) {
+    window[i] = a.jobs[window_first + i];
+  }
+  __syncthreads();
+  auto job_at = [&](int j) -> PageScoreJob {
+    const int k = j - window_first;
+    return k >= 0 && k < 2 * kScoreWindow ? window[k] : a.jobs[j];
+  };
+  if (threadIdx.x == 0) {
+    FindScoreGroup(job_at, num_jobs, blockIdx.y, &group_first, &group_jobs);
+    int heads = 0;
+    for (int j = 0; j < group_jobs; ++j) {
+      const PageScoreJob job = job_at(group_first + j);
+      for (int g = 0; g < job.num_q_heads && heads < kScoreMaxHeads; ++g, ++heads) {
+        head_job[heads] = static_cast<int8_t>(j);
+        head_index[heads] = static_cast<int16_t>(job.first_q_head + g);
+      }
+    }
+    group_heads = heads;
+  }
+  __syncthreads();
+  if (group_jobs == 0) return;
+  const PageScoreJob lead = job_at(group_first);
   const int d = a.kv.head_dim;
   const int page_size = a.kv.page_size;
   const int logical = a.kv.logical_page_size;
   const int logical_per_page = page_size / logical;
-  const int64_t len = a.t.kv_len[job.seq];
-  const int64_t num_pages = (len + page_size - 1) / page_size;
-  const int32_t* table = a.t.dense_indices + a.t.dense_indptr[job.seq];
-  const int slot = a.kv.kv_head_slot[job.kv_head];
-  const uint16_t* row = a.q + int64_t{job.q_row} * a.q_row_stride;
+  const int64_t len = a.t.kv_len[lead.seq];
+  const int64_t num_logical = (len + logical - 1) / logical;
+  const int32_t* table = a.t.dense_indices + a.t.dense_indptr[lead.seq];
+  const int slot = a.kv.kv_head_slot[lead.kv_head];
+  const uint16_t* row = a.q + int64_t{lead.q_row} * a.q_row_stride;
   const int64_t kmin_offset = internal::KminOffset(a.kv.dense, logical_per_page, d);
-  const int per_page = logical_per_page * job.num_q_heads;  // threads per page
-  const int pages_per_block = max(1, kScoreThreads / per_page);
-  for (int64_t first = int64_t{blockIdx.x} * pages_per_block; first < num_pages;
-       first += int64_t{gridDim.x} * pages_per_block) {
-    for (int part = 0; part < per_page; part += kScoreThreads) {
-      // With per_page > kScoreThreads (huge groups) one page takes several rounds.
-      const int t = threadIdx.x;
-      const int64_t i = per_page <= kScoreThreads ? first + t / per_page : first;
-      const int item = per_page <= kScoreThreads ? t % per_page : part + t;
-      const int l = item / job.num_q_heads;
-      const int g = item % job.num_q_heads;
-      float score = -INFINITY;
-      const bool active =
-          (per_page <= kScoreThreads ? t < pages_per_block * per_page : item < per_page) &&
-          i < num_pages && l * int64_t{logical} < len - i * page_size;
-      if (active) {
-        const uint16_t* kmax =
-            internal::KmaxRow(a.kv.dense, table[i], slot, l, page_size, logical_per_page, d);
-        const uint16_t* q = row + int64_t{job.first_q_head + g} * d;
-        float partial[8] = {};
-        for (int c = 0; c < d; c += 8) {
-          float qv[8], hi[8], lo[8];
-          internal::LoadBf16<8>(q + c, qv);
-          internal::LoadBf16<8>(kmax + c, hi);
-          internal::LoadBf16<8>(kmax + kmin_offset + c, lo);
+  const int pages_per_block = kScoreThreads / logical_per_page;
+  for (int64_t base = int64_t{blockIdx.x} * kScoreThreads; base < num_logical;
+       base += int64_t{gridDim.x} * kScoreThreads) {
+    const int64_t lp = base + threadIdx.x;
+    const bool active = lp < num_logical;
+    const uint16_t* kmax = nullptr;
+    if (active) {
+      kmax = internal::KmaxRow(a.kv.dense, table[lp / logical_per_page], slot,
+                               static_cast<int>(lp % logical_per_page), page_size, logical_per_page,
+                               d);
+    }
+    float job_best[kScoreHeadsPerPass];
 #pragma unroll
-          for (int u = 0; u < 8; ++u) {
-            const float x = __fmul_rn(qv[u], hi[u]);
-            const float y = __fmul_rn(qv[u], lo[u]);
-            partial[u] = __fadd_rn(partial[u], x < y ? y : x);
-          }
-        }
-        score = 0.0f;
-#pragma unroll
-        for (int u = 0; u < 8; ++u) score = __fadd_rn(score, partial[u]);
-      }
-      partial_best[t] = score;
-      __syncthreads();
-      if (per_page <= kScoreThreads) {
-        if (t < pages_per_block && first + t < num_pages) {
-          float best = -INFINITY;
-          for (int k = 0; k < per_page; ++k) {
-            const float x = partial_best[t * per_page + k];
-            best = best < x ? x : best;
-          }
-          a.scores[job.out_offset + first + t] = best;
-        }
-      } else if (t == 0) {
-        float best = part == 0 ? -INFINITY : a.scores[job.out_offset + first];
-        for (int k = 0; k < kScoreThreads && part + k < per_page; ++k) {
-          best = best < partial_best[k] ? partial_best[k] : best;
-        }
-        a.scores[job.out_offset + first] = best;
+    for (int j = 0; j < kScoreHeadsPerPass; ++j) job_best[j] = -INFINITY;
+    for (int pass = 0; pass < group_heads; pass += kScoreHeadsPerPass) {
+      const int heads = min(kScoreHeadsPerPass, group_heads - pass);
+      __syncthreads();  // the previous pass is done with q_shared
+      for (int i = threadIdx.x; i < heads * d; i += blockDim.x) {
+        q_shared[i / d][i % d] = Bf16ToFloat(row[int64_t{head_index[pass + i / d]} * d + i % d]);
       }
       __syncthreads();
+      if (!active) continue;
+      float partial[kScoreHeadsPerPass][8] = {};
+      // kScoreBatch 16-byte chunks of kmax and kmin are loaded before any is used, so
+      // their latencies overlap; the sums still run over the channels in order.
+      for (int c0 = 0; c0 < d; c0 += 8 * kScoreBatch) {
+        uint4 raw_hi[kScoreBatch], raw_lo[kScoreBatch];
+#pragma unroll
+        for (int k = 0; k < kScoreBatch; ++k) {
+          if (c0 + 8 * k < d) {
+            raw_hi[k] = *reinterpret_cast<const uint4*>(kmax + c0 + 8 * k);
+            raw_lo[k] = *reinterpret_cast<const uint4*>(kmax + kmin_offset + c0 + 8 * k);
+          }
+        }
+#pragma unroll
+        for (int k = 0; k < kScoreBatch; ++k) {
+          if (c0 + 8 * k >= d) break;
+          const int c = c0 + 8 * k;
+          float hi[8], lo[8];
+          UnpackBf16x8(raw_hi[k], hi);
+          UnpackBf16x8(raw_lo[k], lo);
+#pragma unroll
+          for (int h = 0; h < kScoreHeadsPerPass; ++h) {
+            if (h >= heads) break;
+#pragma unroll
+            for (int u = 0; u < 8; ++u) {
+              const float qv = q_shared[h][c + u];
+              const float x = __fmul_rn(qv, hi[u]);
+              const float y = __fmul_rn(qv, lo[u]);
+              partial[h][u] = __fadd_rn(partial[h][u], x < y ? y : x);
+            }
+          }
+        }
+      }
+#pragma unroll
+      for (int h = 0; h < kScoreHeadsPerPass; ++h) {
+        if (h >= heads) break;
+        float score = 0.0f;
+#pragma unroll
+        for (int u = 0; u < 8; ++u) score = __fadd_rn(score, partial[h][u]);
+        // group_jobs <= kScoreHeadsPerPass: every job has a head.
+        const int j = head_job[pass + h];
+#pragma unroll
+        for (int k = 0; k < kScoreHeadsPerPass; ++k) {
+          if (k == j) job_best[k] = job_best[k] < score ? score : job_best[k];
+        }
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < kScoreHeadsPerPass; ++j) {
+      if (j < group_jobs) best_shared[j][threadIdx.x] = job_best[j];
+    }
+    __syncthreads();
+    // Physical pages: the max over their logical pages (those past the history are -inf).
+    for (int i = threadIdx.x; i < group_jobs * pages_per_block; i += blockDim.x) {
+      const int j = i / pages_per_block;
+      const int k = i % pages_per_block;
+      const int64_t page = base / logical_per_page + k;
+      if (page * logical_per_page >= num_logical) continue;
+      float best = -INFINITY;
+      for (int l = 0; l < logical_per_page; ++l) {
+        const float x = best_shared[j][k * logical_per_page + l];
+        best = best < x ? x : best;
+      }
+      a.scores[job_at(group_first + j).out_offset + page] = best;
     }
   }
 }
@@ -333,14 +439,19 @@ absl::Status ScorePages(const ScorePagesParams& p, void* stream) {
     return absl::InvalidArgumentError("cuda page scoring: q rows must be 16-byte aligned");
   }
   if (p.num_jobs == 0) return absl::OkStatus();
+  if (p.kv.head_dim > kScoreMaxHeadDim || p.kv.page_size / p.kv.logical_page_size > kScoreThreads) {
+    return absl::InvalidArgumentError(absl::StrCat("cuda page scoring: head_dim at most ",
+                                                   kScoreMaxHeadDim, " and at most ", kScoreThreads,
+                                                   " logical pages per page"));
+  }
   ScoreArgs args{p.kv,           p.tables, static_cast<const uint16_t*>(p.q),
                  p.q_row_stride, p.jobs,   p.scores};
-  const int64_t pages = (int64_t{p.tables.max_kv_len} + p.kv.page_size - 1) / p.kv.page_size;
-  // Sized for one query head per job; jobs of several heads loop over their pages.
-  const int64_t per_block = std::max(1, kScoreThreads / (p.kv.page_size / p.kv.logical_page_size));
-  const int blocks =
-      static_cast<int>(std::clamp<int64_t>((pages + per_block - 1) / per_block, 1, 4096));
-  ScoreKernel<<<dim3(blocks, p.num_jobs), kScoreThreads, 0, internal::AsStream(stream)>>>(args);
+  const int64_t logical_pages =
+      (int64_t{p.tables.max_kv_len} + p.kv.logical_page_size - 1) / p.kv.logical_page_size;
+  const int blocks = static_cast<int>(
+      std::clamp<int64_t>((logical_pages + kScoreThreads - 1) / kScoreThreads, 1, 4096));
+  ScoreKernel<<<dim3(blocks, p.num_jobs), kScoreThreads, 0, internal::AsStream(stream)>>>(
+      args, p.num_jobs);
   return CheckLaunch("ScoreKernel");
 }
 

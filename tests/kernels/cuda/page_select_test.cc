@@ -135,7 +135,8 @@ TEST_F(PageSelectTest, ScoresAreBitwiseTheCpuScoresAndSelectionsMatch) {
     for (size_t s = 0; s < lengths.size(); ++s) decode.push_back({static_cast<SeqId>(s), 1, true});
     std::vector<float> cpu_out, gpu_out;
     ASSERT_TRUE(twin->Step(decode, true, &cpu_out, &gpu_out).ok());
-    // Jobs per query head and per KV head (a group of four) for every sequence.
+    // Jobs per query head and per KV head (a group of four) for every sequence; the GPU
+    // scores consecutive jobs over the same statistics together.
     std::vector<PageScoreJob> jobs;
     std::vector<int32_t> kv_len;
     int32_t total = 0;
@@ -149,6 +150,9 @@ TEST_F(PageSelectTest, ScoresAreBitwiseTheCpuScoresAndSelectionsMatch) {
         }
         jobs.push_back(
             {static_cast<int32_t>(s), kv_head, 4 * kv_head, 4, static_cast<int32_t>(s), total});
+        total += pages;
+        // Eight heads against one KV head's statistics: a block of its own.
+        jobs.push_back({static_cast<int32_t>(s), kv_head, 0, 8, static_cast<int32_t>(s), total});
         total += pages;
       }
     }
