@@ -113,7 +113,7 @@ struct ScoreArgs {
   float* scores;
 };
 
-constexpr int kScoreHeadsPerPass = 8;
+constexpr int kScoreHeadsPerPass = 4;
 constexpr int kScoreMaxHeads = 64;  // query heads of one group of jobs
 constexpr int kScoreMaxHeadDim = 256;
 constexpr int kScoreBatch = 4;
@@ -164,7 +164,7 @@ __device__ void FindScoreGroup(JobAt job_at, int num_jobs, int self, int* first,
 // bound for every query head of the group like cpu::LogicalPageScore: eight interleaved
 // partial sums, each product rounded before it is added (no FMA contraction). A job's
 // page score is the max over its heads and the page's logical pages (exact in any order).
-__global__ void __launch_bounds__(kScoreThreads) ScoreKernel(ScoreArgs a, int num_jobs) {
+__global__ void __launch_bounds__(kScoreThreads, 3) ScoreKernel(ScoreArgs a, int num_jobs) {
   __shared__ float q_shared[kScoreHeadsPerPass][kScoreMaxHeadDim];
   __shared__ float best_shared[kScoreHeadsPerPass][kScoreThreads];
   __shared__ int8_t head_job[kScoreMaxHeads];  // job (within the group) of each head
@@ -229,17 +229,27 @@ __global__ void __launch_bounds__(kScoreThreads) ScoreKernel(ScoreArgs a, int nu
       __syncthreads();
       if (!active) continue;
       float partial[kScoreHeadsPerPass][8] = {};
-      // kScoreBatch 16-byte chunks of kmax and kmin are loaded before any is used, so
-      // their latencies overlap; the sums still run over the channels in order.
+      // kScoreBatch 16-byte chunks of kmax and kmin are loaded a batch ahead of their use,
+      // so their latencies overlap the math; the sums still run over the channels in order.
+      uint4 next_hi[kScoreBatch], next_lo[kScoreBatch];
+      auto load_batch = [&](int c0) {
+#pragma unroll
+        for (int k = 0; k < kScoreBatch; ++k) {
+          if (c0 + 8 * k < d) {
+            next_hi[k] = *reinterpret_cast<const uint4*>(kmax + c0 + 8 * k);
+            next_lo[k] = *reinterpret_cast<const uint4*>(kmax + kmin_offset + c0 + 8 * k);
+          }
+        }
+      };
+      load_batch(0);
       for (int c0 = 0; c0 < d; c0 += 8 * kScoreBatch) {
         uint4 raw_hi[kScoreBatch], raw_lo[kScoreBatch];
 #pragma unroll
         for (int k = 0; k < kScoreBatch; ++k) {
-          if (c0 + 8 * k < d) {
-            raw_hi[k] = *reinterpret_cast<const uint4*>(kmax + c0 + 8 * k);
-            raw_lo[k] = *reinterpret_cast<const uint4*>(kmax + kmin_offset + c0 + 8 * k);
-          }
+          raw_hi[k] = next_hi[k];
+          raw_lo[k] = next_lo[k];
         }
+        if (c0 + 8 * kScoreBatch < d) load_batch(c0 + 8 * kScoreBatch);
 #pragma unroll
         for (int k = 0; k < kScoreBatch; ++k) {
           if (c0 + 8 * k >= d) break;
