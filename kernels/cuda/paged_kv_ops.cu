@@ -137,8 +137,7 @@ __device__ __forceinline__ bool SameScoreInput(const PageScoreJob& x, const Page
 // query heads of one GQA group scored apart) are scored by one block, which reads each
 // logical page's kmax/kmin once for all of them: jobs [first, first + count) holding at
 // most kScoreHeadsPerPass heads and jobs together, or one job alone (of at most
-// kScoreMaxHeads heads). Sets count = 0 when the block for job `self` is not the first of
-// its group.
+// kScoreMaxHeads heads). The blocks of every job of a group share its pages.
 template <typename JobAt>
 __device__ void FindScoreGroup(JobAt job_at, int num_jobs, int self, int* first, int* count) {
   const PageScoreJob me = job_at(self);
@@ -157,7 +156,7 @@ __device__ void FindScoreGroup(JobAt job_at, int num_jobs, int self, int* first,
     heads += job_heads;
   }
   *first = group;
-  *count = group == self ? j - group : 0;
+  *count = j - group;
 }
 
 // One thread per logical page of the sequence, so each thread sums one logical page's
@@ -194,7 +193,6 @@ __global__ void __launch_bounds__(kScoreThreads, 3) ScoreKernel(ScoreArgs a, int
     group_heads = heads;
   }
   __syncthreads();
-  if (group_jobs == 0) return;
   const PageScoreJob lead = job_at(group_first);
   const int d = a.kv.head_dim;
   const int page_size = a.kv.page_size;
@@ -207,8 +205,10 @@ __global__ void __launch_bounds__(kScoreThreads, 3) ScoreKernel(ScoreArgs a, int
   const uint16_t* row = a.q + int64_t{lead.q_row} * a.q_row_stride;
   const int64_t kmin_offset = internal::KminOffset(a.kv.dense, logical_per_page, d);
   const int pages_per_block = kScoreThreads / logical_per_page;
-  for (int64_t base = int64_t{blockIdx.x} * kScoreThreads; base < num_logical;
-       base += int64_t{gridDim.x} * kScoreThreads) {
+  // The group's blocks (gridDim.x per job) stride over its logical pages together.
+  const int64_t rank = int64_t{blockIdx.y - group_first} * gridDim.x + blockIdx.x;
+  const int64_t stride = int64_t{group_jobs} * gridDim.x * kScoreThreads;
+  for (int64_t base = rank * kScoreThreads; base < num_logical; base += stride) {
     const int64_t lp = base + threadIdx.x;
     const bool active = lp < num_logical;
     const uint16_t* kmax = nullptr;
@@ -458,8 +458,22 @@ absl::Status ScorePages(const ScorePagesParams& p, void* stream) {
                  p.q_row_stride, p.jobs,   p.scores};
   const int64_t logical_pages =
       (int64_t{p.tables.max_kv_len} + p.kv.logical_page_size - 1) / p.kv.logical_page_size;
-  const int blocks = static_cast<int>(
-      std::clamp<int64_t>((logical_pages + kScoreThreads - 1) / kScoreThreads, 1, 4096));
+  // About two waves of blocks in all, each looping over its share of the pages, so the
+  // per-block set-up (finding the group, loading its queries) is paid a few times only.
+  static const int resident = [] {
+    int device = 0;
+    int sms = 132;
+    int blocks_per_sm = 3;
+    (void)cudaGetDevice(&device);
+    (void)cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+    (void)cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_per_sm, ScoreKernel, kScoreThreads,
+                                                        0);
+    return std::max(1, sms * std::max(1, blocks_per_sm));
+  }();
+  const int64_t per_job_cap = std::max<int64_t>(1, (2 * resident + p.num_jobs - 1) / p.num_jobs);
+  const int blocks =
+      static_cast<int>(std::clamp<int64_t>((logical_pages + kScoreThreads - 1) / kScoreThreads, 1,
+                                           std::min<int64_t>(per_job_cap, 4096)));
   ScoreKernel<<<dim3(blocks, p.num_jobs), kScoreThreads, 0, internal::AsStream(stream)>>>(
       args, p.num_jobs);
   return CheckLaunch("ScoreKernel");
