@@ -470,7 +470,8 @@ absl::Status ScorePages(const ScorePagesParams& p, void* stream) {
                                                         0);
     return std::max(1, sms * std::max(1, blocks_per_sm));
   }();
-  const int64_t per_job_cap = std::max<int64_t>(1, (2 * resident + p.num_jobs - 1) / p.num_jobs);
+  // Rounded down, so the blocks make whole waves.
+  const int64_t per_job_cap = std::max<int64_t>(1, 2 * resident / p.num_jobs);
   const int blocks =
       static_cast<int>(std::clamp<int64_t>((logical_pages + kScoreThreads - 1) / kScoreThreads, 1,
                                            std::min<int64_t>(per_job_cap, 4096)));
