@@ -33,6 +33,11 @@ if [ -n "$sanitizer" ]; then
       --gtest_filter='*DenseAndStreaming*:*OddGroups*' >"$out/sanitizer-$tool-decode.log" 2>&1
     echo "compute-sanitizer $tool decode: rc=$? $(tail -1 "$out/sanitizer-$tool-decode.log")" |
       tee -a "$out/summary.txt"
+    LSERVE_DECODE_TEST_SMALL=1 timeout 300 "$sanitizer" --tool "$tool" --error-exitcode 9 \
+      build-gpu/tests/kernels/cuda/cuda_paged_prefill_test --gtest_filter='*MixedLengths*' \
+      >"$out/sanitizer-$tool-prefill.log" 2>&1
+    echo "compute-sanitizer $tool prefill: rc=$? $(tail -1 "$out/sanitizer-$tool-prefill.log")" |
+      tee -a "$out/summary.txt"
     timeout 300 "$sanitizer" --tool "$tool" --error-exitcode 9 \
       build-gpu/tests/kernels/cuda/cuda_decode_graph_test >"$out/sanitizer-$tool-graph.log" 2>&1
     echo "compute-sanitizer $tool graph: rc=$? $(tail -1 "$out/sanitizer-$tool-graph.log")" |

@@ -60,8 +60,8 @@ class CudaBackend final : public Backend {
   MemorySpace* memory() override { return DeviceMemory(); }
   absl::Status CheckEngineSupport() const override {
     return absl::UnimplementedError(
-        "the cuda backend cannot run the engine yet: GEMM, embedding, prefill attention, "
-        "sampling and the fused residual RMSNorm are missing; use --backend=cpu");
+        "the cuda backend cannot run the engine yet: GEMM, embedding, sampling and the fused "
+        "residual RMSNorm are missing; use --backend=cpu");
   }
 
   void BeginStep() override {
@@ -116,7 +116,12 @@ class CudaBackend final : public Backend {
     return cuda::AppendKv(params, stream_);
   }
   absl::Status PagedAttention(const PagedAttentionParams& params) override {
-    if (params.tables.max_queries > 1) return NotOnGpu("prefill (multi-row) paged attention");
+    if (params.tables.max_queries > 1) {
+      if (prefill_workspace_.bytes() == 0) {
+        ASSIGN_OR_RETURN(prefill_workspace_, Buffer::Allocate(memory(), kPrefillWorkspaceBytes));
+      }
+      return PagedPrefillAttention(params, prefill_workspace_.data(), num_sms_, stream_);
+    }
     const DecodeLaunch launch = PlanDecode(params, num_sms_);
     if (workspace_.bytes() < launch.workspace_bytes) {
       // The previous step may still read the old workspace.
@@ -137,7 +142,8 @@ class CudaBackend final : public Backend {
  private:
   cudaStream_t stream_ = nullptr;  // the legacy default stream
   int num_sms_ = 132;
-  Buffer workspace_;  // split-K partial results of decode attention
+  Buffer workspace_;          // split-K partial results of decode attention
+  Buffer prefill_workspace_;  // the prefill kernel's work counters
   Buffer staging_;
   size_t staged_ = 0;
   std::vector<Buffer> retired_;

@@ -41,6 +41,17 @@ DecodeLaunch PlanDecode(const PagedAttentionParams& params, int num_sms);
 absl::Status PagedDecodeAttention(const PagedAttentionParams& params, const DecodeLaunch& launch,
                                   void* workspace, void* stream);
 
+// Prefill attention (causal, many rows per sequence; chunks attend to their earlier pages
+// and to themselves): dense heads over every earlier key, streaming heads over the sink
+// and the local window, visiting only the key tiles PlanKeyTiles (prefill_plan.h) lists.
+// One launch for the batch; persistent CTAs, at most num_sms times the resident count.
+// Needs params.tables.max_queries; no page selection. `workspace` holds
+// kPrefillWorkspaceBytes, zeroed before its first use (the kernel leaves it zeroed).
+// params.stats is not updated (the host computes tiles from prefill_plan.h).
+inline constexpr size_t kPrefillWorkspaceBytes = 16;
+absl::Status PagedPrefillAttention(const PagedAttentionParams& params, void* workspace, int num_sms,
+                                   void* stream);
+
 // Page scores as cpu::ScorePages defines them, summed in the same order with the same
 // float32 roundings, so the scores (and the selections made from them) are bitwise those
 // of the CPU backend on the same values. Uses params.tables.max_kv_len to size the grid.

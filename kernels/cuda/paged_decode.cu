@@ -10,6 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "kernels/cuda/attention_checks.h"
 #include "kernels/cuda/bf16_vec.cuh"
 #include "kernels/cuda/cuda_status.h"
 #include "kernels/cuda/paged_attention.h"
@@ -64,19 +65,7 @@ DecodeLaunch PlanDecode(const PagedAttentionParams& p, int num_sms) {
 
 absl::Status PagedDecodeAttention(const PagedAttentionParams& p, const DecodeLaunch& launch,
                                   void* workspace, void* stream) {
-  if (p.kv.dtype != DType::kBF16) {
-    return absl::InvalidArgumentError("cuda decode attention reads bf16 pools only");
-  }
-  if (p.kv.head_dim != 64 && p.kv.head_dim != 128) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("cuda decode attention: head_dim ", p.kv.head_dim, " (64 or 128 only)"));
-  }
-  if (p.kv.num_kv_heads <= 0 || p.num_q_heads % p.kv.num_kv_heads != 0 ||
-      p.num_q_heads / p.kv.num_kv_heads > 8) {
-    return absl::InvalidArgumentError(absl::StrCat("cuda decode attention: ", p.num_q_heads,
-                                                   " query heads over ", p.kv.num_kv_heads,
-                                                   " KV heads (groups of 1 to 8)"));
-  }
+  RETURN_IF_ERROR(internal::CheckAttentionShape(p, "decode attention", 8));
   if (p.kv.page_size <= 0 || (p.kv.page_size & (p.kv.page_size - 1)) != 0) {
     return absl::InvalidArgumentError(absl::StrCat("cuda decode attention: page_size ",
                                                    p.kv.page_size, " is not a power of two"));
@@ -84,9 +73,6 @@ absl::Status PagedDecodeAttention(const PagedAttentionParams& p, const DecodeLau
   if (p.tables.max_queries != 1) {
     return absl::InvalidArgumentError(
         "cuda decode attention takes one query row per sequence (tables.max_queries == 1)");
-  }
-  if (p.q_row_stride % 8 != 0 || !internal::IsAligned16(p.q)) {
-    return absl::InvalidArgumentError("cuda decode attention: q rows must be 16-byte aligned");
   }
   if (launch.splits < 1 || (launch.splits > 1 && workspace == nullptr)) {
     return absl::InvalidArgumentError("cuda decode attention: split-K needs a workspace");

@@ -1,5 +1,5 @@
 // Internal to kernels/cuda: what the decode attention kernels share (their arguments,
-// key ranges and addressing, cp.async helpers).
+// key ranges and addressing).
 #ifndef LSERVE_KERNELS_CUDA_PAGED_DECODE_CUH_
 #define LSERVE_KERNELS_CUDA_PAGED_DECODE_CUH_
 
@@ -10,6 +10,7 @@
 
 #include "absl/status/status.h"
 #include "kernels/attention_params.h"
+#include "kernels/cuda/mma_sm80.cuh"
 #include "kernels/cuda/paged_kv.cuh"
 
 namespace lserve::cuda::internal {
@@ -42,17 +43,6 @@ struct DecodeArgs {
   float* partial_ml;  // [seq][q head][split][2]: running max (log2 units), sum
   int32_t* arrivals;  // [seq][q head]: splits done; the last one combines and resets it
 };
-
-__device__ __forceinline__ void CpAsync16(void* shared, const void* global, int bytes) {
-  const uint32_t address = static_cast<uint32_t>(__cvta_generic_to_shared(shared));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(address), "l"(global),
-               "r"(bytes));
-}
-__device__ __forceinline__ void CpAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int kPending>
-__device__ __forceinline__ void CpAsyncWait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
-}
 
 // The keys one head pass visits, as a virtual range [0, count): every token, the selected
 // pages, or the sink followed by the local window.

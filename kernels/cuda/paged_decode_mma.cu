@@ -13,6 +13,7 @@
 
 #include "kernels/cuda/bf16_vec.cuh"
 #include "kernels/cuda/cuda_status.h"
+#include "kernels/cuda/mma_sm80.cuh"
 #include "kernels/cuda/paged_decode.cuh"
 
 namespace lserve::cuda::internal {
@@ -33,36 +34,10 @@ __host__ __device__ constexpr int SmemBytes() {
   return kMmaWarps * kMmaStages * StageBytes<kHeadDim>();
 }
 
-__device__ __forceinline__ uint32_t SmemAddress(const void* pointer) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(pointer));
-}
-
-__device__ __forceinline__ void LdMatrixX4(uint32_t address, uint32_t (&r)[4]) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(address));
-}
-
-__device__ __forceinline__ void LdMatrixX4Trans(uint32_t address, uint32_t (&r)[4]) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(address));
-}
-
 // d += A B with A 16x16 (rows 8-15 zero: a1 = a3 = 0) and B 16x8.
 __device__ __forceinline__ void Mma(float (&d)[4], uint32_t a0, uint32_t a2, uint32_t b0,
                                     uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-      "{%8,%9}, {%0,%1,%2,%3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a0), "r"(0u), "r"(a2), "r"(0u), "r"(b0), "r"(b1));
-}
-
-// Byte offset of (key row, 16-byte chunk) in a [kTileKeys][head_dim] bf16 tile.
-template <int kHeadDim>
-__device__ __forceinline__ uint32_t TileOffset(int row, int chunk) {
-  return row * (kHeadDim * 2) + ((chunk ^ (row & 7)) << 4);
+  MmaBf16(d, a0, 0u, a2, 0u, b0, b1);
 }
 
 // Flash-decoding's combine, fused: the split CTA of query heads [first_head, + heads) of
