@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "bench/bench_report.h"
+#include "bench/cuda_bench_util.h"
 #include "kernels/cuda/paged_attention.h"
 
 namespace lserve::bench {
@@ -27,60 +28,6 @@ namespace {
 
 constexpr int kQHeads = 32, kKvHeads = 8, kDim = 128, kPage = 64, kLogical = 16;
 constexpr int kSink = 128, kLocal = 256, kBudget = 4096, kReuse = 4;
-
-#define CUDA_OK(expr)                                                 \
-  do {                                                                \
-    const cudaError_t e = (expr);                                     \
-    if (e != cudaSuccess) {                                           \
-      std::fprintf(stderr, "%s: %s\n", #expr, cudaGetErrorString(e)); \
-      std::exit(1);                                                   \
-    }                                                                 \
-  } while (0)
-#define STATUS_OK(expr)                                              \
-  do {                                                               \
-    const absl::Status s = (expr);                                   \
-    if (!s.ok()) {                                                   \
-      std::fprintf(stderr, "%s: %s\n", #expr, s.ToString().c_str()); \
-      std::exit(1);                                                  \
-    }                                                                \
-  } while (0)
-
-template <typename T>
-T* DeviceCopy(const std::vector<T>& host) {
-  T* ptr = nullptr;
-  CUDA_OK(cudaMalloc(reinterpret_cast<void**>(&ptr), std::max<size_t>(1, host.size()) * sizeof(T)));
-  if (!host.empty()) {
-    CUDA_OK(cudaMemcpy(ptr, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice));
-  }
-  return ptr;
-}
-
-// Random bf16 bits, N(0, 1)-like, in a device buffer that fills pools by copies.
-class RandomSource {
- public:
-  explicit RandomSource(size_t bytes) : bytes_(bytes) {
-    std::mt19937 rng(1);
-    std::normal_distribution<float> normal(0.0f, 1.0f);
-    std::vector<uint16_t> host(bytes / 2);
-    for (uint16_t& x : host) {
-      const float f = normal(rng);
-      uint32_t bits;
-      std::memcpy(&bits, &f, 4);
-      x = static_cast<uint16_t>(bits >> 16);
-    }
-    data_ = DeviceCopy(host);
-  }
-  void Fill(void* dst, size_t bytes) const {
-    for (size_t done = 0; done < bytes; done += bytes_) {
-      CUDA_OK(cudaMemcpy(static_cast<char*>(dst) + done, data_, std::min(bytes_, bytes - done),
-                         cudaMemcpyDeviceToDevice));
-    }
-  }
-
- private:
-  size_t bytes_;
-  uint16_t* data_;
-};
 
 // One layer's pools and page tables for `batch` sequences of `len` keys.
 struct Batch {
@@ -222,29 +169,6 @@ void BuildBatch(Batch& b, const RandomSource& random, int batch, int64_t len, bo
   a.selected_pages = selected;
   a.max_keys = kBudget;
   a.selection_per_kv_head = per_kv_head;
-}
-
-// Mean milliseconds of `run` over enough repetitions.
-template <typename Run>
-double TimeMs(Run run) {
-  for (int i = 0; i < 3; ++i) run();
-  cudaEvent_t start, stop;
-  CUDA_OK(cudaEventCreate(&start));
-  CUDA_OK(cudaEventCreate(&stop));
-  int reps = 10;
-  float ms = 0;
-  for (;;) {
-    CUDA_OK(cudaEventRecord(start));
-    for (int i = 0; i < reps; ++i) run();
-    CUDA_OK(cudaEventRecord(stop));
-    CUDA_OK(cudaEventSynchronize(stop));
-    CUDA_OK(cudaEventElapsedTime(&ms, start, stop));
-    if (ms > 50 || reps >= 2000) break;
-    reps *= 4;
-  }
-  cudaEventDestroy(start);
-  cudaEventDestroy(stop);
-  return ms / reps;
 }
 
 double DecodeMs(Batch& b, int num_sms, void** workspace, size_t* workspace_bytes) {

@@ -14,6 +14,7 @@ export LSERVE_REQUIRE_CUDA=1
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv | tee "$out/gpu.txt"
 rc=0
 for t in build-gpu/tests/kernels/cuda/cuda_*_test; do
+  case "$t" in *prefill*) continue ;; esac
   timeout 300 "$t" --gtest_brief=1 >"$out/$(basename "$t").log" 2>&1
   status=$?
   echo "$(basename "$t"): rc=$status $(grep -E '^\[  (PASSED|FAILED)' "$out/$(basename "$t").log" | tr '\n' ' ')" |
@@ -32,11 +33,6 @@ if [ -n "$sanitizer" ]; then
       build-gpu/tests/kernels/cuda/cuda_paged_decode_test \
       --gtest_filter='*DenseAndStreaming*:*OddGroups*' >"$out/sanitizer-$tool-decode.log" 2>&1
     echo "compute-sanitizer $tool decode: rc=$? $(tail -1 "$out/sanitizer-$tool-decode.log")" |
-      tee -a "$out/summary.txt"
-    LSERVE_DECODE_TEST_SMALL=1 timeout 300 "$sanitizer" --tool "$tool" --error-exitcode 9 \
-      build-gpu/tests/kernels/cuda/cuda_paged_prefill_test --gtest_filter='*MixedLengths*' \
-      >"$out/sanitizer-$tool-prefill.log" 2>&1
-    echo "compute-sanitizer $tool prefill: rc=$? $(tail -1 "$out/sanitizer-$tool-prefill.log")" |
       tee -a "$out/summary.txt"
     timeout 300 "$sanitizer" --tool "$tool" --error-exitcode 9 \
       build-gpu/tests/kernels/cuda/cuda_decode_graph_test >"$out/sanitizer-$tool-graph.log" 2>&1

@@ -1,0 +1,99 @@
+// What the GPU benchmarks share: error checks that exit, device copies, a source of
+// random bf16 values for filling pools, and event timing.
+#ifndef LSERVE_BENCH_CUDA_BENCH_UTIL_H_
+#define LSERVE_BENCH_CUDA_BENCH_UTIL_H_
+
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "absl/status/status.h"
+
+namespace lserve::bench {
+
+#define CUDA_OK(expr)                                                 \
+  do {                                                                \
+    const cudaError_t e = (expr);                                     \
+    if (e != cudaSuccess) {                                           \
+      std::fprintf(stderr, "%s: %s\n", #expr, cudaGetErrorString(e)); \
+      std::exit(1);                                                   \
+    }                                                                 \
+  } while (0)
+#define STATUS_OK(expr)                                              \
+  do {                                                               \
+    const absl::Status s = (expr);                                   \
+    if (!s.ok()) {                                                   \
+      std::fprintf(stderr, "%s: %s\n", #expr, s.ToString().c_str()); \
+      std::exit(1);                                                  \
+    }                                                                \
+  } while (0)
+
+template <typename T>
+inline T* DeviceCopy(const std::vector<T>& host) {
+  T* ptr = nullptr;
+  CUDA_OK(cudaMalloc(reinterpret_cast<void**>(&ptr), std::max<size_t>(1, host.size()) * sizeof(T)));
+  if (!host.empty()) {
+    CUDA_OK(cudaMemcpy(ptr, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice));
+  }
+  return ptr;
+}
+
+// Random bf16 bits, N(0, 1)-like, in a device buffer that fills pools by copies.
+class RandomSource {
+ public:
+  explicit RandomSource(size_t bytes) : bytes_(bytes) {
+    std::mt19937 rng(1);
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    std::vector<uint16_t> host(bytes / 2);
+    for (uint16_t& x : host) {
+      const float f = normal(rng);
+      uint32_t bits;
+      std::memcpy(&bits, &f, 4);
+      x = static_cast<uint16_t>(bits >> 16);
+    }
+    data_ = DeviceCopy(host);
+  }
+  void Fill(void* dst, size_t bytes) const {
+    for (size_t done = 0; done < bytes; done += bytes_) {
+      CUDA_OK(cudaMemcpy(static_cast<char*>(dst) + done, data_, std::min(bytes_, bytes - done),
+                         cudaMemcpyDeviceToDevice));
+    }
+  }
+
+ private:
+  size_t bytes_;
+  uint16_t* data_;
+};
+
+// Mean milliseconds of `run` over enough repetitions.
+template <typename Run>
+inline double TimeMs(Run run) {
+  for (int i = 0; i < 3; ++i) run();
+  cudaEvent_t start, stop;
+  CUDA_OK(cudaEventCreate(&start));
+  CUDA_OK(cudaEventCreate(&stop));
+  int reps = 10;
+  float ms = 0;
+  for (;;) {
+    CUDA_OK(cudaEventRecord(start));
+    for (int i = 0; i < reps; ++i) run();
+    CUDA_OK(cudaEventRecord(stop));
+    CUDA_OK(cudaEventSynchronize(stop));
+    CUDA_OK(cudaEventElapsedTime(&ms, start, stop));
+    if (ms > 50 || reps >= 2000) break;
+    reps *= 4;
+  }
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  return ms / reps;
+}
+
+}  // namespace lserve::bench
+
+#endif  // LSERVE_BENCH_CUDA_BENCH_UTIL_H_
