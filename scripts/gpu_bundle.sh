@@ -18,10 +18,10 @@ fi
 ninja -C build-gpu -j "${LSERVE_BUILD_JOBS:-$(nproc)}" "${targets[@]}"
 rm -rf .gpu-libs
 mkdir -p .gpu-libs
-# Everything a binary links from this machine's system except the C/C++ runtime and CUDA,
-# which the GPU machine has in newer versions.
+# Everything a binary links from this machine's system except the C/C++ runtime and CUDA
+# (cudart, cuBLAS), which the GPU machine has in newer versions.
 find build-gpu -type f -perm -u+x -name '*_test' -o -type f -perm -u+x -name '*_bench' |
   xargs -r ldd 2>/dev/null | awk '/=> \// {print $3}' | sort -u |
-  grep -v -E '/(libc|libm|libgcc_s|libstdc\+\+|libpthread|libdl|librt|ld-linux|libcuda|libcudart)[.-]' |
+  grep -v -E '/(libc|libm|libgcc_s|libstdc\+\+|libpthread|libdl|librt|ld-linux|libcuda|libcudart|libcublas|libcublasLt)[.-]' |
   xargs -r -I{} cp -L {} .gpu-libs/
 du -sh .gpu-libs build-gpu | cat

@@ -11,6 +11,8 @@
 #include "kernels/cuda/convert.h"
 #include "kernels/cuda/cuda_status.h"
 #include "kernels/cuda/device.h"
+#include "kernels/cuda/embedding.h"
+#include "kernels/cuda/gemm.h"
 #include "kernels/cuda/norm_activation.h"
 #include "kernels/cuda/paged_attention.h"
 #include "kernels/cuda/rope.h"
@@ -60,8 +62,7 @@ class CudaBackend final : public Backend {
   MemorySpace* memory() override { return DeviceMemory(); }
   absl::Status CheckEngineSupport() const override {
     return absl::UnimplementedError(
-        "the cuda backend cannot run the engine yet: GEMM, embedding, sampling and the fused "
-        "residual RMSNorm are missing; use --backend=cpu");
+        "the cuda backend cannot run the engine yet: sampling is missing; use --backend=cpu");
   }
 
   void BeginStep() override {
@@ -103,7 +104,9 @@ class CudaBackend final : public Backend {
   }
   absl::Status Synchronize() override { return SynchronizeStream(stream_); }
 
-  absl::Status Embedding(const EmbeddingParams&) override { return NotOnGpu("embedding"); }
+  absl::Status Embedding(const EmbeddingParams& params) override {
+    return cuda::Embedding(params, stream_);
+  }
   absl::Status RmsNorm(const RmsNormParams& params) override {
     return cuda::RmsNorm(params, stream_);
   }
@@ -111,7 +114,12 @@ class CudaBackend final : public Backend {
   absl::Status SiluMul(const SiluMulParams& params) override {
     return cuda::SiluMul(params, stream_);
   }
-  absl::Status Gemm(const GemmParams&) override { return NotOnGpu("GEMM"); }
+  absl::Status Gemm(const GemmParams& params) override {
+    if (gemm_ == nullptr) {
+      ASSIGN_OR_RETURN(gemm_, GemmRunner::Create());
+    }
+    return gemm_->Run(params, stream_);
+  }
   absl::Status AppendKv(const AppendKvParams& params) override {
     return cuda::AppendKv(params, stream_);
   }
@@ -144,6 +152,7 @@ class CudaBackend final : public Backend {
   int num_sms_ = 132;
   Buffer workspace_;          // split-K partial results of decode attention
   Buffer prefill_workspace_;  // the prefill kernel's work counters
+  std::unique_ptr<GemmRunner> gemm_;
   Buffer staging_;
   size_t staged_ = 0;
   std::vector<Buffer> retired_;

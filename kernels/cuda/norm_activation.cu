@@ -27,6 +27,7 @@ struct RmsNormArgs {
   int64_t x_row_stride;
   int64_t out_row_stride;
   float eps;
+  uint16_t* residual;  // [rows][dim] or null
 };
 
 struct SiluMulArgs {
@@ -45,30 +46,41 @@ constexpr int kElementwiseThreads = 256;
 // Grid-stride loops cover the rest; this many blocks fill any current GPU several times.
 constexpr int64_t kMaxElementwiseBlocks = 1 << 16;
 
-// One block per row. Pass 1 reduces the sum of squares; pass 2 re-reads the row (from
-// L1/L2) and writes it. Each thread touches the same elements in both passes, and the
-// reduction's barrier separates them, so out may alias x.
+// One block per row. Pass 1 reduces the sum of squares (with a residual, of
+// residual + x, rounded to bf16 and stored back into the residual); pass 2 re-reads the
+// row (from L1/L2) and writes it. Each thread touches the same elements in both passes,
+// and the reduction's barrier separates them, so out may alias x.
 template <int kVec>
 __global__ void RmsNormKernel(RmsNormArgs p) {
   const int64_t row = blockIdx.x;
   const uint16_t* x = p.x + row * p.x_row_stride;
   uint16_t* out = p.out + row * p.out_row_stride;
+  uint16_t* residual = p.residual != nullptr ? p.residual + row * p.dim : nullptr;
   const int64_t num_vectors = p.dim / kVec;
 
   float sum_squares = 0.0f;
   for (int64_t v = threadIdx.x; v < num_vectors; v += blockDim.x) {
     float values[kVec];
     internal::LoadBf16<kVec>(x + v * kVec, values);
+    if (residual != nullptr) {
+      float sums[kVec];
+      internal::LoadBf16<kVec>(residual + v * kVec, sums);
+#pragma unroll
+      for (int k = 0; k < kVec; ++k) sums[k] += values[k];
+      internal::StoreBf16<kVec>(residual + v * kVec, sums);
+      internal::LoadBf16<kVec>(residual + v * kVec, values);  // the rounded sum
+    }
 #pragma unroll
     for (int k = 0; k < kVec; ++k) sum_squares += values[k] * values[k];
   }
   sum_squares = internal::BlockSum(sum_squares);
   const float inv_rms = rsqrtf(sum_squares / static_cast<float>(p.dim) + p.eps);
 
+  const uint16_t* normed = residual != nullptr ? residual : x;
   for (int64_t v = threadIdx.x; v < num_vectors; v += blockDim.x) {
     float values[kVec];
     float weights[kVec];
-    internal::LoadBf16<kVec>(x + v * kVec, values);
+    internal::LoadBf16<kVec>(normed + v * kVec, values);
     internal::LoadBf16<kVec>(p.weight + v * kVec, weights);
 #pragma unroll
     for (int k = 0; k < kVec; ++k) values[k] = weights[k] * (values[k] * inv_rms);
@@ -119,9 +131,6 @@ absl::Status RmsNorm(const RmsNormParams& params, void* stream) {
   if (params.dtype != DType::kBF16) {
     return absl::InvalidArgumentError("cuda RmsNorm takes bf16 tensors");
   }
-  if (params.residual != nullptr) {
-    return absl::UnimplementedError("cuda RmsNorm: the fused residual add is not implemented");
-  }
   RmsNormArgs p{static_cast<const uint16_t*>(params.x),
                 static_cast<const uint16_t*>(params.weight),
                 static_cast<uint16_t*>(params.out),
@@ -129,7 +138,8 @@ absl::Status RmsNorm(const RmsNormParams& params, void* stream) {
                 params.dim,
                 params.x_row_stride,
                 params.out_row_stride,
-                params.eps};
+                params.eps,
+                static_cast<uint16_t*>(params.residual)};
   if (p.rows < 0 || p.dim <= 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("RmsNorm: need rows >= 0 and dim > 0, got rows=", p.rows, " dim=", p.dim));
@@ -151,7 +161,7 @@ absl::Status RmsNorm(const RmsNormParams& params, void* stream) {
 
   const bool vectorized = p.dim % kBf16PerVector == 0 && VectorFriendly(p.x, p.x_row_stride) &&
                           VectorFriendly(p.out, p.out_row_stride) &&
-                          internal::IsAligned16(p.weight);
+                          internal::IsAligned16(p.weight) && internal::IsAligned16(p.residual);
   const int64_t num_vectors = vectorized ? p.dim / kBf16PerVector : p.dim;
   const int threads =
       static_cast<int>(std::min<int64_t>(kRmsNormMaxThreads, (num_vectors + 31) / 32 * 32));

@@ -14,8 +14,9 @@
 
 namespace lserve::cuda {
 
-// Hugging Face LlamaRMSNorm over each row in float32, rounded once to bf16. The fused
-// residual add (params.residual) is not implemented here yet.
+// Hugging Face LlamaRMSNorm over each row in float32, rounded once to bf16. With
+// params.residual (bf16, packed rows), residual += x is rounded to bf16 and stored first,
+// and the row normalized is that sum.
 absl::Status RmsNorm(const RmsNormParams& params, void* stream);
 
 // out = silu(gate) * up, float32 math, one bf16 rounding.

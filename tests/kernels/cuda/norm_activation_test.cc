@@ -159,6 +159,42 @@ TEST_F(RmsNormCudaTest, InPlaceMatchesReference) {
   }
 }
 
+// The fused residual add: residual += x rounded to bf16 (bitwise), out = norm(residual),
+// on the vector path (dim 4096) and the scalar one (odd dim); out aliases x.
+TEST_F(RmsNormCudaTest, FusedResidualAddStoresTheSumAndNormalizesIt) {
+  for (int64_t dim : {4096, 1003}) {
+    SCOPED_TRACE(dim);
+    const int64_t rows = 7;
+    const float eps = 1e-6f;
+    const std::vector<uint16_t> x = RandomBf16(rows * dim, 31, -2.0f, 2.0f);
+    const std::vector<uint16_t> residual = RandomBf16(rows * dim, 32, -4.0f, 4.0f);
+    const std::vector<uint16_t> weight = RandomBf16(dim, 33, 0.5f, 1.5f);
+    std::vector<uint16_t> sum(rows * dim);
+    for (int64_t i = 0; i < rows * dim; ++i) {
+      sum[i] = testing::FloatToBf16(Bf16ToFloat(residual[i]) + Bf16ToFloat(x[i]));
+    }
+    const std::vector<double> ref = RmsNormReference(sum, rows, dim, dim, weight, eps);
+    LSERVE_ASSERT_OK_AND_ASSIGN(DeviceBuffer d_x, Upload(x));
+    LSERVE_ASSERT_OK_AND_ASSIGN(DeviceBuffer d_r, Upload(residual));
+    LSERVE_ASSERT_OK_AND_ASSIGN(DeviceBuffer d_w, Upload(weight));
+    LSERVE_ASSERT_OK(RmsNorm({.x = d_x.as<uint16_t>(),
+                              .weight = d_w.as<uint16_t>(),
+                              .out = d_x.as<uint16_t>(),
+                              .rows = rows,
+                              .dim = dim,
+                              .eps = eps,
+                              .residual = d_r.as<uint16_t>(),
+                              .dtype = DType::kBF16},
+                             nullptr));
+    LSERVE_ASSERT_OK_AND_ASSIGN(std::vector<uint16_t> out, Download<uint16_t>(d_x, rows * dim));
+    LSERVE_ASSERT_OK_AND_ASSIGN(std::vector<uint16_t> stored, Download<uint16_t>(d_r, rows * dim));
+    ASSERT_EQ(stored, sum);
+    for (int64_t i = 0; i < rows * dim; ++i) {
+      ASSERT_TRUE(Bf16Near(out[i], ref[i], kAbsTol)) << "element " << i;
+    }
+  }
+}
+
 TEST_F(RmsNormCudaTest, ZeroRowGivesZeros) {
   const int64_t dim = 128;
   const std::vector<uint16_t> x(dim, 0);

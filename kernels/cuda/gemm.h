@@ -1,0 +1,31 @@
+// bf16 GEMMs of the CUDA backend through cuBLASLt: y[m][n] = x[m][k] . w[n][k]^T + bias[n]
+// (a Hugging Face Linear), float32 accumulation, y in bf16 or float32 (logits). The
+// algorithm of each shape comes from cuBLASLt's heuristic once and is cached; the bias is
+// added in the GEMM's epilogue when y is bf16, by a small kernel otherwise. No CUDA types
+// here; streams travel as `void*`.
+#ifndef LSERVE_KERNELS_CUDA_GEMM_H_
+#define LSERVE_KERNELS_CUDA_GEMM_H_
+
+#include <memory>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "kernels/layer_params.h"
+
+namespace lserve::cuda {
+
+class GemmRunner {
+ public:
+  static absl::StatusOr<std::unique_ptr<GemmRunner>> Create();
+  virtual ~GemmRunner() = default;
+  // x, w and bias bf16 (params.dtype), y params.out_dtype (bf16 or float32); device
+  // pointers, rows packed.
+  virtual absl::Status Run(const GemmParams& params, void* stream) = 0;
+};
+
+// y[r][c] += bias[c] for float32 y and bf16 bias (rows x cols, packed).
+absl::Status AddBiasF32(float* y, const void* bias, int64_t rows, int64_t cols, void* stream);
+
+}  // namespace lserve::cuda
+
+#endif  // LSERVE_KERNELS_CUDA_GEMM_H_
