@@ -2,9 +2,12 @@
 
 #include <cublasLt.h>
 #include <cuda_runtime_api.h>
+#include <dlfcn.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <map>
+#include <string>
 #include <tuple>
 
 #include "absl/strings/str_cat.h"
@@ -15,6 +18,69 @@ namespace lserve::cuda {
 namespace {
 
 constexpr size_t kWorkspaceBytes = size_t{32} << 20;
+
+// cuBLASLt is opened at run time rather than linked: its 94 KB of thread-local storage
+// would otherwise be static TLS in every thread of the process, more than the stacks of
+// the metrics server's worker threads hold, and every process linking the kernels (the
+// worker, the router's tests) would load it even on machines without a GPU.
+struct CublasLtApi {
+#define LSERVE_LT_FUNCTION(name) decltype(&::name) name = nullptr;
+  LSERVE_LT_FUNCTION(cublasLtCreate)
+  LSERVE_LT_FUNCTION(cublasLtDestroy)
+  LSERVE_LT_FUNCTION(cublasLtMatmulDescCreate)
+  LSERVE_LT_FUNCTION(cublasLtMatmulDescDestroy)
+  LSERVE_LT_FUNCTION(cublasLtMatmulDescSetAttribute)
+  LSERVE_LT_FUNCTION(cublasLtMatrixLayoutCreate)
+  LSERVE_LT_FUNCTION(cublasLtMatrixLayoutDestroy)
+  LSERVE_LT_FUNCTION(cublasLtMatmulPreferenceCreate)
+  LSERVE_LT_FUNCTION(cublasLtMatmulPreferenceDestroy)
+  LSERVE_LT_FUNCTION(cublasLtMatmulPreferenceSetAttribute)
+  LSERVE_LT_FUNCTION(cublasLtMatmulAlgoGetHeuristic)
+  LSERVE_LT_FUNCTION(cublasLtMatmul)
+#undef LSERVE_LT_FUNCTION
+};
+
+absl::StatusOr<const CublasLtApi*> LoadCublasLt() {
+  static const absl::StatusOr<CublasLtApi> api = []() -> absl::StatusOr<CublasLtApi> {
+    std::string names[] = {"libcublasLt.so.13", "libcublasLt.so", ""};
+    if (const char* home = std::getenv("CUDA_HOME")) {
+      names[2] = std::string(home) + "/lib64/libcublasLt.so.13";
+    } else {
+      names[2] = "/usr/local/cuda/lib64/libcublasLt.so.13";
+    }
+    void* library = nullptr;
+    for (const std::string& name : names) {
+      library = dlopen(name.c_str(), RTLD_NOW | RTLD_LOCAL);
+      if (library != nullptr) break;
+    }
+    if (library == nullptr) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("cannot load cuBLASLt (libcublasLt.so.13): ", dlerror()));
+    }
+    CublasLtApi loaded;
+    bool complete = true;
+#define LSERVE_LT_LOAD(name)                                                    \
+  loaded.name = reinterpret_cast<decltype(loaded.name)>(dlsym(library, #name)); \
+  complete = complete && loaded.name != nullptr;
+    LSERVE_LT_LOAD(cublasLtCreate)
+    LSERVE_LT_LOAD(cublasLtDestroy)
+    LSERVE_LT_LOAD(cublasLtMatmulDescCreate)
+    LSERVE_LT_LOAD(cublasLtMatmulDescDestroy)
+    LSERVE_LT_LOAD(cublasLtMatmulDescSetAttribute)
+    LSERVE_LT_LOAD(cublasLtMatrixLayoutCreate)
+    LSERVE_LT_LOAD(cublasLtMatrixLayoutDestroy)
+    LSERVE_LT_LOAD(cublasLtMatmulPreferenceCreate)
+    LSERVE_LT_LOAD(cublasLtMatmulPreferenceDestroy)
+    LSERVE_LT_LOAD(cublasLtMatmulPreferenceSetAttribute)
+    LSERVE_LT_LOAD(cublasLtMatmulAlgoGetHeuristic)
+    LSERVE_LT_LOAD(cublasLtMatmul)
+#undef LSERVE_LT_LOAD
+    if (!complete) return absl::FailedPreconditionError("cuBLASLt lacks a function lserve uses");
+    return loaded;
+  }();
+  if (!api.ok()) return api.status();
+  return &*api;
+}
 
 absl::Status LtStatus(cublasStatus_t status, const char* what) {
   if (status == CUBLAS_STATUS_SUCCESS) return absl::OkStatus();
@@ -33,17 +99,18 @@ class LtGemmRunner final : public GemmRunner {
  public:
   ~LtGemmRunner() override {
     for (auto& [key, plan] : plans_) {
-      cublasLtMatrixLayoutDestroy(plan.a);
-      cublasLtMatrixLayoutDestroy(plan.b);
-      cublasLtMatrixLayoutDestroy(plan.d);
-      cublasLtMatmulDescDestroy(plan.op);
+      api_->cublasLtMatrixLayoutDestroy(plan.a);
+      api_->cublasLtMatrixLayoutDestroy(plan.b);
+      api_->cublasLtMatrixLayoutDestroy(plan.d);
+      api_->cublasLtMatmulDescDestroy(plan.op);
     }
     if (workspace_ != nullptr) cudaFree(workspace_);
-    if (handle_ != nullptr) cublasLtDestroy(handle_);
+    if (handle_ != nullptr) api_->cublasLtDestroy(handle_);
   }
 
   absl::Status Init() {
-    RETURN_IF_ERROR(LtStatus(cublasLtCreate(&handle_), "create"));
+    ASSIGN_OR_RETURN(api_, LoadCublasLt());
+    RETURN_IF_ERROR(LtStatus(api_->cublasLtCreate(&handle_), "create"));
     return internal::CudaStatus(cudaMalloc(&workspace_, kWorkspaceBytes), "GEMM workspace");
   }
 
@@ -57,16 +124,16 @@ class LtGemmRunner final : public GemmRunner {
     ASSIGN_OR_RETURN(Plan * plan, PlanFor(p.m, p.n, p.k, p.out_dtype, bias_in_epilogue));
     if (bias_in_epilogue) {
       RETURN_IF_ERROR(
-          LtStatus(cublasLtMatmulDescSetAttribute(plan->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
-                                                  &p.bias, sizeof(p.bias)),
+          LtStatus(api_->cublasLtMatmulDescSetAttribute(plan->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
+                                                        &p.bias, sizeof(p.bias)),
                    "bias pointer"));
     }
     const float one = 1.0f, zero = 0.0f;
     // Column-major view: y^T (n x m) = w (k x n)^T . x^T (k x m).
     RETURN_IF_ERROR(
-        LtStatus(cublasLtMatmul(handle_, plan->op, &one, p.w, plan->a, p.x, plan->b, &zero, p.y,
-                                plan->d, p.y, plan->d, &plan->algo, workspace_, kWorkspaceBytes,
-                                static_cast<cudaStream_t>(stream)),
+        LtStatus(api_->cublasLtMatmul(handle_, plan->op, &one, p.w, plan->a, p.x, plan->b, &zero,
+                                      p.y, plan->d, p.y, plan->d, &plan->algo, workspace_,
+                                      kWorkspaceBytes, static_cast<cudaStream_t>(stream)),
                  "matmul"));
     if (p.bias != nullptr && !bias_in_epilogue) {
       return AddBiasF32(static_cast<float*>(p.y), p.bias, p.m, p.n, stream);
@@ -81,39 +148,40 @@ class LtGemmRunner final : public GemmRunner {
     Plan plan;
     const cudaDataType_t d_type = out == DType::kF32 ? CUDA_R_32F : CUDA_R_16BF;
     RETURN_IF_ERROR(
-        LtStatus(cublasLtMatmulDescCreate(&plan.op, CUBLAS_COMPUTE_32F, CUDA_R_32F), "desc"));
+        LtStatus(api_->cublasLtMatmulDescCreate(&plan.op, CUBLAS_COMPUTE_32F, CUDA_R_32F), "desc"));
     const cublasOperation_t transpose = CUBLAS_OP_T, keep = CUBLAS_OP_N;
-    RETURN_IF_ERROR(LtStatus(cublasLtMatmulDescSetAttribute(plan.op, CUBLASLT_MATMUL_DESC_TRANSA,
-                                                            &transpose, sizeof(transpose)),
-                             "transa"));
-    RETURN_IF_ERROR(LtStatus(
-        cublasLtMatmulDescSetAttribute(plan.op, CUBLASLT_MATMUL_DESC_TRANSB, &keep, sizeof(keep)),
-        "transb"));
+    RETURN_IF_ERROR(
+        LtStatus(api_->cublasLtMatmulDescSetAttribute(plan.op, CUBLASLT_MATMUL_DESC_TRANSA,
+                                                      &transpose, sizeof(transpose)),
+                 "transa"));
+    RETURN_IF_ERROR(LtStatus(api_->cublasLtMatmulDescSetAttribute(
+                                 plan.op, CUBLASLT_MATMUL_DESC_TRANSB, &keep, sizeof(keep)),
+                             "transb"));
     if (bias) {
       const cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_BIAS;
       RETURN_IF_ERROR(
-          LtStatus(cublasLtMatmulDescSetAttribute(plan.op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue,
-                                                  sizeof(epilogue)),
+          LtStatus(api_->cublasLtMatmulDescSetAttribute(plan.op, CUBLASLT_MATMUL_DESC_EPILOGUE,
+                                                        &epilogue, sizeof(epilogue)),
                    "epilogue"));
     }
-    RETURN_IF_ERROR(LtStatus(cublasLtMatrixLayoutCreate(&plan.a, CUDA_R_16BF, k, n, k), "A"));
-    RETURN_IF_ERROR(LtStatus(cublasLtMatrixLayoutCreate(&plan.b, CUDA_R_16BF, k, m, k), "B"));
-    RETURN_IF_ERROR(LtStatus(cublasLtMatrixLayoutCreate(&plan.d, d_type, n, m, n), "D"));
+    RETURN_IF_ERROR(LtStatus(api_->cublasLtMatrixLayoutCreate(&plan.a, CUDA_R_16BF, k, n, k), "A"));
+    RETURN_IF_ERROR(LtStatus(api_->cublasLtMatrixLayoutCreate(&plan.b, CUDA_R_16BF, k, m, k), "B"));
+    RETURN_IF_ERROR(LtStatus(api_->cublasLtMatrixLayoutCreate(&plan.d, d_type, n, m, n), "D"));
     cublasLtMatmulPreference_t preference = nullptr;
-    RETURN_IF_ERROR(LtStatus(cublasLtMatmulPreferenceCreate(&preference), "preference"));
+    RETURN_IF_ERROR(LtStatus(api_->cublasLtMatmulPreferenceCreate(&preference), "preference"));
     const size_t workspace = kWorkspaceBytes;
-    (void)cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                                               &workspace, sizeof(workspace));
+    (void)api_->cublasLtMatmulPreferenceSetAttribute(
+        preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace, sizeof(workspace));
     cublasLtMatmulHeuristicResult_t result{};
     int found = 0;
-    const cublasStatus_t heuristic = cublasLtMatmulAlgoGetHeuristic(
+    const cublasStatus_t heuristic = api_->cublasLtMatmulAlgoGetHeuristic(
         handle_, plan.op, plan.a, plan.b, plan.d, plan.d, preference, 1, &result, &found);
-    cublasLtMatmulPreferenceDestroy(preference);
+    api_->cublasLtMatmulPreferenceDestroy(preference);
     if (heuristic != CUBLAS_STATUS_SUCCESS || found == 0) {
-      cublasLtMatrixLayoutDestroy(plan.a);
-      cublasLtMatrixLayoutDestroy(plan.b);
-      cublasLtMatrixLayoutDestroy(plan.d);
-      cublasLtMatmulDescDestroy(plan.op);
+      api_->cublasLtMatrixLayoutDestroy(plan.a);
+      api_->cublasLtMatrixLayoutDestroy(plan.b);
+      api_->cublasLtMatrixLayoutDestroy(plan.d);
+      api_->cublasLtMatmulDescDestroy(plan.op);
       return absl::InternalError(
           absl::StrCat("cuBLASLt has no algorithm for GEMM m=", m, " n=", n, " k=", k));
     }
@@ -121,6 +189,7 @@ class LtGemmRunner final : public GemmRunner {
     return &plans_.emplace(key, plan).first->second;
   }
 
+  const CublasLtApi* api_ = nullptr;
   cublasLtHandle_t handle_ = nullptr;
   void* workspace_ = nullptr;
   std::map<std::tuple<int64_t, int64_t, int64_t, bool, bool>, Plan> plans_;
