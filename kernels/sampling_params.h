@@ -6,7 +6,21 @@
 
 #include <cstdint>
 
+#include "kernels/host_device.h"
+
 namespace lserve {
+
+// The uniform double in [0, 1) of draw `draw` of a request seeded with `seed`: splitmix64
+// at step draw + 1 of the stream seeded with seed ^ gamma, fully specified, so sampling is
+// reproducible across machines, standard libraries and backends.
+LSERVE_HOST_DEVICE inline double SamplingUniform(uint64_t seed, uint64_t draw) {
+  constexpr uint64_t kGamma = 0x9E3779B97F4A7C15ull;
+  uint64_t z = (seed ^ kGamma) + (draw + 1) * kGamma;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  z ^= z >> 31;
+  return static_cast<double>(z >> 11) * 0x1.0p-53;
+}
 
 struct SamplingRow {
   float temperature = 0.0f;  // 0: greedy (argmax, lowest id on ties)

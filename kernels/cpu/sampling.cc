@@ -13,16 +13,7 @@ int32_t ArgMax(std::span<const float> logits) {
   return static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
 }
 
-double UniformDraw(uint64_t seed, uint64_t draw) {
-  // splitmix64 at step draw + 1 of the stream seeded with seed ^ gamma: fully specified,
-  // so sampling is reproducible across machines and standard libraries.
-  constexpr uint64_t kGamma = 0x9E3779B97F4A7C15ull;
-  uint64_t z = (seed ^ kGamma) + (draw + 1) * kGamma;
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  z ^= z >> 31;
-  return static_cast<double>(z >> 11) * 0x1.0p-53;
-}
+double UniformDraw(uint64_t seed, uint64_t draw) { return SamplingUniform(seed, draw); }
 
 int32_t SampleRow(std::span<const float> logits, const SamplingRow& row) {
   if (row.temperature == 0.0f) return ArgMax(logits);

@@ -39,15 +39,6 @@ __device__ __forceinline__ uint32_t OrderedKey(float x) {
   return (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
 }
 
-__device__ __forceinline__ double UniformDraw(uint64_t seed, uint64_t draw) {
-  constexpr uint64_t kGamma = 0x9E3779B97F4A7C15ull;
-  uint64_t z = (seed ^ kGamma) + (draw + 1) * kGamma;
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  z ^= z >> 31;
-  return static_cast<double>(z >> 11) * 0x1.0p-53;
-}
-
 struct BestLogit {
   float value;
   int32_t id;
@@ -221,7 +212,7 @@ __global__ void __launch_bounds__(kThreads) SampleKernel(SampleArgs a) {
       total = kept_mass();
     }
     // Inverse CDF in id order: each thread owns a run of ids.
-    const double target = UniformDraw(row.seed, row.draw) * total;
+    const double target = SamplingUniform(row.seed, row.draw) * total;
     const int run = (vocab + kThreads - 1) / kThreads;
     const int begin = min(vocab, static_cast<int>(threadIdx.x) * run);
     const int end = min(vocab, begin + run);
