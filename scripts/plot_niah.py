@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
-"""Draws the heatmaps of an lserve_niah JSON file: one panel per attention variant,
+"""Draws the heatmaps of lserve_niah JSON files: one panel per attention variant,
 context length down, needle depth across, exact-match accuracy as colour and text.
+With several files (same grid), each panel's title also names its gate file.
 
-    python3 scripts/plot_niah.py RESULTS.json OUT.png
+    python3 scripts/plot_niah.py RESULTS.json [MORE.json ...] OUT.png
 Needs matplotlib.
 """
+import os
 import json
 import math
 import sys
@@ -16,11 +18,20 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def main():
-    if len(sys.argv) != 3:
+    if len(sys.argv) < 3:
         sys.exit(__doc__)
-    with open(sys.argv[1]) as f:
-        data = json.load(f)
-    contexts, depths, variants = data["contexts"], data["depths"], data["variants"]
+    variants = []
+    for path in sys.argv[1:-1]:
+        with open(path) as f:
+            data = json.load(f)
+        for v in data["variants"]:
+            gates = v["attention"]["gate_file"]
+            if len(sys.argv) > 3 and v["attention"]["streaming_ratio"] < 1 and v["name"] != "dense":
+                stem = os.path.basename(gates).replace(".tsv", "")
+                v["name"] += (" seeded" if not gates else " learned" if stem == "full_attention_heads"
+                              else " gates " + stem.rsplit("-", 1)[-1])
+            variants.append(v)
+    contexts, depths = data["contexts"], data["depths"]
     cols = min(4, len(variants))
     rows = math.ceil(len(variants) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 0.45 * len(contexts) * rows + 1.4 * rows),
@@ -44,7 +55,7 @@ def main():
     fig.suptitle(f"NIAH exact match through the engine ({data['backend']}, "
                  f"{data['trials']} per cell)", fontsize=10)
     fig.tight_layout()
-    fig.savefig(sys.argv[2], dpi=110)
+    fig.savefig(sys.argv[-1], dpi=110)
 
 
 if __name__ == "__main__":
