@@ -19,7 +19,8 @@
 #include "nlohmann/json.hpp"
 
 ABSL_FLAG(std::string, model, "", "Hugging Face model folder of the byte-level NIAH model");
-ABSL_FLAG(std::string, haystack, "", "Haystack text file or folder of *.txt");
+ABSL_FLAG(std::string, haystack, lserve::kNiahHeldOutHaystack,
+          "Haystack: comma-separated text files or folders of *.txt");
 ABSL_FLAG(std::string, gate_file, "",
           "Learned gates; empty: <model>/full_attention_heads.tsv when present");
 ABSL_FLAG(std::string, contexts, "1024,2048,4096,8192,16384", "Prompt lengths in tokens");

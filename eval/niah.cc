@@ -9,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
 #include "common/status_macros.h"
 #include "worker/scheduler/offline.h"
 
@@ -81,16 +82,21 @@ absl::StatusOr<NiahSample> MakeNiahSample(absl::string_view haystack, int64_t co
   return sample;
 }
 
-absl::StatusOr<std::string> ReadHaystack(const std::filesystem::path& path) {
+absl::StatusOr<std::string> ReadHaystack(absl::string_view paths) {
   std::vector<std::filesystem::path> files;
   std::error_code error;
-  if (std::filesystem::is_directory(path, error)) {
-    for (const auto& entry : std::filesystem::directory_iterator(path, error)) {
-      if (entry.path().extension() == ".txt") files.push_back(entry.path());
+  for (absl::string_view part : absl::StrSplit(paths, ',', absl::SkipEmpty())) {
+    const std::filesystem::path path(std::string{part});
+    if (!std::filesystem::is_directory(path, error)) {
+      files.push_back(path);
+      continue;
     }
-    std::sort(files.begin(), files.end());
-  } else {
-    files.push_back(path);
+    std::vector<std::filesystem::path> texts;
+    for (const auto& entry : std::filesystem::directory_iterator(path, error)) {
+      if (entry.path().extension() == ".txt") texts.push_back(entry.path());
+    }
+    std::sort(texts.begin(), texts.end());
+    files.insert(files.end(), texts.begin(), texts.end());
   }
   std::string text;
   for (const auto& file : files) {
@@ -102,7 +108,7 @@ absl::StatusOr<std::string> ReadHaystack(const std::filesystem::path& path) {
       if (c < '0' || c > '9') text.push_back(c);
     }
   }
-  if (text.empty()) return absl::NotFoundError(absl::StrCat("no haystack text in ", path.string()));
+  if (text.empty()) return absl::NotFoundError(absl::StrCat("no haystack text in ", paths));
   return text;
 }
 

@@ -42,9 +42,15 @@ struct NiahSample {
 absl::StatusOr<NiahSample> MakeNiahSample(absl::string_view haystack, int64_t context, double depth,
                                           uint64_t seed);
 
-// The haystack text, ASCII digits removed: a file, or every *.txt of a folder
-// concatenated in name order.
-absl::StatusOr<std::string> ReadHaystack(const std::filesystem::path& path);
+// The haystack text, ASCII digits removed: comma-separated files and folders (a folder's
+// *.txt in name order), concatenated in the order given.
+absl::StatusOr<std::string> ReadHaystack(absl::string_view paths);
+
+// The evaluation haystack, relative to the repository root: the four essays of
+// ../shared/eval/needle_haystack/ that training held out.
+inline constexpr char kNiahHeldOutHaystack[] =
+    "../shared/eval/needle_haystack/desres.txt,../shared/eval/needle_haystack/iflisp.txt,"
+    "../shared/eval/needle_haystack/popular.txt,../shared/eval/needle_haystack/unions.txt";
 
 struct NiahGridSpec {
   std::vector<int64_t> contexts;

@@ -14,7 +14,7 @@ prefix="${2:-bench/results/$(date +%F)-cpu-niah}"
 backend="${3:-cpu}"
 fixture=tests/fixtures/niah_byte_llama
 niah=(build/eval/lserve_niah --model "${fixture}" --backend "${backend}"
-  --haystack "${fixture}/haystack_heldout.txt")
+  --haystack "../shared/eval/needle_haystack/desres.txt,../shared/eval/needle_haystack/iflisp.txt,../shared/eval/needle_haystack/popular.txt,../shared/eval/needle_haystack/unions.txt")
 
 if [ "${what}" = grid ] || [ "${what}" = all ]; then
   "${niah[@]}" --contexts 1024,2048,4096,8192,16384 --depths 0,0.25,0.5,0.75,1 --trials 1 \

@@ -8,6 +8,8 @@
 #include <set>
 #include <string>
 
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "eval/niah_variants.h"
 #include "gtest/gtest.h"
 
@@ -65,13 +67,18 @@ TEST(NiahSampleTest, RejectsContextsThatCannotHoldTheTask) {
   EXPECT_FALSE(MakeNiahSample(Filler(4000), 1000, 1.5, 1).ok());
 }
 
-TEST(NiahSampleTest, HaystackDropsDigits) {
-  const std::filesystem::path path = ::testing::TempDir() + "/niah_haystack.txt";
+TEST(NiahSampleTest, HaystackDropsDigitsAndJoinsFilesInOrder) {
+  const std::string path = ::testing::TempDir() + "/niah_haystack.txt";
+  const std::string second = ::testing::TempDir() + "/niah_haystack_2.txt";
   std::ofstream(path) << "In 1984 there were 12 of them.";
+  std::ofstream(second) << " Then 3.";
   absl::StatusOr<std::string> text = ReadHaystack(path);
   ASSERT_TRUE(text.ok()) << text.status();
   EXPECT_EQ(*text, "In  there were  of them.");
-  EXPECT_FALSE(ReadHaystack(path.string() + ".missing").ok());
+  absl::StatusOr<std::string> joined = ReadHaystack(second + "," + path);
+  ASSERT_TRUE(joined.ok()) << joined.status();
+  EXPECT_EQ(*joined, " Then .In  there were  of them.");
+  EXPECT_FALSE(ReadHaystack(path + ".missing").ok());
 }
 
 TEST(NiahVariantTest, NamesSetOneKnobOverTheHybridDefaults) {
@@ -97,7 +104,12 @@ TEST(NiahVariantTest, NamesSetOneKnobOverTheHybridDefaults) {
 TEST(NiahGridTest, DenseAndLearnedHybridRetrieveOnTheFixture) {
   absl::StatusOr<ModelWeights> weights = LoadModelWeights(kFixture);
   ASSERT_TRUE(weights.ok()) << weights.status();
-  absl::StatusOr<std::string> haystack = ReadHaystack(kFixture + "/haystack_heldout.txt");
+  // The held-out essays, read from ../shared (kNiahHeldOutHaystack, from the source root).
+  std::string paths;
+  for (absl::string_view file : absl::StrSplit(kNiahHeldOutHaystack, ',')) {
+    absl::StrAppend(&paths, paths.empty() ? "" : ",", LSERVE_SOURCE_DIR "/", file);
+  }
+  absl::StatusOr<std::string> haystack = ReadHaystack(paths);
   ASSERT_TRUE(haystack.ok()) << haystack.status();
   NiahGridSpec spec;
   spec.contexts = {512, 1024};
