@@ -44,9 +44,12 @@ struct PageTableView {
   const int32_t* stream_indices = nullptr;
   const int32_t* stream_sink_pages = nullptr;
   // Host values describing the batch, for sizing launches without reading device memory:
-  // the longest kv_len and the most rows of one sequence (0: unknown).
+  // the longest kv_len and the most rows of one sequence (0: unknown), and the number of
+  // leading sequences that have one row each and hold every sequence that reads selected
+  // pages (0: unknown), so a backend may run them apart from the multi-row ones.
   int32_t max_kv_len = 0;
   int32_t max_queries = 0;
+  int32_t single_row_prefix = 0;
 };
 
 // Rows [q_indptr[b], q_indptr[b+1]) belong to sequence b and are its newest tokens: row
@@ -109,6 +112,31 @@ struct PagedAttentionParams {
   // selection budget; backends size split-K launches with it.
   int64_t max_keys = 0;
 };
+
+// The launch over sequences [first, first + count) of `p`: the same rows, pages and
+// outputs, with every per-sequence array advanced (CSR indptr entries stay absolute).
+// The host hints keep the whole batch's values, which bound the slice's.
+inline PagedAttentionParams SliceSequences(const PagedAttentionParams& p, int first, int count) {
+  PagedAttentionParams slice = p;
+  PageTableView& t = slice.tables;
+  t.num_seqs = count;
+  t.kv_len += first;
+  t.dense_indptr += first;
+  t.stream_indptr += first;
+  t.stream_sink_pages += first;
+  t.single_row_prefix =
+      p.tables.single_row_prefix > first
+          ? (p.tables.single_row_prefix - first < count ? p.tables.single_row_prefix - first
+                                                        : count)
+          : 0;
+  slice.q_indptr += first;
+  slice.local += first;
+  const int64_t heads = int64_t{first} * p.num_q_heads;
+  if (slice.selection_begin != nullptr) slice.selection_begin += heads;
+  if (slice.selection_end != nullptr) slice.selection_end += heads;
+  if (slice.selection_slot != nullptr) slice.selection_slot += heads;
+  return slice;
+}
 
 // One scoring job: the dense pages of sequence `seq` for KV head `kv_head`, scored for
 // query heads [first_q_head, first_q_head + num_q_heads) of row `q_row`.

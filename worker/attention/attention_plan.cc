@@ -33,11 +33,17 @@ absl::Status AttentionPlan::Build(const KvStore& store, std::span<const Attentio
   tables_ = PageTableView{};
   tables_.num_seqs = static_cast<int>(batch_.size());
   tables_.ring_start = host_.ring_start;
+  bool in_prefix = true;
+  bool selects_past_prefix = false;
   for (size_t b = 0; b < batch_.size(); ++b) {
     tables_.max_kv_len = std::max(tables_.max_kv_len, host_.kv_len[b]);
     tables_.max_queries =
         std::max(tables_.max_queries, static_cast<int32_t>(batch_[b].num_queries));
+    in_prefix = in_prefix && batch_[b].num_queries == 1;
+    if (in_prefix) ++tables_.single_row_prefix;
+    selects_past_prefix = selects_past_prefix || (!in_prefix && selects_[b] != 0);
   }
+  if (selects_past_prefix) tables_.single_row_prefix = 0;
   ASSIGN_OR_RETURN(tables_.kv_len, StageVector(backend, host_.kv_len));
   ASSIGN_OR_RETURN(tables_.dense_indptr, StageVector(backend, host_.dense_indptr));
   ASSIGN_OR_RETURN(tables_.dense_indices, StageVector(backend, host_.dense_indices));

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "common/memory_space.h"
+#include "common/status_macros.h"
 #include "gtest/gtest.h"
 #include "tests/kvstore/kv_test_util.h"
 #include "worker/attention/attention_plan.h"
@@ -33,10 +34,14 @@ class OpaqueHostMemory final : public MemorySpace {
   }
 };
 
-// The CPU backend behind OpaqueHostMemory.
+// The CPU backend behind OpaqueHostMemory. With split_rows, attention over a batch whose
+// leading single-row sequences are marked (tables.single_row_prefix) runs as two launches
+// over slices of the batch, as the CUDA backend runs decode rows and prefill chunks.
 class OpaqueCpuBackend final : public Backend {
  public:
-  explicit OpaqueCpuBackend(Backend* cpu) : cpu_(cpu) {}
+  explicit OpaqueCpuBackend(Backend* cpu, bool split_rows = false)
+      : cpu_(cpu), split_rows_(split_rows) {}
+  int split_launches() const { return split_launches_; }
   std::string_view name() const override { return "opaque cpu"; }
   DType compute_dtype() const override { return cpu_->compute_dtype(); }
   MemorySpace* memory() override { return &memory_; }
@@ -56,7 +61,15 @@ class OpaqueCpuBackend final : public Backend {
   absl::Status Gemm(const GemmParams& p) override { return cpu_->Gemm(p); }
   absl::Status AppendKv(const AppendKvParams& p) override { return cpu_->AppendKv(p); }
   absl::Status PagedAttention(const PagedAttentionParams& p) override {
-    return cpu_->PagedAttention(p);
+    const int prefix = p.tables.single_row_prefix;
+    if (!split_rows_ || p.tables.max_queries <= 1 || prefix <= 0 || prefix == p.tables.num_seqs) {
+      return cpu_->PagedAttention(p);
+    }
+    ++split_launches_;
+    RETURN_IF_ERROR(cpu_->PagedAttention(SliceSequences(p, 0, prefix)));
+    PagedAttentionParams rest = SliceSequences(p, prefix, p.tables.num_seqs - prefix);
+    rest.selection_begin = rest.selection_end = rest.selection_slot = nullptr;
+    return cpu_->PagedAttention(rest);
   }
   absl::Status ScorePages(const ScorePagesParams& p) override { return cpu_->ScorePages(p); }
   absl::Status SelectPages(const SelectPagesParams& p) override { return cpu_->SelectPages(p); }
@@ -64,6 +77,8 @@ class OpaqueCpuBackend final : public Backend {
 
  private:
   Backend* cpu_;
+  bool split_rows_;
+  int split_launches_ = 0;
   OpaqueHostMemory memory_;
 };
 

@@ -3,7 +3,9 @@
 // attention) and invariant 2 (a budget covering the history equals dense decode).
 #include "worker/attention/hybrid_attention.h"
 
+#include <bit>
 #include <cmath>
+#include <cstdint>
 #include <map>
 #include <set>
 #include <vector>
@@ -244,6 +246,54 @@ TEST(HybridAttentionTest, BudgetNotAPageMultipleStillEqualsDenseWhileTheHistoryF
     } else {
       EXPECT_NE(a, b) << "history of " << len << " tokens";
     }
+  }
+}
+
+// Decode rows reading selected pages and prefill chunks in one step, run as one launch
+// (host selections) and as two launches over slices of the batch with selections kept in
+// backend memory (the CUDA backend's way): the outputs are bitwise equal.
+TEST(HybridAttentionTest, DecodeAndPrefillSlicesEqualOneLaunch) {
+  KvStoreConfig kv = DenseLayout();
+  kv.num_kv_heads = 3;
+  kv.layout = HeadLayout::FromStreamingMask({{false, true, false}});
+  kv.logical_page_size = 8;
+  kv.num_streaming_pages = 200;
+  kv.sink = 12;
+  kv.prefill_local = 100;
+  kv.decode_local = 30;
+  kv.max_chunk_tokens = 300;
+  const int heads = 6;
+  testing::KvDriver driver(kv, 41);
+  testing::OpaqueCpuBackend split(&driver.backend(), /*split_rows=*/true);
+  SparseAttentionConfig config;
+  config.page_size = 16;
+  config.logical_page_size = 8;
+  config.token_budget = 64;
+  config.sink = 12;
+  config.prefill_local = 100;
+  config.decode_local = 30;
+  auto one_launch = testing::MakeAttention(driver, config, heads);
+  auto two_launches = testing::MakeAttention(driver, config, heads, &split);
+  const std::vector<int64_t> lengths = {333, 500, 80, 260};
+  for (size_t s = 0; s < lengths.size(); ++s) driver.Prefill(s, lengths[s], 300);
+  // Two decode tokens first (past the budget: they select), then chunks of 37 and 20.
+  std::vector<AttentionSequence> batch;
+  int64_t row = 0;
+  for (size_t s = 0; s < lengths.size(); ++s) {
+    const bool decode = s < 2;
+    const int64_t n = decode ? 1 : (s == 2 ? 37 : 20);
+    driver.Append(s, n, decode);
+    batch.push_back({static_cast<SeqId>(s), row, n, lengths[s], decode, 0});
+    row += n;
+  }
+  std::normal_distribution<float> normal(0.0f, 1.5f);
+  std::vector<float> q(row * heads * kDim), a(q.size(), NAN), b(q.size(), NAN);
+  for (float& x : q) x = normal(driver.rng());
+  testing::RunLayer(driver, *one_launch, batch, q.data(), a.data());
+  testing::RunLayer(driver, *two_launches, batch, q.data(), b.data());
+  EXPECT_EQ(split.split_launches(), 1);
+  for (size_t i = 0; i < a.size(); ++i) {
+    ASSERT_EQ(std::bit_cast<uint32_t>(a[i]), std::bit_cast<uint32_t>(b[i])) << "element " << i;
   }
 }
 
