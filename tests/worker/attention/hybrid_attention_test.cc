@@ -31,6 +31,32 @@ KvStoreConfig DenseLayout() {
   return config;
 }
 
+// Three KV heads, the middle one streaming (sink 12, windows 100 / 30), pages of 16 with
+// logical pages of 8; and the attention config that matches it with a 64-token budget.
+KvStoreConfig HybridLayout() {
+  KvStoreConfig kv = DenseLayout();
+  kv.num_kv_heads = 3;
+  kv.layout = HeadLayout::FromStreamingMask({{false, true, false}});
+  kv.logical_page_size = 8;
+  kv.num_streaming_pages = 200;
+  kv.sink = 12;
+  kv.prefill_local = 100;
+  kv.decode_local = 30;
+  kv.max_chunk_tokens = 300;
+  return kv;
+}
+
+SparseAttentionConfig HybridConfig() {
+  SparseAttentionConfig config;
+  config.page_size = 16;
+  config.logical_page_size = 8;
+  config.token_budget = 64;
+  config.sink = 12;
+  config.prefill_local = 100;
+  config.decode_local = 30;
+  return config;
+}
+
 // Builds the batch: every sequence prefilled to its length, then one more step that is a
 // 37-token chunk for even sequences and a decode token for odd ones.
 std::vector<AttentionSequence> MixedBatch(testing::KvDriver& driver) {
@@ -129,28 +155,14 @@ TEST(HybridAttentionTest, BudgetCoveringHistoryEqualsDenseDecodeOnMixedBatch) {
 // GQA group's max (per KV head), and reused selections on later steps; with selections
 // made on the host, and kept in backend memory as on a GPU (SelectionRows).
 TEST(HybridAttentionTest, HybridDecodeMatchesNaiveOracleForEveryQueryHead) {
-  KvStoreConfig kv = DenseLayout();
-  kv.num_kv_heads = 3;
-  kv.layout = HeadLayout::FromStreamingMask({{false, true, false}});
-  kv.logical_page_size = 8;
-  kv.num_streaming_pages = 200;
-  kv.sink = 12;
-  kv.prefill_local = 100;
-  kv.decode_local = 30;
-  kv.max_chunk_tokens = 300;
+  const KvStoreConfig kv = HybridLayout();
   const int heads = 6;  // GQA group of 2
   for (int run = 0; run < 4; ++run) {
     const PageScoring scoring = run % 2 == 0 ? PageScoring::kPerQueryHead : PageScoring::kPerKvHead;
     const bool in_backend_memory = run >= 2;
     testing::KvDriver driver(kv, 31);
     testing::OpaqueCpuBackend opaque(&driver.backend());
-    SparseAttentionConfig config;
-    config.page_size = 16;
-    config.logical_page_size = 8;
-    config.token_budget = 64;
-    config.sink = 12;
-    config.prefill_local = 100;
-    config.decode_local = 30;
+    SparseAttentionConfig config = HybridConfig();
     config.reuse_interval = 3;
     config.scoring = scoring;
     auto attention =
@@ -253,25 +265,11 @@ TEST(HybridAttentionTest, BudgetNotAPageMultipleStillEqualsDenseWhileTheHistoryF
 // (host selections) and as two launches over slices of the batch with selections kept in
 // backend memory (the CUDA backend's way): the outputs are bitwise equal.
 TEST(HybridAttentionTest, DecodeAndPrefillSlicesEqualOneLaunch) {
-  KvStoreConfig kv = DenseLayout();
-  kv.num_kv_heads = 3;
-  kv.layout = HeadLayout::FromStreamingMask({{false, true, false}});
-  kv.logical_page_size = 8;
-  kv.num_streaming_pages = 200;
-  kv.sink = 12;
-  kv.prefill_local = 100;
-  kv.decode_local = 30;
-  kv.max_chunk_tokens = 300;
+  const KvStoreConfig kv = HybridLayout();
   const int heads = 6;
   testing::KvDriver driver(kv, 41);
   testing::OpaqueCpuBackend split(&driver.backend(), /*split_rows=*/true);
-  SparseAttentionConfig config;
-  config.page_size = 16;
-  config.logical_page_size = 8;
-  config.token_budget = 64;
-  config.sink = 12;
-  config.prefill_local = 100;
-  config.decode_local = 30;
+  const SparseAttentionConfig config = HybridConfig();
   auto one_launch = testing::MakeAttention(driver, config, heads);
   auto two_launches = testing::MakeAttention(driver, config, heads, &split);
   const std::vector<int64_t> lengths = {333, 500, 80, 260};
