@@ -138,6 +138,21 @@ inline PagedAttentionParams SliceSequences(const PagedAttentionParams& p, int fi
   return slice;
 }
 
+// A multi-row launch as two launches, when tables.single_row_prefix marks its leading
+// single-row sequences: those (max_queries 1, with the page selections) and the rest
+// (without selections: only single-row sequences select). False when not marked.
+inline bool SplitAtSingleRowPrefix(const PagedAttentionParams& p, PagedAttentionParams* single_rows,
+                                   PagedAttentionParams* rest) {
+  const int prefix = p.tables.single_row_prefix;
+  if (p.tables.max_queries <= 1 || prefix <= 0 || prefix >= p.tables.num_seqs) return false;
+  *single_rows = SliceSequences(p, 0, prefix);
+  single_rows->tables.max_queries = 1;
+  *rest = SliceSequences(p, prefix, p.tables.num_seqs - prefix);
+  rest->selection_begin = rest->selection_end = rest->selection_slot = nullptr;
+  rest->selected_pages = rest->selection_counts = nullptr;
+  return true;
+}
+
 // One scoring job: the dense pages of sequence `seq` for KV head `kv_head`, scored for
 // query heads [first_q_head, first_q_head + num_q_heads) of row `q_row`.
 struct PageScoreJob {

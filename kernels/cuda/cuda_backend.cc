@@ -123,18 +123,11 @@ class CudaBackend final : public Backend {
     return cuda::AppendKv(params, stream_);
   }
   absl::Status PagedAttention(const PagedAttentionParams& params) override {
-    const int prefix = params.tables.single_row_prefix;
-    if (params.tables.max_queries > 1 && prefix > 0) {
-      // Decode rows first (they may read selected pages), then the prefill chunks.
-      PagedAttentionParams decode = SliceSequences(params, 0, prefix);
-      decode.tables.max_queries = 1;
-      RETURN_IF_ERROR(PagedAttention(decode));
-      if (prefix == params.tables.num_seqs) return absl::OkStatus();
-      PagedAttentionParams prefill =
-          SliceSequences(params, prefix, params.tables.num_seqs - prefix);
-      prefill.selection_begin = prefill.selection_end = prefill.selection_slot = nullptr;
-      prefill.selected_pages = prefill.selection_counts = nullptr;
-      return PagedAttention(prefill);
+    // Decode rows first (they may read selected pages), then the prefill chunks.
+    PagedAttentionParams single_rows, rest;
+    if (SplitAtSingleRowPrefix(params, &single_rows, &rest)) {
+      RETURN_IF_ERROR(PagedAttention(single_rows));
+      return PagedAttention(rest);
     }
     if (params.tables.max_queries > 1) {
       if (prefill_workspace_.bytes() == 0) {

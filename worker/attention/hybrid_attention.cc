@@ -122,7 +122,7 @@ absl::Status HybridAttention::Select(int layer, const AttentionPlan& plan, const
     ASSIGN_OR_RETURN(scores_device_,
                      Buffer::Allocate(backend_->memory(), total_scores * sizeof(float)));
   }
-  scores_.resize(total_scores);
+  if (device_rows_ == nullptr) scores_.resize(total_scores);
   return device_rows_ != nullptr ? SelectOnDevice(layer, plan, q) : SelectOnHost(layer, plan, q);
 }
 

@@ -61,14 +61,12 @@ class OpaqueCpuBackend final : public Backend {
   absl::Status Gemm(const GemmParams& p) override { return cpu_->Gemm(p); }
   absl::Status AppendKv(const AppendKvParams& p) override { return cpu_->AppendKv(p); }
   absl::Status PagedAttention(const PagedAttentionParams& p) override {
-    const int prefix = p.tables.single_row_prefix;
-    if (!split_rows_ || p.tables.max_queries <= 1 || prefix <= 0 || prefix == p.tables.num_seqs) {
+    PagedAttentionParams single_rows, rest;
+    if (!split_rows_ || !SplitAtSingleRowPrefix(p, &single_rows, &rest)) {
       return cpu_->PagedAttention(p);
     }
     ++split_launches_;
-    RETURN_IF_ERROR(cpu_->PagedAttention(SliceSequences(p, 0, prefix)));
-    PagedAttentionParams rest = SliceSequences(p, prefix, p.tables.num_seqs - prefix);
-    rest.selection_begin = rest.selection_end = rest.selection_slot = nullptr;
+    RETURN_IF_ERROR(cpu_->PagedAttention(single_rows));
     return cpu_->PagedAttention(rest);
   }
   absl::Status ScorePages(const ScorePagesParams& p) override { return cpu_->ScorePages(p); }
