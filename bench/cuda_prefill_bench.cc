@@ -4,8 +4,9 @@
 //  * dense: time and TFLOP/s (causal: 2 * 2 * L^2 / 2 * head_dim * query heads);
 //  * hybrid, half the KV heads streaming (sink 128, local 8192): time against dense;
 //  * tiles visited out of the dense total, counted with the kernel's own plan function
-//    over its tiles (64 rows = 16 tokens x 4 query heads, 64 keys), and the resulting
-//    ideal speedup.
+//    over its tiles (PrefillTiles: 128 rows = 32 tokens x 4 query heads and 128 keys for
+//    the wgmma kernel), and the resulting ideal speedup;
+//  * the mma.sync kernel's dense time beside it, where the wgmma kernel runs.
 // Pages are scattered (a random permutation). Prints a table; --json.
 #include <algorithm>
 #include <cmath>
@@ -25,7 +26,6 @@ namespace {
 
 constexpr int kQHeads = 32, kKvHeads = 8, kDim = 128, kPage = 64, kLogical = 16;
 constexpr int kSink = 128, kLocal = 8192;
-constexpr int kTileTokens = 64 / (kQHeads / kKvHeads), kTileKeys = 64;
 
 struct Layer {
   std::vector<void*> allocations;
@@ -44,7 +44,9 @@ struct Layer {
 };
 
 // One sequence of `len` tokens: every key in the pools, every token a query row.
-void BuildLayer(Layer& l, const RandomSource& random, int64_t len, bool hybrid) {
+void BuildLayer(Layer& l, const RandomSource& random, int64_t len, bool hybrid,
+                cuda::PrefillTileShape tiles) {
+  const int tile_tokens = tiles.rows / (kQHeads / kKvHeads);
   std::vector<int32_t> slot(kKvHeads);
   std::vector<uint8_t> streaming(kKvHeads);
   int dense_heads = 0, stream_heads = 0;
@@ -112,12 +114,12 @@ void BuildLayer(Layer& l, const RandomSource& random, int64_t len, bool hybrid) 
   a.sink = kSink;
   a.local = l.Keep(DeviceCopy(std::vector<int32_t>{kLocal}));
   // Tiles, as the kernel plans them (one count per KV head: the group shares the tile).
-  for (int64_t first = 0; first < len; first += kTileTokens) {
-    const int64_t last = std::min(len, first + kTileTokens) - 1;
+  for (int64_t first = 0; first < len; first += tile_tokens) {
+    const int64_t last = std::min(len, first + tile_tokens) - 1;
     for (int h = 0; h < kKvHeads; ++h) {
       l.tiles_visited +=
-          cuda::PlanKeyTiles(streaming[h], first, last, kSink, kLocal, kTileKeys).count();
-      l.tiles_dense += cuda::PlanKeyTiles(false, first, last, kSink, kLocal, kTileKeys).count();
+          cuda::PlanKeyTiles(streaming[h], first, last, kSink, kLocal, tiles.keys).count();
+      l.tiles_dense += cuda::PlanKeyTiles(false, first, last, kSink, kLocal, tiles.keys).count();
     }
   }
 }
@@ -142,28 +144,38 @@ int main(int argc, char** argv) {
   report["gpu"] = prop.name;
   std::vector<int64_t> lengths =
       quick ? std::vector<int64_t>{8192, 32768} : std::vector<int64_t>{8192, 32768, 65536, 131072};
+  const cuda::PrefillKernel kernel = cuda::ResolvePrefillKernel(cuda::PrefillKernel::kAuto);
+  const bool wgmma = kernel == cuda::PrefillKernel::kWgmma;
+  const cuda::PrefillTileShape tiles = cuda::PrefillTiles(kernel);
+  report["kernel"] = wgmma ? "wgmma (sm_90a)" : "mma.sync";
   std::printf(
-      "Prefill attention, Llama-3-8B layer (32/8 heads, d128), bf16, page 64, one sequence\n");
-  std::printf("%8s %10s %8s %10s %9s %14s %8s\n", "tokens", "dense ms", "TFLOP/s", "hybrid ms",
-              "speedup", "tiles visited", "ideal");
+      "Prefill attention, Llama-3-8B layer (32/8 heads, d128), bf16, page 64, one sequence, "
+      "%s kernel\n",
+      wgmma ? "wgmma" : "mma.sync");
+  std::printf("%8s %10s %8s %10s %9s %14s %8s %12s\n", "tokens", "dense ms", "TFLOP/s", "hybrid ms",
+              "speedup", "tiles visited", "ideal", "mma.sync ms");
   for (int64_t len : lengths) {
-    double ms[2];
+    double ms[3] = {0, 0, 0};  // dense, hybrid, dense through mma.sync
     double visited = 0, dense_tiles = 0;
-    for (int hybrid = 0; hybrid < 2; ++hybrid) {
+    for (int run = 0; run < 3; ++run) {
+      if (run == 2 && !wgmma) break;
+      const bool hybrid = run == 1;
+      const cuda::PrefillKernel chosen = run == 2 ? cuda::PrefillKernel::kMmaSync : kernel;
       Layer l;
-      BuildLayer(l, random, len, hybrid == 1);
-      ms[hybrid] = TimeMs([&] {
-        STATUS_OK(cuda::PagedPrefillAttention(l.attention, workspace, num_sms, nullptr));
+      BuildLayer(l, random, len, hybrid, cuda::PrefillTiles(chosen));
+      ms[run] = TimeMs([&] {
+        STATUS_OK(cuda::PagedPrefillAttention(l.attention, workspace, num_sms, nullptr, chosen));
       });
-      if (hybrid == 1) {
+      if (hybrid) {
         visited = l.tiles_visited;
         dense_tiles = l.tiles_dense;
       }
     }
     const double flops = 4.0 * double(len) * double(len) / 2.0 * kDim * kQHeads;
     const double tflops = flops / (ms[0] * 1e-3) / 1e12;
-    std::printf("%8lld %10.3f %8.1f %10.3f %8.2fx %7.0f/%-7.0f %7.2fx\n", (long long)len, ms[0],
-                tflops, ms[1], ms[0] / ms[1], visited, dense_tiles, dense_tiles / visited);
+    std::printf("%8lld %10.3f %8.1f %10.3f %8.2fx %7.0f/%-7.0f %7.2fx %12.3f\n", (long long)len,
+                ms[0], tflops, ms[1], ms[0] / ms[1], visited, dense_tiles, dense_tiles / visited,
+                ms[2]);
     report["prefill"].push_back({{"tokens", len},
                                  {"dense_ms", ms[0]},
                                  {"dense_tflops", tflops},
@@ -171,7 +183,10 @@ int main(int argc, char** argv) {
                                  {"hybrid_speedup", ms[0] / ms[1]},
                                  {"tiles_visited", visited},
                                  {"tiles_dense", dense_tiles},
-                                 {"ideal_speedup", dense_tiles / visited}});
+                                 {"ideal_speedup", dense_tiles / visited},
+                                 {"tile_rows", tiles.rows},
+                                 {"tile_keys", tiles.keys},
+                                 {"mma_sync_dense_ms", ms[2]}});
   }
   cudaFree(workspace);
   if (!WriteReport(report, json_path)) return 1;

@@ -13,10 +13,15 @@ export LD_LIBRARY_PATH=$PWD/.gpu-libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 export LSERVE_REQUIRE_CUDA=1
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv | tee "$out/gpu.txt"
 rc=0
-for t in build-gpu/tests/kernels/cuda/cuda_prefill_plan_test build-gpu/tests/kernels/cuda/cuda_paged_prefill_test; do
-  timeout 400 "$t" --gtest_brief=1 >"$out/$(basename "$t").log" 2>&1
+# The prefill test runs once per kernel: the default (wgmma on sm_90) and mma.sync.
+for run in cuda_prefill_plan_test cuda_paged_prefill_test cuda_paged_prefill_test:mma_sync; do
+  t=build-gpu/tests/kernels/cuda/${run%%:*}
+  kernel=${run#*:}
+  [ "$kernel" = "$run" ] && kernel=auto
+  log="$out/${run/:/-}.log"
+  LSERVE_PREFILL_KERNEL=$kernel timeout 400 "$t" --gtest_brief=1 >"$log" 2>&1
   status=$?
-  echo "$(basename "$t"): rc=$status $(grep -E '^\[  (PASSED|FAILED)' "$out/$(basename "$t").log" | tr '\n' ' ')" |
+  echo "${run}: rc=$status $(grep -E '^\[  (PASSED|FAILED)' "$log" | tr '\n' ' ')" |
     tee -a "$out/summary.txt"
   [ $status -eq 0 ] || rc=1
 done

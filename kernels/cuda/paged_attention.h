@@ -48,9 +48,23 @@ absl::Status PagedDecodeAttention(const PagedAttentionParams& params, const Deco
 // Needs params.tables.max_queries; no page selection. `workspace` holds
 // kPrefillWorkspaceBytes, zeroed before its first use (the kernel leaves it zeroed).
 // params.stats is not updated (the host computes tiles from prefill_plan.h).
+// Two kernels implement it: kWgmma (paged_prefill_sm90.cu: warp-specialized wgmma, for
+// compute capability 9.0 built as sm_90a) and kMmaSync (paged_prefill.cu: mma.sync,
+// sm_80 and later). kAuto takes kWgmma where the device supports it, unless the
+// environment sets LSERVE_PREFILL_KERNEL=mma_sync; asking for kWgmma elsewhere is
+// FAILED_PRECONDITION.
 inline constexpr size_t kPrefillWorkspaceBytes = 16;
+enum class PrefillKernel { kAuto, kMmaSync, kWgmma };
 absl::Status PagedPrefillAttention(const PagedAttentionParams& params, void* workspace, int num_sms,
-                                   void* stream);
+                                   void* stream, PrefillKernel kernel = PrefillKernel::kAuto);
+// The kernel kAuto runs on the current device, and the tiles a kernel works in: query
+// rows (tokens x the GQA group's heads) and keys, for tile accounting with prefill_plan.h.
+PrefillKernel ResolvePrefillKernel(PrefillKernel kernel);
+struct PrefillTileShape {
+  int rows = 0;
+  int keys = 0;
+};
+PrefillTileShape PrefillTiles(PrefillKernel kernel);
 
 // Page scores as cpu::ScorePages defines them, summed in the same order with the same
 // float32 roundings, so the scores (and the selections made from them) are bitwise those

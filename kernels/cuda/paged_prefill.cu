@@ -13,6 +13,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
@@ -22,6 +24,7 @@
 #include "kernels/cuda/mma_sm80.cuh"
 #include "kernels/cuda/paged_attention.h"
 #include "kernels/cuda/paged_kv.cuh"
+#include "kernels/cuda/paged_prefill_sm90.h"
 #include "kernels/cuda/prefill_plan.h"
 
 namespace lserve::cuda {
@@ -92,7 +95,7 @@ __device__ __forceinline__ void LoadKvTile(const PrefillArgs& a, const KvPoolVie
 }
 
 template <int kHeadDim>
-__global__ void __launch_bounds__(kThreads, 2) PrefillKernel(PrefillArgs a) {
+__global__ void __launch_bounds__(kThreads, 2) PrefillMmaSyncKernel(PrefillArgs a) {
   extern __shared__ __align__(128) uint8_t smem[];
   constexpr int kChunks = kHeadDim / 8;
   uint8_t* q_tile = smem;
@@ -310,15 +313,15 @@ __global__ void __launch_bounds__(kThreads, 2) PrefillKernel(PrefillArgs a) {
 
 template <int kHeadDim>
 absl::Status Launch(PrefillArgs args, int num_sms, cudaStream_t stream) {
-  static const cudaError_t configured =
-      cudaFuncSetAttribute(PrefillKernel<kHeadDim>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                           PrefillSmemBytes<kHeadDim>());
+  static const cudaError_t configured = cudaFuncSetAttribute(
+      PrefillMmaSyncKernel<kHeadDim>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+      PrefillSmemBytes<kHeadDim>());
   if (configured != cudaSuccess)
-    return internal::CudaStatus(configured, "configuring PrefillKernel");
+    return internal::CudaStatus(configured, "configuring PrefillMmaSyncKernel");
   static const int blocks_per_sm = [] {
     int blocks = 0;
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, PrefillKernel<kHeadDim>, kThreads,
-                                                      PrefillSmemBytes<kHeadDim>()) !=
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, PrefillMmaSyncKernel<kHeadDim>,
+                                                      kThreads, PrefillSmemBytes<kHeadDim>()) !=
         cudaSuccess) {
       (void)cudaGetLastError();
       return 1;
@@ -327,15 +330,41 @@ absl::Status Launch(PrefillArgs args, int num_sms, cudaStream_t stream) {
   }();
   const int64_t ctas =
       std::clamp<int64_t>(args.work_items, 1, int64_t{std::max(1, num_sms)} * blocks_per_sm);
-  PrefillKernel<kHeadDim>
+  PrefillMmaSyncKernel<kHeadDim>
       <<<static_cast<int>(ctas), kThreads, PrefillSmemBytes<kHeadDim>(), stream>>>(args);
-  return internal::CheckLaunch("PrefillKernel");
+  return internal::CheckLaunch("PrefillMmaSyncKernel");
+}
+
+bool CurrentDeviceRunsSm90() {
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return false;
+  }
+  return internal::PrefillSm90Supported(device);
 }
 
 }  // namespace
 
+PrefillKernel ResolvePrefillKernel(PrefillKernel kernel) {
+  if (kernel != PrefillKernel::kAuto) return kernel;
+  static const bool mma_sync_asked = [] {
+    const char* value = std::getenv("LSERVE_PREFILL_KERNEL");
+    return value != nullptr && std::strcmp(value, "mma_sync") == 0;
+  }();
+  return CurrentDeviceRunsSm90() && !mma_sync_asked ? PrefillKernel::kWgmma
+                                                    : PrefillKernel::kMmaSync;
+}
+
+PrefillTileShape PrefillTiles(PrefillKernel kernel) {
+  if (ResolvePrefillKernel(kernel) == PrefillKernel::kWgmma) {
+    return {internal::kSm90TileRows, internal::kSm90TileKeys};
+  }
+  return {kRows, kKeys};
+}
+
 absl::Status PagedPrefillAttention(const PagedAttentionParams& p, void* workspace, int num_sms,
-                                   void* stream) {
+                                   void* stream, PrefillKernel kernel) {
   RETURN_IF_ERROR(internal::CheckAttentionShape(p, "prefill attention", kMaxGroup));
   if (p.selection_begin != nullptr || p.selection_slot != nullptr) {
     return absl::UnimplementedError(
@@ -353,6 +382,14 @@ absl::Status PagedPrefillAttention(const PagedAttentionParams& p, void* workspac
     return absl::InvalidArgumentError("cuda prefill attention needs its workspace");
   }
   if (p.tables.num_seqs == 0) return absl::OkStatus();
+  kernel = ResolvePrefillKernel(kernel);
+  if (kernel == PrefillKernel::kWgmma) {
+    if (!CurrentDeviceRunsSm90()) {
+      return absl::FailedPreconditionError(
+          "cuda prefill attention: the wgmma kernel needs compute capability 9.0 (sm_90a)");
+    }
+    return internal::PagedPrefillAttentionSm90(p, num_sms, stream);
+  }
   PrefillArgs args{};
   args.kv = p.kv;
   args.t = p.tables;
