@@ -25,19 +25,20 @@
 #include "kernels/cuda/paged_attention.h"
 #include "kernels/cuda/paged_kv.cuh"
 #include "kernels/cuda/paged_prefill_sm90.h"
+#include "kernels/cuda/prefill_args.h"
 #include "kernels/cuda/prefill_plan.h"
 
 namespace lserve::cuda {
 namespace {
 
 using internal::KvLocation;
+using internal::PrefillArgs;
 
 constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
 constexpr int kRows = 64;  // query rows per tile: tokens x the group's heads
 constexpr int kKeys = 64;  // keys per K/V tile
 constexpr int kMaxGroup = 16;
-constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kNegInf = -INFINITY;
 
 template <int kHeadDim>
@@ -48,24 +49,6 @@ template <int kHeadDim>
 __host__ __device__ constexpr int PrefillSmemBytes() {
   return TileBytes<kHeadDim>(kRows) + 2 * 2 * TileBytes<kHeadDim>(kKeys);  // Q, 2 x (K, V)
 }
-
-struct PrefillArgs {
-  PagedKvLayer kv;
-  PageTableView t;
-  const int32_t* q_indptr;
-  const uint16_t* q;
-  uint16_t* out;
-  int64_t q_row_stride;
-  int64_t out_row_stride;
-  int group;
-  int tokens_per_tile;  // kRows / group
-  int tiles_per_seq;    // ceil(max_queries / tokens_per_tile)
-  int64_t work_items;   // num_seqs * tiles_per_seq * num_kv_heads
-  float scale_log2;
-  int64_t sink;
-  const int32_t* local;
-  int32_t* counters;  // [2]: next work item, CTAs done (zero between launches)
-};
 
 // Copies key tile `tile` (positions tile * kKeys ...) of one KV head into a stage; rows
 // past last_pos are zero-filled.
@@ -388,24 +371,9 @@ absl::Status PagedPrefillAttention(const PagedAttentionParams& p, void* workspac
       return absl::FailedPreconditionError(
           "cuda prefill attention: the wgmma kernel needs compute capability 9.0 (sm_90a)");
     }
-    return internal::PagedPrefillAttentionSm90(p, num_sms, stream);
+    return internal::PagedPrefillAttentionSm90(p, workspace, num_sms, stream);
   }
-  PrefillArgs args{};
-  args.kv = p.kv;
-  args.t = p.tables;
-  args.q_indptr = p.q_indptr;
-  args.q = static_cast<const uint16_t*>(p.q);
-  args.out = static_cast<uint16_t*>(p.out);
-  args.q_row_stride = p.q_row_stride;
-  args.out_row_stride = p.out_row_stride;
-  args.group = p.num_q_heads / p.kv.num_kv_heads;
-  args.tokens_per_tile = kRows / args.group;
-  args.tiles_per_seq = (p.tables.max_queries + args.tokens_per_tile - 1) / args.tokens_per_tile;
-  args.work_items = int64_t{p.tables.num_seqs} * args.tiles_per_seq * p.kv.num_kv_heads;
-  args.scale_log2 = p.scale * kLog2e;
-  args.sink = p.sink;
-  args.local = p.local;
-  args.counters = static_cast<int32_t*>(workspace);
+  const PrefillArgs args = internal::MakePrefillArgs(p, kRows, workspace);
   cudaStream_t s = internal::AsStream(stream);
   return p.kv.head_dim == 128 ? Launch<128>(args, num_sms, s) : Launch<64>(args, num_sms, s);
 }

@@ -3,8 +3,8 @@
 // specialization and an mbarrier pipeline. A CTA has three warpgroups: a producer that
 // gathers K/V tiles of 128 keys through the page tables with 16-byte cp.async into a
 // two-stage ring (completion signalled on mbarriers, so nothing waits on cp.async
-// groups), and two consumers of 64 query rows each. A consumer computes S = Q K^T with
-// Q and K read from shared memory, runs the online softmax on the accumulators, and
+// groups), and two consumers of 64 query rows each. A consumer computes S
+// = Q K^T with Q and K read from shared memory, runs the online softmax on the accumulators, and
 // computes O += P V with P straight from registers and V read MN-major, so nothing is
 // transposed. Registers move from the producer to the consumers (setmaxnreg). As in the
 // mma.sync kernel (paged_prefill.cu), a 128-row query tile is the GQA group's heads times
@@ -22,104 +22,48 @@
 #include "kernels/cuda/cuda_status.h"
 #include "kernels/cuda/mma_sm80.cuh"
 #include "kernels/cuda/paged_kv.cuh"
+#include "kernels/cuda/paged_prefill_sm90.cuh"
 #include "kernels/cuda/paged_prefill_sm90.h"
 #include "kernels/cuda/prefill_plan.h"
 #include "kernels/cuda/wgmma_sm90.cuh"
 
 namespace lserve::cuda::internal {
-namespace {
-
-constexpr int kConsumers = 2;  // warpgroups of 64 query rows
-constexpr int kThreads = (kConsumers + 1) * 128;
-constexpr int kRows = kSm90TileRows;  // query rows per tile
-constexpr int kKeys = kSm90TileKeys;  // keys per K/V tile
-static_assert(kRows == 64 * kConsumers);
-constexpr int kStages = 2;
-constexpr float kLog2e = 1.4426950408889634f;
-template <int kHeadDim>
-struct Layout {
-  static constexpr int kQBytes = kRows * kHeadDim * 2;
-  static constexpr int kTileBytes = kKeys * kHeadDim * 2;
-  static constexpr int kStageBytes = 2 * kTileBytes;  // K then V
-  static constexpr int kBarrierOffset = kQBytes + kStages * kStageBytes;
-  static constexpr int kRowSourceOffset = kBarrierOffset + 3 * kStages * 8;
-  static constexpr int kBytes = kRowSourceOffset + 2 * kKeys * 8;
-  static constexpr int kAllocation = kBytes + 1024;  // room to align the base to 1 KB
-};
-
-struct Sm90Args {
-  PagedKvLayer kv;
-  PageTableView t;
-  const int32_t* q_indptr;
-  const uint16_t* q;
-  uint16_t* out;
-  int64_t q_row_stride;
-  int64_t out_row_stride;
-  int group;
-  int tokens_per_tile;  // kRows / group
-  int tiles_per_seq;
-  int64_t work_items;  // tiles_per_seq * num_seqs * num_kv_heads
-  float scale_log2;
-  int64_t sink;
-  const int32_t* local;
-};
+namespace prefill_sm90 {
 
 #ifdef LSERVE_SM90A_DEVICE
 
-constexpr int kBlockBytes = kKeys * 128;  // one 64-column block of a K/V tile
-constexpr float kNegInf = -INFINITY;
-
-// One work item resolved: which query tile of which sequence and KV head.
-struct WorkItem {
-  bool valid;
-  int b;
-  int kv_head;
-  int tokens;
-  int64_t first_pos;
-  int64_t last_pos;
-  int64_t first_row;
-  bool streaming;
-  KeyTileRuns runs;
-};
-
-__device__ __forceinline__ WorkItem Resolve(const Sm90Args& a, int64_t w) {
-  WorkItem item{};
-  const int64_t per_rank = int64_t{a.t.num_seqs} * a.kv.num_kv_heads;
-  const int tile_rank = static_cast<int>(w / per_rank);
-  item.b = static_cast<int>((w % per_rank) / a.kv.num_kv_heads);
-  item.kv_head = static_cast<int>(w % a.kv.num_kv_heads);
-  const int64_t rows_of_seq = a.q_indptr[item.b + 1] - a.q_indptr[item.b];
-  const int64_t tiles_of_seq = (rows_of_seq + a.tokens_per_tile - 1) / a.tokens_per_tile;
-  const int64_t q_tile = tiles_of_seq - 1 - tile_rank;
-  item.valid = q_tile >= 0;
-  if (!item.valid) return item;
-  const int64_t len = a.t.kv_len[item.b];
-  const int64_t first_token = q_tile * a.tokens_per_tile;
-  item.tokens =
-      static_cast<int>(rows_of_seq - first_token < a.tokens_per_tile ? rows_of_seq - first_token
-                                                                     : a.tokens_per_tile);
-  item.first_pos = len - rows_of_seq + first_token;
-  item.last_pos = item.first_pos + item.tokens - 1;
-  item.first_row = a.q_indptr[item.b] + first_token;
-  item.streaming = a.kv.kv_head_streaming[item.kv_head] != 0;
-  item.runs =
-      PlanKeyTiles(item.streaming, item.first_pos, item.last_pos, a.sink, a.local[item.b], kKeys);
-  return item;
+// The producer's side of the work hand-over: its first thread takes the next item from
+// the global counter (longest query tiles first) once the consumers have read the last.
+__device__ __forceinline__ int64_t FetchWork(PipelineSync* sync, bool first_round,
+                                             int32_t* counters) {
+  if (!first_round) sm90::NamedBarrier(kWorkEmptyBarrier, kThreads);
+  if (threadIdx.x == 0) {
+    sync->work = atomicAdd(reinterpret_cast<unsigned long long*>(counters), 1ull);
+  }
+  sm90::NamedBarrier(kProducerBarrier, 128);
+  const int64_t w = sync->work;
+  sm90::NamedBarrierArrive(kWorkFullBarrier, kThreads);
+  return w;
 }
 
-// Byte offset of (row, 16-byte chunk) in a swizzled tile of `rows` rows (wgmma_sm90.cuh).
-__device__ __forceinline__ uint32_t SwizzledOffset(int rows, int row, int chunk) {
-  return (chunk >> 3) * rows * 128 + row * 128 + (((chunk & 7) ^ (row & 7)) << 4);
+// The consumers' side.
+__device__ __forceinline__ int64_t ReceiveWork(PipelineSync* sync) {
+  sm90::NamedBarrier(kWorkFullBarrier, kThreads);
+  const int64_t w = sync->work;
+  sm90::NamedBarrierArrive(kWorkEmptyBarrier, kThreads);
+  return w;
 }
 
 // The producer warpgroup: gathers the K and V tiles of every work item into the ring.
 template <int kHeadDim>
-__device__ void Produce(const Sm90Args& a, uint8_t* smem, uint64_t* full_k, uint64_t* full_v,
-                        uint64_t* empty, const uint16_t** row_source) {
+__device__ void Produce(const Sm90Args& a, uint8_t* smem, PipelineSync* sync,
+                        const uint16_t** row_source) {
   constexpr int kChunks = kHeadDim / 8;
   const int tid = threadIdx.x;  // 0..127
   uint32_t iteration = 0;
-  for (int64_t w = blockIdx.x; w < a.work_items; w += gridDim.x) {
+  for (uint32_t k = 0;; ++k) {
+    const int64_t w = FetchWork(sync, k == 0, a.counters);
+    if (w >= a.work_items) break;
     const WorkItem item = Resolve(a, w);
     if (!item.valid) continue;
     const KvPoolView& pool = item.streaming ? a.kv.streaming : a.kv.dense;
@@ -139,8 +83,8 @@ __device__ void Produce(const Sm90Args& a, uint8_t* smem, uint64_t* full_k, uint
         src = KeyRow(pool, at, slot, a.kv.page_size, kHeadDim);
       }
       rows[tid] = src;
-      sm90::NamedBarrier(1, 128);
-      sm90::BarrierWait(&empty[stage], (round & 1) ^ 1);
+      sm90::NamedBarrier(kProducerBarrier, 128);
+      sm90::BarrierWait(&sync->empty_k[stage], (round & 1) ^ 1);
       uint8_t* k_tile = smem + Layout<kHeadDim>::kQBytes + stage * Layout<kHeadDim>::kStageBytes;
       uint8_t* v_tile = k_tile + Layout<kHeadDim>::kTileBytes;
 #pragma unroll 4
@@ -152,7 +96,8 @@ __device__ void Produce(const Sm90Args& a, uint8_t* smem, uint64_t* full_k, uint
         CpAsync16(k_tile + SwizzledOffset(kKeys, row, chunk), key ? key + chunk * 8 : a.q,
                   key ? 16 : 0);
       }
-      sm90::BarrierArriveOnCpAsync(&full_k[stage]);
+      sm90::BarrierArriveOnCpAsync(&sync->full_k[stage]);
+      sm90::BarrierWait(&sync->empty_v[stage], (round & 1) ^ 1);
 #pragma unroll 4
       for (int pass = 0; pass < kKeys * kChunks / 128; ++pass) {
         const int index = pass * 128 + tid;
@@ -162,16 +107,16 @@ __device__ void Produce(const Sm90Args& a, uint8_t* smem, uint64_t* full_k, uint
         CpAsync16(v_tile + SwizzledOffset(kKeys, row, chunk),
                   key ? key + value_offset + chunk * 8 : a.q, key ? 16 : 0);
       }
-      sm90::BarrierArriveOnCpAsync(&full_v[stage]);
+      sm90::BarrierArriveOnCpAsync(&sync->full_v[stage]);
     }
   }
   CpAsyncWait<0>();
 }
 
-// A consumer warpgroup: 64 query rows of every work item.
+// A consumer warpgroup: 64 query rows of every work item. The scores of tile i are
+// computed while P V of tile i - 1 runs, and the softmax of tile i overlaps that GEMM.
 template <int kHeadDim>
-__device__ void Consume(const Sm90Args& a, uint8_t* smem, uint64_t* full_k, uint64_t* full_v,
-                        uint64_t* empty, int consumer) {
+__device__ void Consume(const Sm90Args& a, uint8_t* smem, PipelineSync* sync, int consumer) {
   constexpr int kChunks = kHeadDim / 8;
   constexpr int kOut = kHeadDim / 2;                   // accumulator registers of O
   const int tid = threadIdx.x - 128 * (consumer + 1);  // 0..127 within the warpgroup
@@ -181,8 +126,12 @@ __device__ void Consume(const Sm90Args& a, uint8_t* smem, uint64_t* full_k, uint
   const int t4 = lane & 3;
   uint8_t* q_tile = smem;
   const uint32_t q_base = sm90::Smem(q_tile) + consumer * 64 * 128;
+  const uint32_t ring = sm90::Smem(smem + Layout<kHeadDim>::kQBytes);
+  auto k_base = [&](uint32_t it) { return ring + (it % kStages) * Layout<kHeadDim>::kStageBytes; };
   uint32_t iteration = 0;
-  for (int64_t w = blockIdx.x; w < a.work_items; w += gridDim.x) {
+  for (;;) {
+    const int64_t w = ReceiveWork(sync);
+    if (w >= a.work_items) break;
     const WorkItem item = Resolve(a, w);
     if (!item.valid) continue;
     const int64_t local = a.local[item.b];
@@ -201,87 +150,59 @@ __device__ void Consume(const Sm90Args& a, uint8_t* smem, uint64_t* full_k, uint
     CpAsyncCommit();
     CpAsyncWait<0>();
     sm90::FenceProxyAsync();
-    sm90::NamedBarrier(2 + consumer, 128);
+    sm90::NamedBarrier(kConsumerBarrier + consumer, 128);
 
-    int64_t row_pos[2];
-    bool row_valid[2];
+    RowState rows;
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       const int r = consumer * 64 + warp * 16 + g + 8 * half;
       const int h = r / a.tokens_per_tile;
       const int token = r % a.tokens_per_tile;
-      row_valid[half] = h < a.group && token < item.tokens;
-      row_pos[half] = item.first_pos + token;
+      rows.valid[half] = h < a.group && token < item.tokens;
+      rows.pos[half] = item.first_pos + token;
+      rows.max[half] = kNegInf;
+      rows.sum[half] = 0.0f;
     }
     float o[kOut];
 #pragma unroll
     for (int i = 0; i < kOut; ++i) o[i] = 0.0f;
-    float row_max[2] = {kNegInf, kNegInf};
-    float row_sum[2] = {0.0f, 0.0f};
-
-    for (int32_t i = 0; i < item.runs.count(); ++i, ++iteration) {
-      const int stage = iteration % kStages;
-      const uint32_t parity = (iteration / kStages) & 1;
-      const uint32_t k_base =
-          sm90::Smem(smem + Layout<kHeadDim>::kQBytes + stage * Layout<kHeadDim>::kStageBytes);
-      const uint32_t v_base = k_base + Layout<kHeadDim>::kTileBytes;
-      sm90::BarrierWait(&full_k[stage], parity);
+    float s[64];
+    uint32_t p[8][4];
+    float correction[2];
+    const int32_t count = item.runs.count();
+    // Tile 0: scores, softmax, P.
+    sm90::BarrierWait(&sync->full_k[iteration % kStages], (iteration / kStages) & 1);
+    sm90::FenceProxyAsync();
+    sm90::FenceRegisters(s);
+    sm90::WgmmaFence();
+    IssueScores<kHeadDim>(q_base, k_base(iteration), s);
+    sm90::WgmmaCommit();
+    sm90::WgmmaWait<0>();
+    sm90::FenceRegisters(s);
+    if (lane == 0) sm90::BarrierArrive(&sync->empty_k[iteration % kStages]);
+    SoftmaxTile(a, item, local, item.runs.tile(0), t4, rows, s, correction);
+    PackP(s, p);
+    for (int32_t i = 1; i < count; ++i) {
+      const uint32_t current = iteration + i;
+      const uint32_t previous = current - 1;
+      sm90::BarrierWait(&sync->full_k[current % kStages], (current / kStages) & 1);
       sm90::FenceProxyAsync();
-      // S = Q K^T, 64 rows x 128 keys, 16 columns of the head dimension per step.
-      float s[64];
+      sm90::BarrierWait(&sync->full_v[previous % kStages], (previous / kStages) & 1);
       sm90::FenceRegisters(s);
+      sm90::FenceRegisters(o);
       sm90::WgmmaFence();
-#pragma unroll
-      for (int ks = 0; ks < kHeadDim / 16; ++ks) {
-        const uint32_t column = (ks & 3) * 32;  // 16 bf16 columns inside a 128-byte row
-        const uint64_t qd =
-            sm90::MatrixDescriptor(q_base + (ks >> 2) * kRows * 128 + column, 16, 1024);
-        const uint64_t kd =
-            sm90::MatrixDescriptor(k_base + (ks >> 2) * kBlockBytes + column, 16, 1024);
-        sm90::WgmmaSS128(s, qd, kd, ks > 0);
-      }
+      IssueScores<kHeadDim>(q_base, k_base(current), s);
       sm90::WgmmaCommit();
-      sm90::WgmmaWait<0>();
+      IssuePv<kHeadDim>(k_base(previous) + Layout<kHeadDim>::kTileBytes, p, o);
+      sm90::WgmmaCommit();
+      sm90::WgmmaWait<1>();  // the scores are in; P V still runs
       sm90::FenceRegisters(s);
-
-      // Scale (log2 units) and mask; s[4j + e] is row half e / 2, key 8j + 2t + e % 2.
-      const int32_t key_tile = item.runs.tile(i);
-      const bool masked = KeyTileNeedsMask(item.streaming, item.first_pos, item.last_pos, a.sink,
-                                           local, kKeys, key_tile);
-#pragma unroll
-      for (int j = 0; j < 16; ++j) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int half = e >> 1;
-          const int64_t key = int64_t{key_tile} * kKeys + j * 8 + 2 * t4 + (e & 1);
-          const bool keep = !masked || (row_valid[half] && KeyVisible(item.streaming, row_pos[half],
-                                                                      key, a.sink, local));
-          s[4 * j + e] = keep ? s[4 * j + e] * a.scale_log2 : kNegInf;
-        }
-      }
-      float correction[2];
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        float tile_max = kNegInf;
-#pragma unroll
-        for (int j = 0; j < 16; ++j) {
-          tile_max = fmaxf(tile_max, fmaxf(s[4 * j + 2 * half], s[4 * j + 2 * half + 1]));
-        }
-        tile_max = fmaxf(tile_max, __shfl_xor_sync(0xFFFFFFFFu, tile_max, 1));
-        tile_max = fmaxf(tile_max, __shfl_xor_sync(0xFFFFFFFFu, tile_max, 2));
-        const float new_max = fmaxf(row_max[half], tile_max);
-        const float base = new_max == kNegInf ? 0.0f : new_max;
-        correction[half] = exp2f(row_max[half] - base);
-        float sum = 0.0f;
-#pragma unroll
-        for (int j = 0; j < 16; ++j) {
-          s[4 * j + 2 * half] = exp2f(s[4 * j + 2 * half] - base);
-          s[4 * j + 2 * half + 1] = exp2f(s[4 * j + 2 * half + 1] - base);
-          sum += s[4 * j + 2 * half] + s[4 * j + 2 * half + 1];
-        }
-        row_sum[half] = row_sum[half] * correction[half] + sum;
-        row_max[half] = new_max;
-      }
+      if (lane == 0) sm90::BarrierArrive(&sync->empty_k[current % kStages]);
+      SoftmaxTile(a, item, local, item.runs.tile(i), t4, rows, s, correction);
+      sm90::WgmmaWait<0>();
+      sm90::FenceRegisters(o);
+      KeepLive(p);
+      if (lane == 0) sm90::BarrierArrive(&sync->empty_v[previous % kStages]);
 #pragma unroll
       for (int j = 0; j < kOut / 4; ++j) {
         o[4 * j] *= correction[0];
@@ -289,41 +210,29 @@ __device__ void Consume(const Sm90Args& a, uint8_t* smem, uint64_t* full_k, uint
         o[4 * j + 2] *= correction[1];
         o[4 * j + 3] *= correction[1];
       }
-      // P as bf16 A fragments, 16 keys each.
-      uint32_t p[8][4];
-#pragma unroll
-      for (int kk = 0; kk < 8; ++kk) {
-        p[kk][0] = PackBf16x2(s[8 * kk], s[8 * kk + 1]);
-        p[kk][1] = PackBf16x2(s[8 * kk + 2], s[8 * kk + 3]);
-        p[kk][2] = PackBf16x2(s[8 * kk + 4], s[8 * kk + 5]);
-        p[kk][3] = PackBf16x2(s[8 * kk + 6], s[8 * kk + 7]);
-      }
-      sm90::BarrierWait(&full_v[stage], parity);
-      sm90::FenceProxyAsync();
-      sm90::FenceRegisters(o);
-      sm90::WgmmaFence();
-#pragma unroll
-      for (int kk = 0; kk < 8; ++kk) {
-        const uint64_t vd = sm90::MatrixDescriptor(v_base + kk * 16 * 128, kBlockBytes, 1024);
-        if constexpr (kHeadDim == 128) {
-          sm90::WgmmaRS128(o, p[kk], vd);
-        } else {
-          sm90::WgmmaRS64(o, p[kk], vd);
-        }
-      }
-      sm90::WgmmaCommit();
-      sm90::WgmmaWait<0>();
-      sm90::FenceRegisters(o);
-      if (lane == 0) sm90::BarrierArrive(&empty[stage]);
+      PackP(s, p);
     }
+    const uint32_t last = iteration + count - 1;
+    sm90::BarrierWait(&sync->full_v[last % kStages], (last / kStages) & 1);
+    sm90::FenceProxyAsync();
+    sm90::FenceRegisters(o);
+    sm90::WgmmaFence();
+    IssuePv<kHeadDim>(k_base(last) + Layout<kHeadDim>::kTileBytes, p, o);
+    sm90::WgmmaCommit();
+    sm90::WgmmaWait<0>();
+    sm90::FenceRegisters(o);
+    KeepLive(p);
+    if (lane == 0) sm90::BarrierArrive(&sync->empty_v[last % kStages]);
+    iteration += count;
+
     // Normalize and write the rows this thread holds.
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
-      float sum = row_sum[half];
+      float sum = rows.sum[half];
       sum += __shfl_xor_sync(0xFFFFFFFFu, sum, 1);
       sum += __shfl_xor_sync(0xFFFFFFFFu, sum, 2);
       const float inverse = sum > 0.0f ? 1.0f / sum : 0.0f;
-      if (!row_valid[half]) continue;
+      if (!rows.valid[half]) continue;
       const int r = consumer * 64 + warp * 16 + g + 8 * half;
       const int h = r / a.tokens_per_tile;
       const int token = r % a.tokens_per_tile;
@@ -336,7 +245,7 @@ __device__ void Consume(const Sm90Args& a, uint8_t* smem, uint64_t* full_k, uint
       }
     }
     // Every warp is done with this item's Q before the next one overwrites it.
-    sm90::NamedBarrier(2 + consumer, 128);
+    sm90::NamedBarrier(kConsumerBarrier + consumer, 128);
   }
 }
 
@@ -348,17 +257,15 @@ __global__ void __launch_bounds__(kThreads, 1) PrefillSm90Kernel(Sm90Args a) {
   extern __shared__ uint8_t raw_smem[];
   uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(raw_smem) + 1023) &
                                              ~static_cast<uintptr_t>(1023));
-  uint64_t* barriers = reinterpret_cast<uint64_t*>(smem + Layout<kHeadDim>::kBarrierOffset);
-  uint64_t* full_k = barriers;
-  uint64_t* full_v = barriers + kStages;
-  uint64_t* empty = barriers + 2 * kStages;
+  PipelineSync* sync = reinterpret_cast<PipelineSync*>(smem + Layout<kHeadDim>::kSyncOffset);
   const uint16_t** row_source =
       reinterpret_cast<const uint16_t**>(smem + Layout<kHeadDim>::kRowSourceOffset);
   if (threadIdx.x == 0) {
     for (int s = 0; s < kStages; ++s) {
-      sm90::BarrierInit(&full_k[s], 128);  // every producer thread's cp.async arrival
-      sm90::BarrierInit(&full_v[s], 128);
-      sm90::BarrierInit(&empty[s], 4 * kConsumers);  // one arrival per consumer warp
+      sm90::BarrierInit(&sync->full_k[s], 128);  // every producer thread's cp.async arrival
+      sm90::BarrierInit(&sync->full_v[s], 128);
+      sm90::BarrierInit(&sync->empty_k[s], 4 * kConsumers);  // one arrival per consumer warp
+      sm90::BarrierInit(&sync->empty_v[s], 4 * kConsumers);
     }
     sm90::BarrierInitFence();
   }
@@ -366,10 +273,18 @@ __global__ void __launch_bounds__(kThreads, 1) PrefillSm90Kernel(Sm90Args a) {
   const int warpgroup = threadIdx.x / 128;
   if (warpgroup == 0) {
     sm90::RegistersDecrease<56>();
-    Produce<kHeadDim>(a, smem, full_k, full_v, empty, row_source);
+    Produce<kHeadDim>(a, smem, sync, row_source);
+    // The last CTA to finish returns the counters to zero for the next launch.
+    if (threadIdx.x == 0) {
+      __threadfence();
+      if (atomicAdd(a.counters + 2, 1) == static_cast<int>(gridDim.x) - 1) {
+        *reinterpret_cast<unsigned long long*>(a.counters) = 0ull;
+        a.counters[2] = 0;
+      }
+    }
   } else {
     sm90::RegistersIncrease<224>();
-    Consume<kHeadDim>(a, smem, full_k, full_v, empty, warpgroup - 1);
+    Consume<kHeadDim>(a, smem, sync, warpgroup - 1);
   }
 #else
   __trap();  // built for sm_90a only; the launcher checks the device first
@@ -391,7 +306,7 @@ absl::Status Launch(const Sm90Args& args, int num_sms, cudaStream_t stream) {
   return CheckLaunch("PrefillSm90Kernel");
 }
 
-}  // namespace
+}  // namespace prefill_sm90
 
 bool PrefillSm90Supported(int device) {
   int major = 0;
@@ -404,24 +319,12 @@ bool PrefillSm90Supported(int device) {
   return major == 9 && minor == 0;
 }
 
-absl::Status PagedPrefillAttentionSm90(const PagedAttentionParams& p, int num_sms, void* stream) {
-  Sm90Args args{};
-  args.kv = p.kv;
-  args.t = p.tables;
-  args.q_indptr = p.q_indptr;
-  args.q = static_cast<const uint16_t*>(p.q);
-  args.out = static_cast<uint16_t*>(p.out);
-  args.q_row_stride = p.q_row_stride;
-  args.out_row_stride = p.out_row_stride;
-  args.group = p.num_q_heads / p.kv.num_kv_heads;
-  args.tokens_per_tile = kRows / args.group;
-  args.tiles_per_seq = (p.tables.max_queries + args.tokens_per_tile - 1) / args.tokens_per_tile;
-  args.work_items = int64_t{p.tables.num_seqs} * args.tiles_per_seq * p.kv.num_kv_heads;
-  args.scale_log2 = p.scale * kLog2e;
-  args.sink = p.sink;
-  args.local = p.local;
+absl::Status PagedPrefillAttentionSm90(const PagedAttentionParams& p, void* workspace, int num_sms,
+                                       void* stream) {
+  const PrefillArgs args = MakePrefillArgs(p, kSm90TileRows, workspace);
   cudaStream_t s = AsStream(stream);
-  return p.kv.head_dim == 128 ? Launch<128>(args, num_sms, s) : Launch<64>(args, num_sms, s);
+  return p.kv.head_dim == 128 ? prefill_sm90::Launch<128>(args, num_sms, s)
+                              : prefill_sm90::Launch<64>(args, num_sms, s);
 }
 
 }  // namespace lserve::cuda::internal

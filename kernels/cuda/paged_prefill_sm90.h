@@ -14,9 +14,10 @@ inline constexpr int kSm90TileKeys = 128;
 // Whether `device` runs the sm_90a kernel (compute capability 9.0).
 bool PrefillSm90Supported(int device);
 
-// The warp-specialized wgmma kernel; arguments as checked by PagedPrefillAttention.
-absl::Status PagedPrefillAttentionSm90(const PagedAttentionParams& params, int num_sms,
-                                       void* stream);
+// The warp-specialized wgmma kernel; arguments as checked by PagedPrefillAttention,
+// `workspace` as its (kPrefillWorkspaceBytes, zeroed).
+absl::Status PagedPrefillAttentionSm90(const PagedAttentionParams& params, void* workspace,
+                                       int num_sms, void* stream);
 
 }  // namespace lserve::cuda::internal
 

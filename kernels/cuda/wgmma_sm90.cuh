@@ -59,6 +59,10 @@ __device__ __forceinline__ void BarrierWait(uint64_t* barrier, uint32_t parity) 
 __device__ __forceinline__ void NamedBarrier(int id, int threads) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
+// Arrives at a named barrier without waiting (the waiting side uses NamedBarrier).
+__device__ __forceinline__ void NamedBarrierArrive(int id, int threads) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
 // Orders this thread's generic-proxy shared-memory accesses before later async-proxy
 // (wgmma) ones.
 __device__ __forceinline__ void FenceProxyAsync() {

@@ -1,0 +1,217 @@
+// Internal to kernels/cuda: the pieces of the Hopper prefill kernel
+// (paged_prefill_sm90.cu) apart from its producer and consumer loops: tile geometry and
+// shared-memory layout, the CTA's barriers, work items, and the consumers' score, softmax
+// and P V steps on wgmma accumulators.
+#ifndef LSERVE_KERNELS_CUDA_PAGED_PREFILL_SM90_CUH_
+#define LSERVE_KERNELS_CUDA_PAGED_PREFILL_SM90_CUH_
+
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdint>
+
+#include "kernels/attention_params.h"
+#include "kernels/cuda/bf16_vec.cuh"
+#include "kernels/cuda/paged_prefill_sm90.h"
+#include "kernels/cuda/prefill_args.h"
+#include "kernels/cuda/prefill_plan.h"
+#include "kernels/cuda/wgmma_sm90.cuh"
+
+namespace lserve::cuda::internal::prefill_sm90 {
+
+constexpr int kConsumers = 2;  // warpgroups of 64 query rows
+constexpr int kThreads = (kConsumers + 1) * 128;
+constexpr int kRows = kSm90TileRows;  // query rows per tile
+constexpr int kKeys = kSm90TileKeys;  // keys per K/V tile
+static_assert(kRows == 64 * kConsumers);
+constexpr int kStages = 2;
+template <int kHeadDim>
+struct Layout {
+  static constexpr int kQBytes = kRows * kHeadDim * 2;
+  static constexpr int kTileBytes = kKeys * kHeadDim * 2;
+  static constexpr int kStageBytes = 2 * kTileBytes;  // K then V
+  static constexpr int kSyncOffset = kQBytes + kStages * kStageBytes;
+  static constexpr int kRowSourceOffset = kSyncOffset + 256;       // after PipelineSync
+  static constexpr int kBytes = kRowSourceOffset + 2 * kKeys * 8;  // 2 tiles of row addresses
+  static constexpr int kAllocation = kBytes + 1024;                // room to align the base to 1 KB
+};
+
+using Sm90Args = PrefillArgs;
+
+// The CTA's barriers: K and V of a ring stage landed (producer cp.async arrivals) and
+// free again (one arrival per consumer warp; K is released after the scores, V after
+// P V, so the next K loads while P V runs), and the work item index the producer
+// fetches for everyone.
+struct PipelineSync {
+  uint64_t full_k[kStages];
+  uint64_t full_v[kStages];
+  uint64_t empty_k[kStages];
+  uint64_t empty_v[kStages];
+  int64_t work;
+};
+
+static_assert(sizeof(PipelineSync) <= 256);
+
+#ifdef LSERVE_SM90A_DEVICE
+
+// Named barriers (0 is __syncthreads): the producer warpgroup, each consumer warpgroup,
+// the hand-over of the work index (producer arrives, consumers wait) and of its slot
+// (consumers arrive, producer waits).
+constexpr int kProducerBarrier = 1;
+constexpr int kConsumerBarrier = 2;  // + consumer
+constexpr int kWorkFullBarrier = 4;
+constexpr int kWorkEmptyBarrier = 5;
+constexpr int kBlockBytes = kKeys * 128;  // one 64-column block of a K/V tile
+constexpr float kNegInf = -INFINITY;
+
+// One work item resolved: which query tile of which sequence and KV head.
+struct WorkItem {
+  bool valid;
+  int b;
+  int kv_head;
+  int tokens;
+  int64_t first_pos;
+  int64_t last_pos;
+  int64_t first_row;
+  bool streaming;
+  KeyTileRuns runs;
+};
+
+__device__ __forceinline__ WorkItem Resolve(const Sm90Args& a, int64_t w) {
+  WorkItem item{};
+  const int64_t per_rank = int64_t{a.t.num_seqs} * a.kv.num_kv_heads;
+  const int tile_rank = static_cast<int>(w / per_rank);
+  item.b = static_cast<int>((w % per_rank) / a.kv.num_kv_heads);
+  item.kv_head = static_cast<int>(w % a.kv.num_kv_heads);
+  const int64_t rows_of_seq = a.q_indptr[item.b + 1] - a.q_indptr[item.b];
+  const int64_t tiles_of_seq = (rows_of_seq + a.tokens_per_tile - 1) / a.tokens_per_tile;
+  const int64_t q_tile = tiles_of_seq - 1 - tile_rank;
+  item.valid = q_tile >= 0;
+  if (!item.valid) return item;
+  const int64_t len = a.t.kv_len[item.b];
+  const int64_t first_token = q_tile * a.tokens_per_tile;
+  item.tokens =
+      static_cast<int>(rows_of_seq - first_token < a.tokens_per_tile ? rows_of_seq - first_token
+                                                                     : a.tokens_per_tile);
+  item.first_pos = len - rows_of_seq + first_token;
+  item.last_pos = item.first_pos + item.tokens - 1;
+  item.first_row = a.q_indptr[item.b] + first_token;
+  item.streaming = a.kv.kv_head_streaming[item.kv_head] != 0;
+  item.runs =
+      PlanKeyTiles(item.streaming, item.first_pos, item.last_pos, a.sink, a.local[item.b], kKeys);
+  return item;
+}
+
+// Byte offset of (row, 16-byte chunk) in a swizzled tile of `rows` rows (wgmma_sm90.cuh).
+__device__ __forceinline__ uint32_t SwizzledOffset(int rows, int row, int chunk) {
+  return (chunk >> 3) * rows * 128 + row * 128 + (((chunk & 7) ^ (row & 7)) << 4);
+}
+
+__device__ __forceinline__ float Exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
+// Online softmax over one tile's scores in place (raw Q.K products in, unnormalized
+// probabilities out): masks when asked, moves the running max, returns through
+// `correction` the factor the accumulated output must be scaled by.
+struct RowState {
+  float max[2];
+  float sum[2];
+  int64_t pos[2];
+  bool valid[2];
+};
+
+__device__ __forceinline__ void SoftmaxTile(const Sm90Args& a, const WorkItem& item, int64_t local,
+                                            int32_t key_tile, int t4, RowState& rows,
+                                            float (&s)[64], float (&correction)[2]) {
+  if (KeyTileNeedsMask(item.streaming, item.first_pos, item.last_pos, a.sink, local, kKeys,
+                       key_tile)) {
+#pragma unroll
+    for (int j = 0; j < 16; ++j) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int half = e >> 1;
+        const int64_t key = int64_t{key_tile} * kKeys + j * 8 + 2 * t4 + (e & 1);
+        const bool keep =
+            rows.valid[half] && KeyVisible(item.streaming, rows.pos[half], key, a.sink, local);
+        if (!keep) s[4 * j + e] = kNegInf;
+      }
+    }
+  }
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    float tile_max = kNegInf;
+#pragma unroll
+    for (int j = 0; j < 16; ++j) {
+      tile_max = fmaxf(tile_max, fmaxf(s[4 * j + 2 * half], s[4 * j + 2 * half + 1]));
+    }
+    tile_max = fmaxf(tile_max, __shfl_xor_sync(0xFFFFFFFFu, tile_max, 1));
+    tile_max = fmaxf(tile_max, __shfl_xor_sync(0xFFFFFFFFu, tile_max, 2));
+    const float new_max = fmaxf(rows.max[half], tile_max);
+    // Scores stay raw; the scale folds into one FMA before exp2. A row with no visible
+    // key yet keeps max -inf and weights 0.
+    const float base = new_max == kNegInf ? 0.0f : new_max * a.scale_log2;
+    correction[half] = Exp2(rows.max[half] * a.scale_log2 - base);
+    float sum = 0.0f;
+#pragma unroll
+    for (int j = 0; j < 16; ++j) {
+      s[4 * j + 2 * half] = Exp2(fmaf(s[4 * j + 2 * half], a.scale_log2, -base));
+      s[4 * j + 2 * half + 1] = Exp2(fmaf(s[4 * j + 2 * half + 1], a.scale_log2, -base));
+      sum += s[4 * j + 2 * half] + s[4 * j + 2 * half + 1];
+    }
+    rows.sum[half] = rows.sum[half] * correction[half] + sum;
+    rows.max[half] = new_max;
+  }
+}
+
+// P as bf16 A fragments, 16 keys each (the S accumulator's layout is the A layout).
+__device__ __forceinline__ void PackP(const float (&s)[64], uint32_t (&p)[8][4]) {
+#pragma unroll
+  for (int kk = 0; kk < 8; ++kk) {
+    p[kk][0] = PackBf16x2(s[8 * kk], s[8 * kk + 1]);
+    p[kk][1] = PackBf16x2(s[8 * kk + 2], s[8 * kk + 3]);
+    p[kk][2] = PackBf16x2(s[8 * kk + 4], s[8 * kk + 5]);
+    p[kk][3] = PackBf16x2(s[8 * kk + 6], s[8 * kk + 7]);
+  }
+}
+
+__device__ __forceinline__ void KeepLive(uint32_t (&p)[8][4]) {
+#pragma unroll
+  for (int kk = 0; kk < 8; ++kk) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) asm volatile("" : "+r"(p[kk][i])::"memory");
+  }
+}
+
+template <int kHeadDim>
+__device__ __forceinline__ void IssueScores(uint32_t q_base, uint32_t k_base, float (&s)[64]) {
+#pragma unroll
+  for (int ks = 0; ks < kHeadDim / 16; ++ks) {
+    const uint32_t column = (ks & 3) * 32;  // 16 bf16 columns inside a 128-byte row
+    const uint64_t qd = sm90::MatrixDescriptor(q_base + (ks >> 2) * kRows * 128 + column, 16, 1024);
+    const uint64_t kd = sm90::MatrixDescriptor(k_base + (ks >> 2) * kBlockBytes + column, 16, 1024);
+    sm90::WgmmaSS128(s, qd, kd, ks > 0);
+  }
+}
+
+template <int kHeadDim>
+__device__ __forceinline__ void IssuePv(uint32_t v_base, const uint32_t (&p)[8][4],
+                                        float (&o)[kHeadDim / 2]) {
+#pragma unroll
+  for (int kk = 0; kk < 8; ++kk) {
+    const uint64_t vd = sm90::MatrixDescriptor(v_base + kk * 16 * 128, kBlockBytes, 1024);
+    if constexpr (kHeadDim == 128) {
+      sm90::WgmmaRS128(o, p[kk], vd);
+    } else {
+      sm90::WgmmaRS64(o, p[kk], vd);
+    }
+  }
+}
+
+#endif  // LSERVE_SM90A_DEVICE
+
+}  // namespace lserve::cuda::internal::prefill_sm90
+
+#endif  // LSERVE_KERNELS_CUDA_PAGED_PREFILL_SM90_CUH_
