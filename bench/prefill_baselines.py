@@ -15,6 +15,7 @@ import argparse
 import datetime
 import json
 import os
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -54,6 +55,7 @@ def flex(tokens, hybrid, compiled):
         window = (kv_idx < SINK) | (q_idx - kv_idx < LOCAL)
         return (kv_idx <= q_idx) & (~streaming[h] | window)
 
+    warnings.filterwarnings("ignore", message="_compile flag")
     # _compile builds the block mask without materializing the element mask (the eager
     # path needs heads x tokens^2 bytes, beyond the GPU from 32K on).
     block_mask = create_block_mask(mask, B=None, H=Q_HEADS, Q_LEN=tokens, KV_LEN=tokens,

@@ -19,7 +19,7 @@ for run in cuda_prefill_plan_test cuda_paged_prefill_test cuda_paged_prefill_tes
   kernel=${run#*:}
   [ "$kernel" = "$run" ] && kernel=auto
   log="$out/${run/:/-}.log"
-  LSERVE_PREFILL_KERNEL=$kernel timeout 400 "$t" --gtest_brief=1 >"$log" 2>&1
+  LSERVE_PREFILL_KERNEL=$kernel timeout "${LSERVE_TEST_TIMEOUT:-400}" "$t" --gtest_brief=1 >"$log" 2>&1
   status=$?
   echo "${run}: rc=$status $(grep -E '^\[  (PASSED|FAILED)' "$log" | tr '\n' ' ')" |
     tee -a "$out/summary.txt"
@@ -27,7 +27,7 @@ for run in cuda_prefill_plan_test cuda_paged_prefill_test cuda_paged_prefill_tes
 done
 sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null)
 if [ -n "$sanitizer" ]; then
-  for tool in memcheck racecheck; do
+  for tool in memcheck racecheck synccheck; do
     LSERVE_DECODE_TEST_SMALL=1 timeout 300 "$sanitizer" --tool "$tool" --error-exitcode 9 \
       build-gpu/tests/kernels/cuda/cuda_paged_prefill_test --gtest_filter='*MixedLengths*' \
       >"$out/sanitizer-$tool-prefill.log" 2>&1
