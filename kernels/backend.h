@@ -27,6 +27,13 @@ struct BackendTensor {
   Buffer storage;
 };
 
+// Memory of a backend's device as its driver reports it; the engine sizes device KV pools
+// from it.
+struct BackendMemoryInfo {
+  int64_t free_bytes = 0;
+  int64_t total_bytes = 0;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -38,6 +45,17 @@ class Backend {
   virtual MemorySpace* memory() = 0;
   // OK when every op the engine uses is implemented; else UNIMPLEMENTED naming the gaps.
   virtual absl::Status CheckEngineSupport() const = 0;
+  // OK when this backend's attention serves the model's head geometry; else an error
+  // that says which backend does.
+  virtual absl::Status CheckAttentionHeads(int /*num_q_heads*/, int /*num_kv_heads*/,
+                                           int /*head_dim*/) const {
+    return absl::OkStatus();
+  }
+  // Free and total bytes of memory(); UNIMPLEMENTED for host memory, which the engine
+  // sizes by bytes instead.
+  virtual absl::StatusOr<BackendMemoryInfo> QueryMemory() const {
+    return absl::UnimplementedError("this backend's memory is not sized from free memory");
+  }
 
   // Per-step staging of small host arrays (positions, page tables): the returned pointer
   // is backend memory valid until the next BeginStep.

@@ -11,8 +11,36 @@
 
 namespace lserve {
 
-Engine::Engine(ModelWeights weights, std::unique_ptr<Backend> backend, std::unique_ptr<KvStore> kv)
-    : weights_(std::move(weights)), backend_(std::move(backend)), kv_(std::move(kv)) {}
+namespace {
+
+constexpr int64_t kHostKvCacheBytes = int64_t{4} << 30;
+// Device memory left beside the KV pools for what ops allocate on first use (GEMM and
+// attention workspaces, staging arenas, activations of longer steps).
+constexpr int64_t kDeviceReserveBytes = int64_t{512} << 20;
+
+}  // namespace
+
+Engine::Engine(ModelWeights weights, std::unique_ptr<Backend> backend)
+    : weights_(std::move(weights)), backend_(std::move(backend)) {}
+
+absl::StatusOr<int64_t> Engine::KvCacheBytes(const EngineOptions& options) const {
+  if (options.max_kv_cache_bytes > 0) return options.max_kv_cache_bytes;
+  if (options.max_kv_cache_bytes < 0) {
+    return absl::InvalidArgumentError("max_kv_cache_bytes must be >= 0 (0: sized by the engine)");
+  }
+  const absl::StatusOr<BackendMemoryInfo> memory = backend_->QueryMemory();
+  if (!memory.ok()) {
+    if (memory.status().code() == absl::StatusCode::kUnimplemented) return kHostKvCacheBytes;
+    return memory.status();
+  }
+  const int64_t bytes = KvBytesFromFreeMemory(memory->free_bytes, options.gpu_memory_utilization,
+                                              kDeviceReserveBytes);
+  LOG(Info) << backend_->name() << ": " << (memory->free_bytes >> 20) << " MiB of "
+            << (memory->total_bytes >> 20) << " MiB free after weights and activations; KV cache "
+            << "may take " << (bytes >> 20) << " MiB (gpu_memory_utilization "
+            << options.gpu_memory_utilization << ")";
+  return bytes;
+}
 
 Engine::~Engine() = default;
 
@@ -30,32 +58,46 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(ModelWeights weights,
   const ModelConfig& config = weights.config;
   RETURN_IF_ERROR(ValidateSparseAttentionConfig(options.attention));
   if (options.max_sequences <= 0) return absl::InvalidArgumentError("max_sequences must be > 0");
+  if (!(options.gpu_memory_utilization > 0 && options.gpu_memory_utilization <= 1)) {
+    return absl::InvalidArgumentError(absl::StrCat("gpu_memory_utilization must be in (0, 1], got ",
+                                                   options.gpu_memory_utilization));
+  }
   BackendOptions backend_options;
   backend_options.num_threads = options.num_threads;
   backend_options.device = options.device;
   ASSIGN_OR_RETURN(std::unique_ptr<Backend> backend,
                    CreateBackend(options.backend, backend_options));
   RETURN_IF_ERROR(backend->CheckEngineSupport());
-  KvGeometry geometry{config.num_layers, config.num_kv_heads, config.head_dim,
-                      config.max_position_embeddings};
+  RETURN_IF_ERROR(
+      backend->CheckAttentionHeads(config.num_heads, config.num_kv_heads, config.head_dim));
+  const KvGeometry geometry{config.num_layers, config.num_kv_heads, config.head_dim,
+                            config.max_position_embeddings};
+  std::unique_ptr<Engine> engine(new Engine(std::move(weights), std::move(backend)));
+  // Weights and the activations of a full chunk first: the KV pools get what is left.
+  ASSIGN_OR_RETURN(engine->device_weights_,
+                   UploadEngineWeights(engine->weights_, engine->backend_.get()));
+  RETURN_IF_ERROR(engine->EnsureActivations(std::max<int64_t>(options.max_chunk_tokens, 1),
+                                            options.max_sequences));
   KvMemoryBudget capacity;
   capacity.dense_pages = options.num_dense_pages;
   capacity.streaming_pages = options.num_streaming_pages;
   capacity.max_sequences = options.max_sequences;
-  capacity.max_bytes = options.max_kv_cache_bytes;
+  ASSIGN_OR_RETURN(capacity.max_bytes, engine->KvCacheBytes(options));
   capacity.max_chunk_tokens = options.max_chunk_tokens;
-  capacity.dtype = backend->compute_dtype();
+  capacity.dtype = engine->backend_->compute_dtype();
   ASSIGN_OR_RETURN(KvStoreConfig kv_config,
                    KvStoreConfigFor(options.attention, geometry, capacity));
-  ASSIGN_OR_RETURN(
-      std::unique_ptr<KvStore> kv,
-      KvStore::Create(std::move(kv_config), backend->memory(), options.prefix_caching));
-  std::unique_ptr<Engine> engine(new Engine(std::move(weights), std::move(backend), std::move(kv)));
+  const int64_t kv_bytes = kv_config.num_dense_pages * DensePageBytes(kv_config) +
+                           kv_config.num_streaming_pages * StreamingPageBytes(kv_config);
+  LOG(Info) << "KV cache: " << kv_config.num_dense_pages << " dense and "
+            << kv_config.num_streaming_pages << " streaming pages of " << kv_config.page_size
+            << " tokens, " << (kv_bytes >> 20) << " MiB in " << engine->backend_->name()
+            << " memory";
+  ASSIGN_OR_RETURN(engine->kv_, KvStore::Create(std::move(kv_config), engine->backend_->memory(),
+                                                options.prefix_caching));
   ASSIGN_OR_RETURN(engine->attention_, HybridAttention::Create(engine->kv_.get(), options.attention,
                                                                engine->weights_.config.num_heads,
                                                                engine->backend_.get()));
-  ASSIGN_OR_RETURN(engine->device_weights_,
-                   UploadEngineWeights(engine->weights_, engine->backend_.get()));
   return engine;
 }
 

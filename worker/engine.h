@@ -34,8 +34,11 @@ struct EngineOptions {
   int64_t num_dense_pages = 0;
   int64_t num_streaming_pages = 0;
   int max_sequences = 8;
-  int64_t max_kv_cache_bytes = int64_t{4} << 30;
-  int64_t max_chunk_tokens = 2048;  // longest prefill chunk the streaming ring must hold
+  // 0: 4 GiB on the CPU backend; on a device, gpu_memory_utilization of the memory still
+  // free once the weights and activations are in place.
+  int64_t max_kv_cache_bytes = 0;
+  double gpu_memory_utilization = 0.9;  // in (0, 1]
+  int64_t max_chunk_tokens = 2048;      // longest prefill chunk the streaming ring must hold
   bool prefix_caching = false;
 };
 
@@ -101,7 +104,9 @@ class Engine {
   int64_t selection_reuses() const { return attention_->selection_reuses(); }
 
  private:
-  Engine(ModelWeights weights, std::unique_ptr<Backend> backend, std::unique_ptr<KvStore> kv);
+  Engine(ModelWeights weights, std::unique_ptr<Backend> backend);
+  // The byte budget of the KV pools (see EngineOptions::max_kv_cache_bytes).
+  absl::StatusOr<int64_t> KvCacheBytes(const EngineOptions& options) const;
   absl::Status ValidateBatch(const std::vector<StepInput>& batch) const;
   absl::Status Forward(const std::vector<StepInput>& batch, std::vector<StepOutput>* outputs);
   absl::Status EnsureActivations(int64_t rows, int64_t out_rows);

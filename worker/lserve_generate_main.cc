@@ -29,6 +29,12 @@ ABSL_FLAG(std::string, stop_ids, "", "Comma-separated stop token ids");
 ABSL_FLAG(int, prefill_chunk, 0, "Prompt tokens per prefill step; 0: whole prompt");
 ABSL_FLAG(int, threads, 0, "Worker threads; 0: one per core");
 ABSL_FLAG(std::string, backend, "cpu", "Compute backend: cpu or cuda");
+ABSL_FLAG(int, device, 0, "cuda: device ordinal");
+ABSL_FLAG(double, gpu_memory_utilization, 0.9,
+          "cuda: share of the device memory free after weights and activations that the KV "
+          "cache may take, in (0, 1]");
+ABSL_FLAG(int64_t, kv_cache_bytes, 0,
+          "KV cache bytes; 0: 4 GiB on cpu, from free device memory on cuda");
 ABSL_FLAG(int, logprobs, -1,
           "Logprobs per token: -1 none, n >= 0 the chosen token's plus the n best");
 ABSL_FLAG(bool, dense, false, "Turn every sparsity off: plain causal attention");
@@ -68,6 +74,9 @@ int main(int argc, char** argv) {
   lserve::EngineOptions engine_options;
   engine_options.num_threads = absl::GetFlag(FLAGS_threads);
   engine_options.backend = absl::GetFlag(FLAGS_backend);
+  engine_options.device = absl::GetFlag(FLAGS_device);
+  engine_options.gpu_memory_utilization = absl::GetFlag(FLAGS_gpu_memory_utilization);
+  engine_options.max_kv_cache_bytes = absl::GetFlag(FLAGS_kv_cache_bytes);
   lserve::SparseAttentionConfig& attention = engine_options.attention;
   attention.streaming_heads = absl::GetFlag(FLAGS_streaming_heads);
   attention.streaming_ratio = absl::GetFlag(FLAGS_streaming_ratio);

@@ -30,7 +30,11 @@ ABSL_FLAG(std::string, role, "unified", "unified, prefill or decode");
 ABSL_FLAG(std::string, listen, "127.0.0.1:50051", "gRPC address host:port (port 0: any)");
 ABSL_FLAG(std::string, metrics_listen, "", "Prometheus endpoint host:port; empty: none");
 ABSL_FLAG(std::string, port_file, "", "Written with the bound ports once serving");
-ABSL_FLAG(int64_t, kv_cache_bytes, 0, "KV cache bytes (cpu); 0: 4 GiB");
+ABSL_FLAG(int64_t, kv_cache_bytes, 0,
+          "KV cache bytes; 0: 4 GiB on cpu, from free device memory on cuda");
+ABSL_FLAG(double, gpu_memory_utilization, 0.9,
+          "cuda: share of the device memory free after weights and activations that the KV "
+          "cache may take, in (0, 1]");
 ABSL_FLAG(int, max_context, 0, "Longest prompt + generation; 0: the model's");
 ABSL_FLAG(int64_t, max_batch_tokens, 0, "Tokens per engine step; 0: 2048");
 ABSL_FLAG(int, max_running, 0, "Requests running at once; 0: 64");
@@ -90,6 +94,9 @@ absl::StatusOr<v1::WorkerConfig> ConfigFromFlags() {
   if (Given("metrics_listen")) config.set_metrics_address(absl::GetFlag(FLAGS_metrics_listen));
   if (Given("port_file")) config.set_port_file(absl::GetFlag(FLAGS_port_file));
   if (Given("kv_cache_bytes")) config.set_kv_cache_bytes(absl::GetFlag(FLAGS_kv_cache_bytes));
+  if (Given("gpu_memory_utilization")) {
+    config.set_gpu_memory_utilization(absl::GetFlag(FLAGS_gpu_memory_utilization));
+  }
   if (Given("max_context")) config.set_max_context(absl::GetFlag(FLAGS_max_context));
   if (Given("max_batch_tokens")) config.set_max_batch_tokens(absl::GetFlag(FLAGS_max_batch_tokens));
   if (Given("max_running")) config.set_max_running(absl::GetFlag(FLAGS_max_running));

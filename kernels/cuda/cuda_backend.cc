@@ -57,11 +57,28 @@ class CudaBackend final : public Backend {
   std::string_view name() const override { return "cuda"; }
   DType compute_dtype() const override { return DType::kBF16; }
   MemorySpace* memory() override { return DeviceMemory(); }
-  absl::Status CheckEngineSupport() const override {
-    return absl::UnimplementedError(
-        "the cuda backend does not run the engine yet: every op has a kernel, but the "
-        "end-to-end path (device KV pools sized from free memory, decode CUDA graphs) is not "
-        "enabled; use --backend=cpu");
+  absl::Status CheckEngineSupport() const override { return absl::OkStatus(); }
+  absl::Status CheckAttentionHeads(int num_q_heads, int num_kv_heads, int head_dim) const override {
+    if (head_dim != 64 && head_dim != 128) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "the cuda backend's attention kernels serve head_dim 64 and 128; this model has "
+          "head_dim ",
+          head_dim, ": use --backend=cpu, which serves any head dim"));
+    }
+    // Decode attention packs a GQA group into one tile of at most 8 query heads.
+    if (num_kv_heads <= 0 || num_q_heads % num_kv_heads != 0 || num_q_heads / num_kv_heads > 8) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "the cuda backend's attention kernels serve GQA groups of 1 to 8 query heads per KV "
+          "head; this model has ",
+          num_q_heads, " query heads over ", num_kv_heads,
+          " KV heads: use --backend=cpu, which serves any grouping"));
+    }
+    return absl::OkStatus();
+  }
+  absl::StatusOr<BackendMemoryInfo> QueryMemory() const override {
+    size_t free_bytes = 0, total_bytes = 0;
+    RETURN_IF_ERROR(CudaStatus(cudaMemGetInfo(&free_bytes, &total_bytes), "cudaMemGetInfo"));
+    return BackendMemoryInfo{static_cast<int64_t>(free_bytes), static_cast<int64_t>(total_bytes)};
   }
 
   void BeginStep() override {

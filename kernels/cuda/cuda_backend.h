@@ -1,7 +1,6 @@
 // The CUDA backend: bf16 storage and float32 math on one device, with the KV pools,
-// weights and activations in device memory. Ops not written for the GPU yet return
-// UNIMPLEMENTED; CheckEngineSupport lists them, so an engine refuses this backend up front
-// rather than failing mid-step.
+// weights and activations in device memory. Its attention serves head_dim 64 and 128
+// with GQA groups up to 8 (CheckAttentionHeads); the CPU backend serves the rest.
 #ifndef LSERVE_KERNELS_CUDA_CUDA_BACKEND_H_
 #define LSERVE_KERNELS_CUDA_CUDA_BACKEND_H_
 

@@ -76,11 +76,13 @@ TEST(BackendRegistryTest, CreatesTheCpuBackendByName) {
   EXPECT_EQ((*backend)->compute_dtype(), DType::kF32);
   EXPECT_TRUE((*backend)->memory()->host_accessible());
   EXPECT_TRUE((*backend)->CheckEngineSupport().ok());
+  EXPECT_TRUE((*backend)->CheckAttentionHeads(4, 2, 16).ok());  // any head dim
+  EXPECT_EQ((*backend)->QueryMemory().status().code(), absl::StatusCode::kUnimplemented);
   EXPECT_EQ(CreateBackend("cpu", {-1, 0}).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(CreateBackend("tpu").status().code(), absl::StatusCode::kInvalidArgument);
 }
 
-TEST(BackendRegistryTest, CudaBackendNeedsADeviceAndSaysWhatItLacks) {
+TEST(BackendRegistryTest, CudaBackendNeedsADeviceAndServesHeadDims64And128) {
   absl::StatusOr<std::unique_ptr<Backend>> backend = CreateBackend("cuda");
   if (!CudaBuilt() || CudaDeviceCount() == 0) {
     EXPECT_EQ(backend.status().code(), absl::StatusCode::kFailedPrecondition);
@@ -89,7 +91,19 @@ TEST(BackendRegistryTest, CudaBackendNeedsADeviceAndSaysWhatItLacks) {
   ASSERT_TRUE(backend.ok()) << backend.status();
   EXPECT_EQ((*backend)->compute_dtype(), DType::kBF16);
   EXPECT_FALSE((*backend)->memory()->host_accessible());
-  EXPECT_EQ((*backend)->CheckEngineSupport().code(), absl::StatusCode::kUnimplemented);
+  EXPECT_TRUE((*backend)->CheckEngineSupport().ok());
+  EXPECT_TRUE((*backend)->CheckAttentionHeads(32, 8, 128).ok());
+  EXPECT_TRUE((*backend)->CheckAttentionHeads(8, 8, 64).ok());
+  const absl::Status head_dim = (*backend)->CheckAttentionHeads(4, 2, 16);
+  EXPECT_EQ(head_dim.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(head_dim.message().find("--backend=cpu"), std::string::npos) << head_dim;
+  EXPECT_EQ((*backend)->CheckAttentionHeads(16, 1, 128).code(),
+            absl::StatusCode::kInvalidArgument);  // decode packs at most 8 heads per group
+  absl::StatusOr<BackendMemoryInfo> memory = (*backend)->QueryMemory();
+  ASSERT_TRUE(memory.ok()) << memory.status();
+  EXPECT_GT(memory->total_bytes, 0);
+  EXPECT_GT(memory->free_bytes, 0);
+  EXPECT_LE(memory->free_bytes, memory->total_bytes);
 }
 
 }  // namespace

@@ -1,12 +1,15 @@
 // Engine steps on the built-in synthetic model.
 #include "worker/engine.h"
 
+#include <cmath>
+#include <string>
 #include <vector>
 
 #include "gtest/gtest.h"
 #include "kernels/cpu/sampling.h"
 #include "tests/worker/engine_test_util.h"
 #include "tests/worker/test_util.h"
+#include "worker/attention/kv_store_sizing.h"
 #include "worker/model/synthetic_model.h"
 
 namespace lserve {
@@ -94,6 +97,33 @@ TEST(EngineCreateTest, KvCacheStaysWithinItsByteBudget) {
   options.max_kv_cache_bytes = 100;
   EXPECT_EQ(Engine::Create(*MakeSyntheticWeights(config, 1), options).status().code(),
             absl::StatusCode::kResourceExhausted);
+}
+
+TEST(EngineCreateTest, GpuMemoryUtilizationMustBeAFractionAndBytesNonNegative) {
+  for (double fraction : {0.0, -0.5, 1.01, std::nan("")}) {
+    EngineOptions options;
+    options.gpu_memory_utilization = fraction;
+    const absl::Status status =
+        Engine::Create(*MakeSyntheticWeights(TinySyntheticConfig(), 1), options).status();
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << fraction;
+    EXPECT_NE(status.message().find("gpu_memory_utilization"), std::string::npos);
+  }
+  EngineOptions options;
+  options.gpu_memory_utilization = 1.0;
+  EXPECT_TRUE(Engine::Create(*MakeSyntheticWeights(TinySyntheticConfig(), 1), options).ok());
+  options.max_kv_cache_bytes = -1;
+  EXPECT_EQ(
+      Engine::Create(*MakeSyntheticWeights(TinySyntheticConfig(), 1), options).status().code(),
+      absl::StatusCode::kInvalidArgument);
+}
+
+TEST(KvBytesFromFreeMemoryTest, TakesTheFractionLeavingTheReserve) {
+  constexpr int64_t kGiB = int64_t{1} << 30;
+  EXPECT_EQ(KvBytesFromFreeMemory(100 * kGiB, 0.9, kGiB / 2), 90 * kGiB);
+  EXPECT_EQ(KvBytesFromFreeMemory(100 * kGiB, 0.5, kGiB / 2), 50 * kGiB);
+  // At 1.0 the reserve still stays free for the workspaces ops allocate later.
+  EXPECT_EQ(KvBytesFromFreeMemory(100 * kGiB, 1.0, kGiB / 2), 100 * kGiB - kGiB / 2);
+  EXPECT_EQ(KvBytesFromFreeMemory(kGiB / 4, 0.9, kGiB / 2), 0);
 }
 
 TEST(EngineCreateTest, SlidingWindowModelsServeContextsUpToTheWindow) {

@@ -26,6 +26,11 @@ int64_t StreamingPageBytes(const KvStoreConfig& c) {
   return bytes;
 }
 
+int64_t KvBytesFromFreeMemory(int64_t free_bytes, double fraction, int64_t reserve) {
+  const int64_t share = static_cast<int64_t>(static_cast<double>(free_bytes) * fraction);
+  return std::max<int64_t>(0, std::min(share, free_bytes - reserve));
+}
+
 absl::StatusOr<KvStoreConfig> KvStoreConfigFor(const SparseAttentionConfig& attention,
                                                const KvGeometry& geometry,
                                                const KvMemoryBudget& capacity) {

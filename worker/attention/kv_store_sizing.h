@@ -37,6 +37,11 @@ absl::StatusOr<KvStoreConfig> KvStoreConfigFor(const SparseAttentionConfig& atte
                                                const KvGeometry& geometry,
                                                const KvMemoryBudget& capacity);
 
+// Bytes the KV pools may take on a device with `free_bytes` free once weights and
+// activations are in place: `fraction` of them, leaving at least `reserve` for the
+// workspaces ops allocate on first use; 0 when nothing is left.
+int64_t KvBytesFromFreeMemory(int64_t free_bytes, double fraction, int64_t reserve);
+
 // Bytes of one page of each pool over all layers (K, V and, for dense, kmax/kmin).
 int64_t DensePageBytes(const KvStoreConfig& config);
 int64_t StreamingPageBytes(const KvStoreConfig& config);

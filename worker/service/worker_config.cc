@@ -22,7 +22,7 @@ void ApplyWorkerDefaults(v1::WorkerConfig* c) {
   if (c->model_seed() == 0) c->set_model_seed(1);
   if (c->backend().empty()) c->set_backend("cpu");
   if (c->role() == v1::WORKER_ROLE_UNSPECIFIED) c->set_role(v1::WORKER_ROLE_UNIFIED);
-  if (c->kv_cache_bytes() == 0) c->set_kv_cache_bytes(int64_t{4} << 30);
+  if (c->gpu_memory_utilization() == 0) c->set_gpu_memory_utilization(0.9);
   if (c->max_batch_tokens() == 0) c->set_max_batch_tokens(2048);
   if (c->max_running() == 0) c->set_max_running(64);
   if (c->max_queue() == 0) c->set_max_queue(1024);
@@ -51,9 +51,9 @@ absl::Status ValidateWorkerConfig(const v1::WorkerConfig& c) {
     return Invalid("backend", absl::StrCat("must be cpu or cuda, got '", c.backend(), "'"));
   }
   if (c.threads() < 0 || c.threads() > 1024) return Invalid("threads", "must be in [0, 1024]");
-  if (!std::isfinite(c.kv_memory_fraction()) || c.kv_memory_fraction() < 0 ||
-      c.kv_memory_fraction() > 1) {
-    return Invalid("kv_memory_fraction", "must be in [0, 1]");
+  if (!std::isfinite(c.gpu_memory_utilization()) || c.gpu_memory_utilization() <= 0 ||
+      c.gpu_memory_utilization() > 1) {
+    return Invalid("gpu_memory_utilization", "must be in (0, 1]");
   }
   if (c.kv_cache_bytes() < 0) return Invalid("kv_cache_bytes", "must be >= 0");
   if (c.max_context() < 0) return Invalid("max_context", "must be >= 0");
@@ -116,6 +116,7 @@ absl::StatusOr<EngineOptions> EngineOptionsFor(const v1::WorkerConfig& c) {
   ASSIGN_OR_RETURN(options.attention, AttentionFor(c.attention()));
   options.max_sequences = c.max_running();
   options.max_kv_cache_bytes = c.kv_cache_bytes();
+  options.gpu_memory_utilization = c.gpu_memory_utilization();
   options.max_chunk_tokens = std::min<int64_t>(c.max_batch_tokens(), 2048);
   if (c.prefill_chunk() > 0)
     options.max_chunk_tokens = std::min(options.max_chunk_tokens, c.prefill_chunk());

@@ -21,7 +21,7 @@ class CudaBackendTest : public CudaDeviceTest {};
 TEST_F(CudaBackendTest, StagesHostArraysAndUploadsWeightsAsBf16) {
   LSERVE_ASSERT_OK_AND_ASSIGN(std::unique_ptr<Backend> backend, CreateBackend("cuda"));
   EXPECT_EQ(backend->name(), "cuda");
-  EXPECT_EQ(backend->CheckEngineSupport().code(), absl::StatusCode::kUnimplemented);
+  EXPECT_TRUE(backend->CheckEngineSupport().ok());
   backend->BeginStep();
   std::vector<int32_t> host(1000);
   for (int i = 0; i < 1000; ++i) host[i] = i * 7 - 3;
