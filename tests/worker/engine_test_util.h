@@ -27,6 +27,21 @@ inline std::unique_ptr<Engine> MakeTinyEngine(int64_t dense_pages = 0, int max_s
   return *std::move(engine);
 }
 
+// Small windows and budget so that hybrid sparsity really drops keys at a few hundred
+// tokens: streaming ratio 0.5, page 16 (logical 8), budget 64, sink 16, windows 64.
+inline SparseAttentionConfig SmallHybrid() {
+  SparseAttentionConfig c;
+  c.streaming_ratio = 0.5f;
+  c.page_size = 16;
+  c.logical_page_size = 8;
+  c.token_budget = 64;
+  c.sink = 16;
+  c.prefill_local = 64;
+  c.decode_local = 64;
+  c.reuse_interval = 4;
+  return c;
+}
+
 inline std::vector<int32_t> Ids(int n, int salt) {
   std::vector<int32_t> ids;
   for (int i = 0; i < n; ++i) ids.push_back((i * 37 + salt * 11 + 5) % 500 + 3);

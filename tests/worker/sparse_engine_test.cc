@@ -6,6 +6,7 @@
 
 #include "eval/sparse_quality.h"
 #include "gtest/gtest.h"
+#include "tests/worker/engine_test_util.h"
 #include "tests/worker/test_util.h"
 #include "worker/model/synthetic_model.h"
 #include "worker/scheduler/offline.h"
@@ -36,19 +37,7 @@ std::unique_ptr<Engine> MakeEngine(const SparseAttentionConfig& attention) {
   return *std::move(engine);
 }
 
-// Small windows and budget so that sparsity really drops keys at stories260K's lengths.
-SparseAttentionConfig SmallHybrid() {
-  SparseAttentionConfig c;
-  c.streaming_ratio = 0.5f;
-  c.page_size = 16;
-  c.logical_page_size = 8;
-  c.token_budget = 64;
-  c.sink = 16;
-  c.prefill_local = 64;
-  c.decode_local = 64;
-  c.reuse_interval = 4;
-  return c;
-}
+using testing::SmallHybrid;
 
 // Prefills the prompt in chunks, then decodes `steps` fixed tokens; returns all logits.
 std::vector<float> RunSequence(Engine& engine, SeqId seq, const std::vector<int32_t>& prompt,
