@@ -13,7 +13,7 @@
 //
 // Usage: engine_context_bench [--backend=cpu|cuda] [--geometry=llama3-8b|100m|tiny]
 //   [--layers=N] [--contexts=32768,65536,131072,262144] [--batches=1,8]
-//   [--modes=dense,hybrid] [--chunk=8192] [--decode_steps=16] [--kv_cache_gb=96]
+//   [--modes=dense,hybrid] [--chunk=8192] [--decode_steps=16] [--kv_cache_gb=0]
 //   [--bandwidth_gbs=4800] [--gates=PATH|none] [--json=PATH]
 #include <algorithm>
 #include <chrono>
@@ -143,8 +143,10 @@ int Main(int argc, char** argv) {
   setup.options.backend = FlagValue(argc, argv, "backend", "cpu");
   setup.options.max_sequences = max_batch;
   setup.options.max_chunk_tokens = chunk;
+  // 0: the engine's own sizing (on a GPU, gpu_memory_utilization of the memory free after
+  // the weights and activations).
   setup.options.max_kv_cache_bytes =
-      static_cast<int64_t>(std::stod(FlagValue(argc, argv, "kv_cache_gb", "96")) * (1 << 30));
+      static_cast<int64_t>(std::stod(FlagValue(argc, argv, "kv_cache_gb", "0")) * (1 << 30));
   nlohmann::json report = bench::Provenance(argc, argv);
   report["backend"] = setup.options.backend;
   report["geometry"] = geometry;
