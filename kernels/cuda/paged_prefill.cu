@@ -327,16 +327,20 @@ bool CurrentDeviceRunsSm90() {
   return internal::PrefillSm90Supported(device);
 }
 
-}  // namespace
-
-PrefillKernel ResolvePrefillKernel(PrefillKernel kernel) {
+// kAuto resolved for a device that does (or does not) run the sm_90a kernel.
+PrefillKernel Resolve(PrefillKernel kernel, bool sm90) {
   if (kernel != PrefillKernel::kAuto) return kernel;
   static const bool mma_sync_asked = [] {
     const char* value = std::getenv("LSERVE_PREFILL_KERNEL");
     return value != nullptr && std::strcmp(value, "mma_sync") == 0;
   }();
-  return CurrentDeviceRunsSm90() && !mma_sync_asked ? PrefillKernel::kWgmma
-                                                    : PrefillKernel::kMmaSync;
+  return sm90 && !mma_sync_asked ? PrefillKernel::kWgmma : PrefillKernel::kMmaSync;
+}
+
+}  // namespace
+
+PrefillKernel ResolvePrefillKernel(PrefillKernel kernel) {
+  return Resolve(kernel, CurrentDeviceRunsSm90());
 }
 
 PrefillTileShape PrefillTiles(PrefillKernel kernel) {
@@ -365,9 +369,11 @@ absl::Status PagedPrefillAttention(const PagedAttentionParams& p, void* workspac
     return absl::InvalidArgumentError("cuda prefill attention needs its workspace");
   }
   if (p.tables.num_seqs == 0) return absl::OkStatus();
-  kernel = ResolvePrefillKernel(kernel);
+  // One device query per launch decides both the kernel and whether it can run.
+  const bool sm90 = CurrentDeviceRunsSm90();
+  kernel = Resolve(kernel, sm90);
   if (kernel == PrefillKernel::kWgmma) {
-    if (!CurrentDeviceRunsSm90()) {
+    if (!sm90) {
       return absl::FailedPreconditionError(
           "cuda prefill attention: the wgmma kernel needs compute capability 9.0 (sm_90a)");
     }

@@ -54,11 +54,29 @@ __device__ __forceinline__ int64_t ReceiveWork(PipelineSync* sync) {
   return w;
 }
 
+// Copies one K or V tile (the 128 rows whose addresses `rows` holds, `offset` elements
+// further; null rows are zero-filled) into a swizzled ring slot, arriving on `full` once
+// the copies land.
+template <int kHeadDim>
+__device__ __forceinline__ void CopyTile(uint8_t* tile, const uint16_t* const* rows, int64_t offset,
+                                         const uint16_t* any, uint64_t* full) {
+  constexpr int kChunks = kHeadDim / 8;
+#pragma unroll 4
+  for (int pass = 0; pass < kKeys * kChunks / 128; ++pass) {
+    const int index = pass * 128 + threadIdx.x;
+    const int row = index / kChunks;
+    const int chunk = index % kChunks;
+    const uint16_t* src = rows[row];
+    CpAsync16(tile + SwizzledOffset(kKeys, row, chunk), src ? src + offset + chunk * 8 : any,
+              src ? 16 : 0);
+  }
+  sm90::BarrierArriveOnCpAsync(full);
+}
+
 // The producer warpgroup: gathers the K and V tiles of every work item into the ring.
 template <int kHeadDim>
 __device__ void Produce(const Sm90Args& a, uint8_t* smem, PipelineSync* sync,
                         const uint16_t** row_source) {
-  constexpr int kChunks = kHeadDim / 8;
   const int tid = threadIdx.x;  // 0..127
   uint32_t iteration = 0;
   for (uint32_t k = 0;; ++k) {
@@ -86,28 +104,10 @@ __device__ void Produce(const Sm90Args& a, uint8_t* smem, PipelineSync* sync,
       sm90::NamedBarrier(kProducerBarrier, 128);
       sm90::BarrierWait(&sync->empty_k[stage], (round & 1) ^ 1);
       uint8_t* k_tile = smem + Layout<kHeadDim>::kQBytes + stage * Layout<kHeadDim>::kStageBytes;
-      uint8_t* v_tile = k_tile + Layout<kHeadDim>::kTileBytes;
-#pragma unroll 4
-      for (int pass = 0; pass < kKeys * kChunks / 128; ++pass) {
-        const int index = pass * 128 + tid;
-        const int row = index / kChunks;
-        const int chunk = index % kChunks;
-        const uint16_t* key = rows[row];
-        CpAsync16(k_tile + SwizzledOffset(kKeys, row, chunk), key ? key + chunk * 8 : a.q,
-                  key ? 16 : 0);
-      }
-      sm90::BarrierArriveOnCpAsync(&sync->full_k[stage]);
+      CopyTile<kHeadDim>(k_tile, rows, 0, a.q, &sync->full_k[stage]);
       sm90::BarrierWait(&sync->empty_v[stage], (round & 1) ^ 1);
-#pragma unroll 4
-      for (int pass = 0; pass < kKeys * kChunks / 128; ++pass) {
-        const int index = pass * 128 + tid;
-        const int row = index / kChunks;
-        const int chunk = index % kChunks;
-        const uint16_t* key = rows[row];
-        CpAsync16(v_tile + SwizzledOffset(kKeys, row, chunk),
-                  key ? key + value_offset + chunk * 8 : a.q, key ? 16 : 0);
-      }
-      sm90::BarrierArriveOnCpAsync(&sync->full_v[stage]);
+      CopyTile<kHeadDim>(k_tile + Layout<kHeadDim>::kTileBytes, rows, value_offset, a.q,
+                         &sync->full_v[stage]);
     }
   }
   CpAsyncWait<0>();
