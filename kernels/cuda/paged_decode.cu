@@ -23,7 +23,6 @@ namespace {
 using internal::DecodeArgs;
 
 constexpr int kMinKeysPerSplit = 256;
-constexpr float kLog2e = 1.4426950408889634f;
 
 }  // namespace
 
@@ -79,18 +78,8 @@ absl::Status PagedDecodeAttention(const PagedAttentionParams& p, const DecodeLau
   }
   if (p.tables.num_seqs == 0) return absl::OkStatus();
   DecodeArgs args{};
-  args.kv = p.kv;
-  args.t = p.tables;
-  args.q_indptr = p.q_indptr;
-  args.q = static_cast<const uint16_t*>(p.q);
-  args.out = static_cast<uint16_t*>(p.out);
-  args.q_row_stride = p.q_row_stride;
-  args.out_row_stride = p.out_row_stride;
+  internal::SetAttentionArgs(p, &args);
   args.num_q_heads = p.num_q_heads;
-  args.group = p.num_q_heads / p.kv.num_kv_heads;
-  args.scale_log2 = p.scale * kLog2e;
-  args.sink = p.sink;
-  args.local = p.local;
   args.selection_begin = p.selection_begin;
   args.selection_end = p.selection_end;
   args.selected_pages = p.selected_pages;

@@ -10,6 +10,7 @@
 
 #include "absl/status/status.h"
 #include "kernels/attention_params.h"
+#include "kernels/cuda/attention_args.h"
 #include "kernels/cuda/mma_sm80.cuh"
 #include "kernels/cuda/paged_kv.cuh"
 
@@ -17,19 +18,8 @@ namespace lserve::cuda::internal {
 
 constexpr float kNegInf = -INFINITY;
 
-struct DecodeArgs {
-  PagedKvLayer kv;
-  PageTableView t;
-  const int32_t* q_indptr;
-  const uint16_t* q;
-  uint16_t* out;
-  int64_t q_row_stride;
-  int64_t out_row_stride;
+struct DecodeArgs : AttentionArgs {
   int num_q_heads;
-  int group;
-  float scale_log2;
-  int64_t sink;
-  const int32_t* local;
   const int32_t* selection_begin;
   const int32_t* selection_end;
   const int32_t* selected_pages;

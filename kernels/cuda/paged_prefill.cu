@@ -18,6 +18,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "kernels/cuda/attention_args.h"
 #include "kernels/cuda/attention_checks.h"
 #include "kernels/cuda/bf16_vec.cuh"
 #include "kernels/cuda/cuda_status.h"
@@ -25,7 +26,6 @@
 #include "kernels/cuda/paged_attention.h"
 #include "kernels/cuda/paged_kv.cuh"
 #include "kernels/cuda/paged_prefill_sm90.h"
-#include "kernels/cuda/prefill_args.h"
 #include "kernels/cuda/prefill_plan.h"
 
 namespace lserve::cuda {

@@ -11,9 +11,9 @@
 #include <cstdint>
 
 #include "kernels/attention_params.h"
+#include "kernels/cuda/attention_args.h"
 #include "kernels/cuda/bf16_vec.cuh"
 #include "kernels/cuda/paged_prefill_sm90.h"
-#include "kernels/cuda/prefill_args.h"
 #include "kernels/cuda/prefill_plan.h"
 #include "kernels/cuda/wgmma_sm90.cuh"
 
