@@ -1,5 +1,6 @@
-// What the GPU benchmarks share: error checks that exit, device copies, a source of
-// random bf16 values for filling pools, and event timing.
+// What the GPU benchmarks share: error checks that exit, device copies and the buffers
+// that own them, the head layout of a benchmark layer, a source of random bf16 values for
+// filling pools, and event timing.
 #ifndef LSERVE_BENCH_CUDA_BENCH_UTIL_H_
 #define LSERVE_BENCH_CUDA_BENCH_UTIL_H_
 
@@ -14,6 +15,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "kernels/attention_params.h"
 
 namespace lserve::bench {
 
@@ -42,6 +44,57 @@ inline T* DeviceCopy(const std::vector<T>& host) {
     CUDA_OK(cudaMemcpy(ptr, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice));
   }
   return ptr;
+}
+
+// Device buffers freed together.
+class DeviceAllocations {
+ public:
+  DeviceAllocations() = default;
+  DeviceAllocations(const DeviceAllocations&) = delete;
+  DeviceAllocations& operator=(const DeviceAllocations&) = delete;
+  ~DeviceAllocations() {
+    for (void* p : pointers_) cudaFree(p);
+  }
+  template <typename T>
+  T* Keep(T* p) {
+    pointers_.push_back(p);
+    return p;
+  }
+
+ private:
+  std::vector<void*> pointers_;
+};
+
+// Whether KV head `h` streams in a benchmark layer: every other head, when hybrid.
+inline bool BenchHeadStreams(bool hybrid, int h) { return hybrid && h % 2 == 1; }
+
+// A bf16 layer's head layout (BenchHeadStreams): head slots and
+// kinds in device memory, each pool's heads and page stride (the dense pool's pages hold
+// kmax/kmin too); the pools' memory is the caller's.
+inline PagedKvLayer BenchKvLayer(DeviceAllocations& memory, int kv_heads, int head_dim,
+                                 int page_size, int logical_page_size, bool hybrid) {
+  std::vector<int32_t> slot(kv_heads);
+  std::vector<uint8_t> streaming(kv_heads);
+  int dense_heads = 0;
+  int stream_heads = 0;
+  for (int h = 0; h < kv_heads; ++h) {
+    streaming[h] = BenchHeadStreams(hybrid, h);
+    slot[h] = streaming[h] ? stream_heads++ : dense_heads++;
+  }
+  PagedKvLayer kv;
+  kv.dtype = DType::kBF16;
+  kv.page_size = page_size;
+  kv.logical_page_size = logical_page_size;
+  kv.head_dim = head_dim;
+  kv.num_kv_heads = kv_heads;
+  kv.kv_head_slot = memory.Keep(DeviceCopy(slot));
+  kv.kv_head_streaming = memory.Keep(DeviceCopy(streaming));
+  kv.dense.num_heads = dense_heads;
+  kv.dense.page_stride = 2LL * dense_heads * page_size * head_dim +
+                         2LL * dense_heads * (page_size / logical_page_size) * head_dim;
+  kv.streaming.num_heads = stream_heads;
+  kv.streaming.page_stride = 2LL * stream_heads * page_size * head_dim;
+  return kv;
 }
 
 // Random bf16 bits, N(0, 1)-like, in a device buffer that fills pools by copies.

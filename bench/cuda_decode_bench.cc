@@ -31,59 +31,30 @@ constexpr int kSink = 128, kLocal = 256, kBudget = 4096, kReuse = 4;
 
 // One layer's pools and page tables for `batch` sequences of `len` keys.
 struct Batch {
-  std::vector<void*> allocations;
+  DeviceAllocations memory;
   PagedAttentionParams attention;
   ScorePagesParams score;
   SelectPagesParams select;
   int num_jobs = 0;
   double kv_bytes = 0;  // K and V of every key, all heads (what dense decode reads)
-
-  template <typename T>
-  T* Keep(T* p) {
-    allocations.push_back(p);
-    return p;
-  }
-  ~Batch() {
-    for (void* p : allocations) cudaFree(p);
-  }
 };
 
 // hybrid: every other KV head streams; scoring per query head or per KV head.
 void BuildBatch(Batch& b, const RandomSource& random, int batch, int64_t len, bool hybrid,
                 bool per_kv_head, bool scatter) {
-  const int dense_heads = hybrid ? kKvHeads / 2 : kKvHeads;
-  const int stream_heads = kKvHeads - dense_heads;
-  std::vector<int32_t> slot(kKvHeads);
-  std::vector<uint8_t> streaming(kKvHeads);
-  for (int h = 0, d = 0, s = 0; h < kKvHeads; ++h) {
-    streaming[h] = hybrid && h % 2 == 1;
-    slot[h] = streaming[h] ? s++ : d++;
-  }
-  PagedKvLayer kv;
-  kv.dtype = DType::kBF16;
-  kv.page_size = kPage;
-  kv.logical_page_size = kLogical;
-  kv.head_dim = kDim;
-  kv.num_kv_heads = kKvHeads;
-  kv.kv_head_slot = b.Keep(DeviceCopy(slot));
-  kv.kv_head_streaming = b.Keep(DeviceCopy(streaming));
+  PagedKvLayer kv = BenchKvLayer(b.memory, kKvHeads, kDim, kPage, kLogical, hybrid);
   const int64_t pages_per_seq = (len + kPage - 1) / kPage;
   const int64_t dense_pages = pages_per_seq * batch;
-  kv.dense.num_heads = dense_heads;
-  kv.dense.page_stride =
-      2LL * dense_heads * kPage * kDim + 2LL * dense_heads * (kPage / kLogical) * kDim;
   const size_t dense_bytes = dense_pages * kv.dense.page_stride * 2;
   CUDA_OK(cudaMalloc(&kv.dense.base, dense_bytes));
-  b.Keep(kv.dense.base);
+  b.memory.Keep(kv.dense.base);
   random.Fill(kv.dense.base, dense_bytes);
   const int sink_pages = (kSink + kPage - 1) / kPage;
   const int ring = (kLocal + kPage - 1) / kPage + 1;
-  kv.streaming.num_heads = stream_heads;
-  kv.streaming.page_stride = 2LL * stream_heads * kPage * kDim;
-  if (stream_heads > 0) {
+  if (kv.streaming.num_heads > 0) {
     const size_t bytes = size_t(batch) * (sink_pages + ring) * kv.streaming.page_stride * 2;
     CUDA_OK(cudaMalloc(&kv.streaming.base, bytes));
-    b.Keep(kv.streaming.base);
+    b.memory.Keep(kv.streaming.base);
     random.Fill(kv.streaming.base, bytes);
   }
   // Page tables: each sequence's dense pages scattered over the pool.
@@ -102,32 +73,32 @@ void BuildBatch(Batch& b, const RandomSource& random, int batch, int64_t len, bo
   PageTableView t;
   t.num_seqs = batch;
   t.ring_start = sink_pages * kPage;
-  t.kv_len = b.Keep(DeviceCopy(kv_len));
-  t.dense_indptr = b.Keep(DeviceCopy(dense_indptr));
-  t.dense_indices = b.Keep(DeviceCopy(order));
-  t.stream_indptr = b.Keep(DeviceCopy(stream_indptr));
-  t.stream_indices = b.Keep(DeviceCopy(stream_indices));
-  t.stream_sink_pages = b.Keep(DeviceCopy(sink));
+  t.kv_len = b.memory.Keep(DeviceCopy(kv_len));
+  t.dense_indptr = b.memory.Keep(DeviceCopy(dense_indptr));
+  t.dense_indices = b.memory.Keep(DeviceCopy(order));
+  t.stream_indptr = b.memory.Keep(DeviceCopy(stream_indptr));
+  t.stream_indices = b.memory.Keep(DeviceCopy(stream_indices));
+  t.stream_sink_pages = b.memory.Keep(DeviceCopy(sink));
   t.max_kv_len = static_cast<int32_t>(len);
   t.max_queries = 1;
   void* q = nullptr;
   void* out = nullptr;
   CUDA_OK(cudaMalloc(&q, size_t(batch) * kQHeads * kDim * 2));
   CUDA_OK(cudaMalloc(&out, size_t(batch) * kQHeads * kDim * 2));
-  b.Keep(q);
-  b.Keep(out);
+  b.memory.Keep(q);
+  b.memory.Keep(out);
   random.Fill(q, size_t(batch) * kQHeads * kDim * 2);
   PagedAttentionParams& a = b.attention;
   a.kv = kv;
   a.tables = t;
-  a.q_indptr = b.Keep(DeviceCopy(q_indptr));
+  a.q_indptr = b.memory.Keep(DeviceCopy(q_indptr));
   a.q = q;
   a.out = out;
   a.q_row_stride = a.out_row_stride = kQHeads * kDim;
   a.num_q_heads = kQHeads;
   a.scale = 1.0f / std::sqrt(float(kDim));
   a.sink = kSink;
-  a.local = b.Keep(DeviceCopy(local));
+  a.local = b.memory.Keep(DeviceCopy(local));
   b.kv_bytes = double(batch) * len * kKvHeads * kDim * 2 * 2;
   if (!hybrid || len <= kBudget) return;
   // Selection: one job per (sequence, dense KV head, query head) or per (sequence, KV head).
@@ -137,7 +108,7 @@ void BuildBatch(Batch& b, const RandomSource& random, int batch, int64_t len, bo
   std::vector<int32_t> begin(size_t(batch) * kQHeads, -1), end(begin.size(), -1);
   for (int s = 0; s < batch; ++s) {
     for (int h = 0; h < kKvHeads; ++h) {
-      if (streaming[h]) continue;
+      if (BenchHeadStreams(hybrid, h)) continue;
       for (int q_head = h * group; q_head < (h + 1) * group; q_head += per_kv_head ? group : 1) {
         const int j = static_cast<int>(jobs.size());
         jobs.push_back(
@@ -158,14 +129,14 @@ void BuildBatch(Batch& b, const RandomSource& random, int batch, int64_t len, bo
   CUDA_OK(
       cudaMalloc(reinterpret_cast<void**>(&selected), jobs.size() * max_pages * sizeof(int32_t)));
   CUDA_OK(cudaMalloc(reinterpret_cast<void**>(&counts), jobs.size() * sizeof(int32_t)));
-  b.Keep(scores);
-  b.Keep(selected);
-  b.Keep(counts);
-  const PageScoreJob* jobs_d = b.Keep(DeviceCopy(jobs));
+  b.memory.Keep(scores);
+  b.memory.Keep(selected);
+  b.memory.Keep(counts);
+  const PageScoreJob* jobs_d = b.memory.Keep(DeviceCopy(jobs));
   b.score = {kv, t, q, kQHeads * kDim, jobs_d, b.num_jobs, scores};
   b.select = {scores, jobs_d, b.num_jobs, t.kv_len, kPage, max_pages, selected, counts};
-  a.selection_begin = b.Keep(DeviceCopy(begin));
-  a.selection_end = b.Keep(DeviceCopy(end));
+  a.selection_begin = b.memory.Keep(DeviceCopy(begin));
+  a.selection_end = b.memory.Keep(DeviceCopy(end));
   a.selected_pages = selected;
   a.max_keys = kBudget;
   a.selection_per_kv_head = per_kv_head;

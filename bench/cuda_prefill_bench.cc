@@ -28,56 +28,28 @@ constexpr int kQHeads = 32, kKvHeads = 8, kDim = 128, kPage = 64, kLogical = 16;
 constexpr int kSink = 128, kLocal = 8192;
 
 struct Layer {
-  std::vector<void*> allocations;
+  DeviceAllocations memory;
   PagedAttentionParams attention;
   double tiles_visited = 0;
   double tiles_dense = 0;
-
-  template <typename T>
-  T* Keep(T* p) {
-    allocations.push_back(p);
-    return p;
-  }
-  ~Layer() {
-    for (void* p : allocations) cudaFree(p);
-  }
 };
 
 // One sequence of `len` tokens: every key in the pools, every token a query row.
 void BuildLayer(Layer& l, const RandomSource& random, int64_t len, bool hybrid,
                 cuda::PrefillTileShape tiles) {
   const int tile_tokens = tiles.rows / (kQHeads / kKvHeads);
-  std::vector<int32_t> slot(kKvHeads);
-  std::vector<uint8_t> streaming(kKvHeads);
-  int dense_heads = 0, stream_heads = 0;
-  for (int h = 0; h < kKvHeads; ++h) {
-    streaming[h] = hybrid && h % 2 == 1;
-    slot[h] = streaming[h] ? stream_heads++ : dense_heads++;
-  }
-  PagedKvLayer kv;
-  kv.dtype = DType::kBF16;
-  kv.page_size = kPage;
-  kv.logical_page_size = kLogical;
-  kv.head_dim = kDim;
-  kv.num_kv_heads = kKvHeads;
-  kv.kv_head_slot = l.Keep(DeviceCopy(slot));
-  kv.kv_head_streaming = l.Keep(DeviceCopy(streaming));
+  PagedKvLayer kv = BenchKvLayer(l.memory, kKvHeads, kDim, kPage, kLogical, hybrid);
   const int64_t pages = (len + kPage - 1) / kPage;
-  kv.dense.num_heads = dense_heads;
-  kv.dense.page_stride =
-      2LL * dense_heads * kPage * kDim + 2LL * dense_heads * (kPage / kLogical) * kDim;
   CUDA_OK(cudaMalloc(&kv.dense.base, pages * kv.dense.page_stride * 2));
   random.Fill(kv.dense.base, pages * kv.dense.page_stride * 2);
-  l.Keep(kv.dense.base);
+  l.memory.Keep(kv.dense.base);
   // The streaming pool holds the whole prompt (a one-launch prefill reads every window).
   const int sink_pages = (kSink + kPage - 1) / kPage;
-  kv.streaming.num_heads = stream_heads;
-  kv.streaming.page_stride = 2LL * stream_heads * kPage * kDim;
   const int64_t stream_pages = pages + 1;
-  if (stream_heads > 0) {
+  if (kv.streaming.num_heads > 0) {
     CUDA_OK(cudaMalloc(&kv.streaming.base, stream_pages * kv.streaming.page_stride * 2));
     random.Fill(kv.streaming.base, stream_pages * kv.streaming.page_stride * 2);
-    l.Keep(kv.streaming.base);
+    l.memory.Keep(kv.streaming.base);
   }
   std::vector<int32_t> order(pages);
   std::iota(order.begin(), order.end(), 0);
@@ -87,12 +59,13 @@ void BuildLayer(Layer& l, const RandomSource& random, int64_t len, bool hybrid,
   PageTableView t;
   t.num_seqs = 1;
   t.ring_start = sink_pages * kPage;
-  t.kv_len = l.Keep(DeviceCopy(std::vector<int32_t>{static_cast<int32_t>(len)}));
-  t.dense_indptr = l.Keep(DeviceCopy(std::vector<int32_t>{0, static_cast<int32_t>(pages)}));
-  t.dense_indices = l.Keep(DeviceCopy(order));
-  t.stream_indptr = l.Keep(DeviceCopy(std::vector<int32_t>{0, static_cast<int32_t>(stream_pages)}));
-  t.stream_indices = l.Keep(DeviceCopy(stream_indices));
-  t.stream_sink_pages = l.Keep(DeviceCopy(std::vector<int32_t>{sink_pages}));
+  t.kv_len = l.memory.Keep(DeviceCopy(std::vector<int32_t>{static_cast<int32_t>(len)}));
+  t.dense_indptr = l.memory.Keep(DeviceCopy(std::vector<int32_t>{0, static_cast<int32_t>(pages)}));
+  t.dense_indices = l.memory.Keep(DeviceCopy(order));
+  t.stream_indptr =
+      l.memory.Keep(DeviceCopy(std::vector<int32_t>{0, static_cast<int32_t>(stream_pages)}));
+  t.stream_indices = l.memory.Keep(DeviceCopy(stream_indices));
+  t.stream_sink_pages = l.memory.Keep(DeviceCopy(std::vector<int32_t>{sink_pages}));
   t.max_kv_len = static_cast<int32_t>(len);
   t.max_queries = static_cast<int32_t>(len);
   void* q = nullptr;
@@ -100,25 +73,26 @@ void BuildLayer(Layer& l, const RandomSource& random, int64_t len, bool hybrid,
   CUDA_OK(cudaMalloc(&q, len * kQHeads * kDim * 2));
   CUDA_OK(cudaMalloc(&out, len * kQHeads * kDim * 2));
   random.Fill(q, len * kQHeads * kDim * 2);
-  l.Keep(q);
-  l.Keep(out);
+  l.memory.Keep(q);
+  l.memory.Keep(out);
   PagedAttentionParams& a = l.attention;
   a.kv = kv;
   a.tables = t;
-  a.q_indptr = l.Keep(DeviceCopy(std::vector<int32_t>{0, static_cast<int32_t>(len)}));
+  a.q_indptr = l.memory.Keep(DeviceCopy(std::vector<int32_t>{0, static_cast<int32_t>(len)}));
   a.q = q;
   a.out = out;
   a.q_row_stride = a.out_row_stride = kQHeads * kDim;
   a.num_q_heads = kQHeads;
   a.scale = 1.0f / std::sqrt(float(kDim));
   a.sink = kSink;
-  a.local = l.Keep(DeviceCopy(std::vector<int32_t>{kLocal}));
+  a.local = l.memory.Keep(DeviceCopy(std::vector<int32_t>{kLocal}));
   // Tiles, as the kernel plans them (one count per KV head: the group shares the tile).
   for (int64_t first = 0; first < len; first += tile_tokens) {
     const int64_t last = std::min(len, first + tile_tokens) - 1;
     for (int h = 0; h < kKvHeads; ++h) {
       l.tiles_visited +=
-          cuda::PlanKeyTiles(streaming[h], first, last, kSink, kLocal, tiles.keys).count();
+          cuda::PlanKeyTiles(BenchHeadStreams(hybrid, h), first, last, kSink, kLocal, tiles.keys)
+              .count();
       l.tiles_dense += cuda::PlanKeyTiles(false, first, last, kSink, kLocal, tiles.keys).count();
     }
   }
