@@ -36,15 +36,8 @@ struct DecodeCase {
 };
 
 KvStoreConfig StoreConfig(const DecodeCase& c) {
-  KvStoreConfig config;
-  config.num_layers = 1;
-  config.num_kv_heads = c.num_kv_heads;
-  config.head_dim = c.head_dim;
-  config.page_size = c.page_size;
-  config.logical_page_size = 16;
-  int64_t tokens = 0;
-  for (int64_t len : c.lengths) tokens += len + 2 * c.page_size + 64;
-  config.num_dense_pages = tokens / c.page_size + 16;
+  KvStoreConfig config =
+      testing::TwinStoreConfig(c.num_kv_heads, c.head_dim, c.page_size, c.lengths);
   config.num_streaming_pages =
       static_cast<int64_t>(c.lengths.size()) * (2 + 512 / c.page_size + 4) +
       static_cast<int64_t>(c.lengths.size()) * (8192 + 2048) / c.page_size;
@@ -52,20 +45,12 @@ KvStoreConfig StoreConfig(const DecodeCase& c) {
   std::vector<bool> streaming(c.num_kv_heads, false);
   for (int h = 1; h < c.num_kv_heads; h += 2) streaming[h] = true;
   config.layout = HeadLayout::FromStreamingMask({streaming});
-  config.sink = 64;
   config.prefill_local = 8192;
-  config.decode_local = 256;
-  config.max_chunk_tokens = 2048;
   return config;
 }
 
 SparseAttentionConfig AttentionConfig(const DecodeCase& c, const KvStoreConfig& store) {
-  SparseAttentionConfig config;
-  config.page_size = store.page_size;
-  config.logical_page_size = store.logical_page_size;
-  config.sink = store.sink;
-  config.prefill_local = store.prefill_local;
-  config.decode_local = store.decode_local;
+  SparseAttentionConfig config = AttentionConfigFor(store);
   config.page_selection = c.selection;
   config.token_budget = 1024;
   config.reuse_interval = 4;

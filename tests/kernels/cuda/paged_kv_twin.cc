@@ -3,6 +3,24 @@
 #include "common/status_macros.h"
 
 namespace lserve::cuda::testing {
+
+KvStoreConfig TwinStoreConfig(int num_kv_heads, int head_dim, int page_size,
+                              const std::vector<int64_t>& lengths) {
+  KvStoreConfig config;
+  config.num_layers = 1;
+  config.num_kv_heads = num_kv_heads;
+  config.head_dim = head_dim;
+  config.page_size = page_size;
+  config.logical_page_size = 16;
+  int64_t tokens = 0;
+  for (int64_t len : lengths) tokens += len + 2 * page_size + 64;
+  config.num_dense_pages = tokens / page_size + 16;
+  config.sink = 64;
+  config.decode_local = 256;
+  config.max_chunk_tokens = 2048;
+  return config;
+}
+
 namespace {
 
 absl::Status BuildSide(TwinSide* side, std::string_view backend, KvStoreConfig config,

@@ -16,6 +16,7 @@
 #include "tests/kernels/cuda/cuda_test_util.h"
 #include "worker/attention/attention_plan.h"
 #include "worker/attention/hybrid_attention.h"
+#include "worker/attention/kv_writer.h"
 
 namespace lserve::cuda::testing {
 
@@ -33,6 +34,13 @@ struct TwinChunk {
   bool decode;
   int64_t decode_step = 0;
 };
+
+// A one-layer store for sequences of `lengths` tokens: dense pages for all of them plus
+// slack, logical pages of 16, sink 64, decode window 256, chunks up to 2048. The caller
+// sets the head layout, the streaming pages and the prefill window; AttentionConfigFor
+// (worker/attention/kv_writer.h) gives the matching attention config.
+KvStoreConfig TwinStoreConfig(int num_kv_heads, int head_dim, int page_size,
+                              const std::vector<int64_t>& lengths);
 
 class KvTwin {
  public:

@@ -37,15 +37,8 @@ struct PrefillCase {
 };
 
 KvStoreConfig StoreConfig(const PrefillCase& c) {
-  KvStoreConfig config;
-  config.num_layers = 1;
-  config.num_kv_heads = c.num_kv_heads;
-  config.head_dim = c.head_dim;
-  config.page_size = c.page_size;
-  config.logical_page_size = 16;
-  int64_t tokens = 0;
-  for (int64_t len : c.lengths) tokens += len + 2 * c.page_size + 64;
-  config.num_dense_pages = tokens / c.page_size + 16;
+  KvStoreConfig config =
+      testing::TwinStoreConfig(c.num_kv_heads, c.head_dim, c.page_size, c.lengths);
   const int64_t n = static_cast<int64_t>(c.lengths.size());
   config.num_streaming_pages =
       n * (4 + 256 / c.page_size) + n * (c.prefill_local + 2048 + 2 * c.page_size) / c.page_size;
@@ -54,21 +47,7 @@ KvStoreConfig StoreConfig(const PrefillCase& c) {
     for (int h = 1; h < c.num_kv_heads; h += 2) streaming[h] = true;
   }
   config.layout = HeadLayout::FromStreamingMask({streaming});
-  config.sink = 64;
   config.prefill_local = c.prefill_local;
-  config.decode_local = 256;
-  config.max_chunk_tokens = 2048;
-  return config;
-}
-
-SparseAttentionConfig AttentionConfig(const KvStoreConfig& store) {
-  SparseAttentionConfig config;
-  config.page_size = store.page_size;
-  config.logical_page_size = store.logical_page_size;
-  config.sink = store.sink;
-  config.prefill_local = store.prefill_local;
-  config.decode_local = store.decode_local;
-  config.page_selection = false;
   return config;
 }
 
@@ -78,7 +57,9 @@ void RunCase(PrefillCase c) {
     for (int64_t& len : c.lengths) len = std::min<int64_t>(len, 1500);
   }
   const KvStoreConfig store = StoreConfig(c);
-  auto twin = KvTwin::Create(store, AttentionConfig(store), c.num_kv_heads * c.group, 9);
+  SparseAttentionConfig attention = AttentionConfigFor(store);
+  attention.page_selection = false;  // prefill rows never select pages
+  auto twin = KvTwin::Create(store, attention, c.num_kv_heads * c.group, 9);
   ASSERT_NE(twin, nullptr);
   std::mt19937 rng(13);
   std::vector<int64_t> done(c.lengths.size(), 0);
