@@ -121,7 +121,7 @@ class Engine {
   // Activations in backend memory, grown as needed.
   int64_t rows_capacity_ = 0;
   int64_t out_rows_capacity_ = 0;
-  Buffer x_, xn_, q_, k_, v_, attn_, proj_, gate_, up_, hidden_out_, logits_;
+  Buffer x_, xn_, qkv_, attn_, proj_, gate_up_, act_, hidden_out_, logits_;
   Buffer sampled_tokens_, sampled_logprobs_, top_ids_, top_logprobs_;
 };
 

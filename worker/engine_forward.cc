@@ -25,13 +25,11 @@ absl::Status Engine::EnsureActivations(int64_t rows, int64_t out_rows) {
     const int64_t kv_dim = int64_t{c.num_kv_heads} * c.head_dim;
     RETURN_IF_ERROR(Grow(x_, memory, rows * c.hidden_size * element));
     RETURN_IF_ERROR(Grow(xn_, memory, rows * c.hidden_size * element));
-    RETURN_IF_ERROR(Grow(q_, memory, rows * q_dim * element));
-    RETURN_IF_ERROR(Grow(k_, memory, rows * kv_dim * element));
-    RETURN_IF_ERROR(Grow(v_, memory, rows * kv_dim * element));
+    RETURN_IF_ERROR(Grow(qkv_, memory, rows * (q_dim + 2 * kv_dim) * element));
     RETURN_IF_ERROR(Grow(attn_, memory, rows * q_dim * element));
     RETURN_IF_ERROR(Grow(proj_, memory, rows * c.hidden_size * element));
-    RETURN_IF_ERROR(Grow(gate_, memory, rows * c.intermediate_size * element));
-    RETURN_IF_ERROR(Grow(up_, memory, rows * c.intermediate_size * element));
+    RETURN_IF_ERROR(Grow(gate_up_, memory, rows * 2 * c.intermediate_size * element));
+    RETURN_IF_ERROR(Grow(act_, memory, rows * c.intermediate_size * element));
     rows_capacity_ = rows;
   }
   if (out_rows > out_rows_capacity_) {
@@ -57,6 +55,7 @@ absl::Status Engine::Forward(const std::vector<StepInput>& batch,
   const int64_t kv_dim = int64_t{c.num_kv_heads} * d;
   const int64_t inter = c.intermediate_size;
   const int vocab = c.vocab_size;
+  const int64_t element = DTypeSize(dt);
 
   // Rows, positions and the attention plan.
   std::vector<int32_t> ids, positions, out_row_ids;
@@ -110,23 +109,56 @@ absl::Status Engine::Forward(const std::vector<StepInput>& batch,
       norm.residual = nullptr;
     }
     RETURN_IF_ERROR(be->RmsNorm(norm));
-    RETURN_IF_ERROR(gemm(xn_.data(), lw.q_proj, lw.q_bias, q_.data(), q_dim, hidden));
-    RETURN_IF_ERROR(gemm(xn_.data(), lw.k_proj, lw.k_bias, k_.data(), kv_dim, hidden));
-    RETURN_IF_ERROR(gemm(xn_.data(), lw.v_proj, lw.v_bias, v_.data(), kv_dim, hidden));
+    // q, k and v of a row: one joined GEMM gives rows of q_dim + 2 kv_dim values; separate
+    // GEMMs give three packed matrices one after another.
+    char* q = static_cast<char*>(qkv_.data());
+    char *k, *v;
+    int64_t q_stride, kv_stride;
+    if (lw.joined()) {
+      RETURN_IF_ERROR(gemm(xn_.data(), lw.qkv_proj, lw.qkv_bias, q, q_dim + 2 * kv_dim, hidden));
+      k = q + q_dim * element;
+      v = k + kv_dim * element;
+      q_stride = kv_stride = q_dim + 2 * kv_dim;
+    } else {
+      k = q + rows * q_dim * element;
+      v = k + rows * kv_dim * element;
+      q_stride = q_dim;
+      kv_stride = kv_dim;
+      RETURN_IF_ERROR(gemm(xn_.data(), lw.q_proj, lw.q_bias, q, q_dim, hidden));
+      RETURN_IF_ERROR(gemm(xn_.data(), lw.k_proj, lw.k_bias, k, kv_dim, hidden));
+      RETURN_IF_ERROR(gemm(xn_.data(), lw.v_proj, lw.v_bias, v, kv_dim, hidden));
+    }
+    // RoPE in place; joined rows hold k right after q, so one launch rotates both.
     const float* inv_freq = w.inv_freq.as<float>();
-    RETURN_IF_ERROR(be->Rope({q_.data(), positions_device, inv_freq, rows, c.num_heads, d, 0, dt}));
-    RETURN_IF_ERROR(
-        be->Rope({k_.data(), positions_device, inv_freq, rows, c.num_kv_heads, d, 0, dt}));
-    RETURN_IF_ERROR(attention_->Append(layer, plan_, k_.data(), v_.data(), kv_dim));
-    RETURN_IF_ERROR(attention_->Run(layer, plan_, q_.data(), attn_.data()));
+    if (lw.joined()) {
+      RETURN_IF_ERROR(be->Rope(
+          {q, positions_device, inv_freq, rows, c.num_heads + c.num_kv_heads, d, q_stride, dt}));
+    } else {
+      RETURN_IF_ERROR(
+          be->Rope({q, positions_device, inv_freq, rows, c.num_heads, d, q_stride, dt}));
+      RETURN_IF_ERROR(
+          be->Rope({k, positions_device, inv_freq, rows, c.num_kv_heads, d, kv_stride, dt}));
+    }
+    RETURN_IF_ERROR(attention_->Append(layer, plan_, k, v, kv_stride));
+    RETURN_IF_ERROR(attention_->Run(layer, plan_, q, attn_.data(), q_stride));
     RETURN_IF_ERROR(gemm(attn_.data(), lw.o_proj, lw.o_bias, proj_.data(), hidden, q_dim));
     RETURN_IF_ERROR(be->RmsNorm({proj_.data(), lw.post_attention_norm.data, xn_.data(), rows,
                                  hidden, 0, 0, c.rms_norm_eps, x_.data(), dt}));
-    RETURN_IF_ERROR(gemm(xn_.data(), lw.gate_proj, {}, gate_.data(), inter, hidden));
-    RETURN_IF_ERROR(gemm(xn_.data(), lw.up_proj, {}, up_.data(), inter, hidden));
-    RETURN_IF_ERROR(
-        be->SiluMul({gate_.data(), up_.data(), gate_.data(), rows, inter, 0, 0, 0, dt}));
-    RETURN_IF_ERROR(gemm(gate_.data(), lw.down_proj, {}, proj_.data(), hidden, inter));
+    // gate and up likewise: joined rows of 2 * inter values, or two packed matrices.
+    char* gate_up = static_cast<char*>(gate_up_.data());
+    SiluMulParams silu{gate_up, nullptr, act_.data(), rows, inter, inter, inter, inter, dt};
+    if (lw.joined()) {
+      RETURN_IF_ERROR(gemm(xn_.data(), lw.gate_up_proj, {}, gate_up, 2 * inter, hidden));
+      silu.up = gate_up + inter * element;
+      silu.gate_row_stride = silu.up_row_stride = 2 * inter;
+    } else {
+      char* up = gate_up + rows * inter * element;
+      silu.up = up;
+      RETURN_IF_ERROR(gemm(xn_.data(), lw.gate_proj, {}, gate_up, inter, hidden));
+      RETURN_IF_ERROR(gemm(xn_.data(), lw.up_proj, {}, up, inter, hidden));
+    }
+    RETURN_IF_ERROR(be->SiluMul(silu));
+    RETURN_IF_ERROR(gemm(act_.data(), lw.down_proj, {}, proj_.data(), hidden, inter));
   }
   outputs->clear();
   for (const StepInput& input : batch) {

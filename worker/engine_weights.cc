@@ -1,5 +1,9 @@
 #include "worker/engine_weights.h"
 
+#include <algorithm>
+#include <initializer_list>
+#include <vector>
+
 #include "common/status_macros.h"
 #include "kernels/rope_frequencies.h"
 
@@ -33,6 +37,57 @@ absl::StatusOr<BackendTensor> Upload(const WeightTensor& tensor, Backend* backen
   return backend->UploadWeights(tensor.data, tensor.NumElements());
 }
 
+// The tensors one after another (a Linear's [out, in] rows, or biases), uploaded as one;
+// a missing part (a bias the model lacks) counts as zeros of `sizes[i]` elements. Empty
+// when every part is missing.
+absl::StatusOr<BackendTensor> UploadJoined(std::initializer_list<const WeightTensor*> parts,
+                                           std::initializer_list<int64_t> sizes, Backend* backend) {
+  bool any = false;
+  int64_t total = 0;
+  for (const WeightTensor* part : parts) any = any || !part->empty();
+  for (int64_t size : sizes) total += size;
+  if (!any) return BackendTensor{};
+  std::vector<float> joined(total, 0.0f);
+  int64_t offset = 0;
+  auto size = sizes.begin();
+  for (const WeightTensor* part : parts) {
+    if (!part->empty()) {
+      if (part->NumElements() != *size) {
+        return absl::InvalidArgumentError("joined weights: a part has the wrong size");
+      }
+      std::copy(part->data, part->data + *size, joined.begin() + offset);
+    }
+    offset += *size++;
+  }
+  return backend->UploadWeights(joined.data(), total);
+}
+
+absl::Status UploadLayerLinears(const ModelConfig& c, const LayerWeights& w, Backend* backend,
+                                EngineLayerWeights* layer) {
+  if (backend->memory()->host_accessible()) {
+    ASSIGN_OR_RETURN(layer->q_proj, Upload(w.q_proj, backend));
+    ASSIGN_OR_RETURN(layer->k_proj, Upload(w.k_proj, backend));
+    ASSIGN_OR_RETURN(layer->v_proj, Upload(w.v_proj, backend));
+    ASSIGN_OR_RETURN(layer->q_bias, Upload(w.q_bias, backend));
+    ASSIGN_OR_RETURN(layer->k_bias, Upload(w.k_bias, backend));
+    ASSIGN_OR_RETURN(layer->v_bias, Upload(w.v_bias, backend));
+    ASSIGN_OR_RETURN(layer->gate_proj, Upload(w.gate_proj, backend));
+    ASSIGN_OR_RETURN(layer->up_proj, Upload(w.up_proj, backend));
+    return absl::OkStatus();
+  }
+  const int64_t q_dim = int64_t{c.num_heads} * c.head_dim;
+  const int64_t kv_dim = int64_t{c.num_kv_heads} * c.head_dim;
+  const int64_t hidden = c.hidden_size, inter = c.intermediate_size;
+  ASSIGN_OR_RETURN(layer->qkv_proj,
+                   UploadJoined({&w.q_proj, &w.k_proj, &w.v_proj},
+                                {q_dim * hidden, kv_dim * hidden, kv_dim * hidden}, backend));
+  ASSIGN_OR_RETURN(layer->qkv_bias, UploadJoined({&w.q_bias, &w.k_bias, &w.v_bias},
+                                                 {q_dim, kv_dim, kv_dim}, backend));
+  ASSIGN_OR_RETURN(layer->gate_up_proj, UploadJoined({&w.gate_proj, &w.up_proj},
+                                                     {inter * hidden, inter * hidden}, backend));
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<EngineWeights> UploadEngineWeights(const ModelWeights& weights, Backend* backend) {
@@ -41,17 +96,10 @@ absl::StatusOr<EngineWeights> UploadEngineWeights(const ModelWeights& weights, B
   for (const LayerWeights& w : weights.layers) {
     EngineLayerWeights layer;
     ASSIGN_OR_RETURN(layer.input_norm, Upload(w.input_norm, backend));
-    ASSIGN_OR_RETURN(layer.q_proj, Upload(w.q_proj, backend));
-    ASSIGN_OR_RETURN(layer.k_proj, Upload(w.k_proj, backend));
-    ASSIGN_OR_RETURN(layer.v_proj, Upload(w.v_proj, backend));
+    RETURN_IF_ERROR(UploadLayerLinears(weights.config, w, backend, &layer));
     ASSIGN_OR_RETURN(layer.o_proj, Upload(w.o_proj, backend));
-    ASSIGN_OR_RETURN(layer.q_bias, Upload(w.q_bias, backend));
-    ASSIGN_OR_RETURN(layer.k_bias, Upload(w.k_bias, backend));
-    ASSIGN_OR_RETURN(layer.v_bias, Upload(w.v_bias, backend));
     ASSIGN_OR_RETURN(layer.o_bias, Upload(w.o_bias, backend));
     ASSIGN_OR_RETURN(layer.post_attention_norm, Upload(w.post_attention_norm, backend));
-    ASSIGN_OR_RETURN(layer.gate_proj, Upload(w.gate_proj, backend));
-    ASSIGN_OR_RETURN(layer.up_proj, Upload(w.up_proj, backend));
     ASSIGN_OR_RETURN(layer.down_proj, Upload(w.down_proj, backend));
     out.layers.push_back(std::move(layer));
   }

@@ -4,11 +4,13 @@
 #include <cuda_runtime_api.h>
 #include <dlfcn.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <map>
 #include <string>
 #include <tuple>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
@@ -18,6 +20,19 @@ namespace lserve::cuda {
 namespace {
 
 constexpr size_t kWorkspaceBytes = size_t{32} << 20;
+// Candidates asked of cuBLASLt's heuristic per shape, and timed runs of each on the first
+// call of that shape.
+constexpr int kCandidates = 8;
+constexpr int kTimedRuns = 3;
+
+// LSERVE_GEMM_TUNE=0 keeps the heuristic's first choice instead of timing the candidates.
+bool TuningEnabled() {
+  static const bool enabled = [] {
+    const char* value = std::getenv("LSERVE_GEMM_TUNE");
+    return value == nullptr || std::string(value) != "0";
+  }();
+  return enabled;
+}
 
 // cuBLASLt is opened at run time rather than linked: its 94 KB of thread-local storage
 // would otherwise be static TLS in every thread of the process, more than the stacks of
@@ -88,11 +103,14 @@ absl::Status LtStatus(cublasStatus_t status, const char* what) {
       absl::StrCat("cuBLASLt ", what, ": status ", static_cast<int>(status)));
 }
 
-// One shape's descriptors and chosen algorithm.
+// One shape's descriptors, the heuristic's candidate algorithms (best guess first) and,
+// once timed, the fastest of them.
 struct Plan {
   cublasLtMatmulDesc_t op = nullptr;
   cublasLtMatrixLayout_t a = nullptr, b = nullptr, d = nullptr;
+  std::vector<cublasLtMatmulAlgo_t> candidates;
   cublasLtMatmulAlgo_t algo{};
+  bool tuned = false;
 };
 
 class LtGemmRunner final : public GemmRunner {
@@ -128,13 +146,9 @@ class LtGemmRunner final : public GemmRunner {
                                                         &p.bias, sizeof(p.bias)),
                    "bias pointer"));
     }
-    const float one = 1.0f, zero = 0.0f;
-    // Column-major view: y^T (n x m) = w (k x n)^T . x^T (k x m).
-    RETURN_IF_ERROR(
-        LtStatus(api_->cublasLtMatmul(handle_, plan->op, &one, p.w, plan->a, p.x, plan->b, &zero,
-                                      p.y, plan->d, p.y, plan->d, &plan->algo, workspace_,
-                                      kWorkspaceBytes, static_cast<cudaStream_t>(stream)),
-                 "matmul"));
+    const cudaStream_t cuda_stream = static_cast<cudaStream_t>(stream);
+    if (!plan->tuned) RETURN_IF_ERROR(Tune(*plan, p, cuda_stream));
+    RETURN_IF_ERROR(LtStatus(Matmul(*plan, plan->algo, p, cuda_stream), "matmul"));
     if (p.bias != nullptr && !bias_in_epilogue) {
       return AddBiasF32(static_cast<float*>(p.y), p.bias, p.m, p.n, stream);
     }
@@ -142,6 +156,50 @@ class LtGemmRunner final : public GemmRunner {
   }
 
  private:
+  cublasStatus_t Matmul(const Plan& plan, const cublasLtMatmulAlgo_t& algo, const GemmParams& p,
+                        cudaStream_t stream) {
+    const float one = 1.0f, zero = 0.0f;
+    // Column-major view: y^T (n x m) = w (k x n)^T . x^T (k x m).
+    return api_->cublasLtMatmul(handle_, plan.op, &one, p.w, plan.a, p.x, plan.b, &zero, p.y,
+                                plan.d, p.y, plan.d, &algo, workspace_, kWorkspaceBytes, stream);
+  }
+
+  // Times every candidate on this call's operands (y is overwritten by the real run after)
+  // and keeps the fastest. Skipped while the stream is being captured into a graph, where
+  // nothing may synchronize; the shape is then tuned on its next uncaptured call.
+  absl::Status Tune(Plan& plan, const GemmParams& p, cudaStream_t stream) {
+    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+    RETURN_IF_ERROR(internal::CudaStatus(cudaStreamIsCapturing(stream, &capture), "capture"));
+    if (capture != cudaStreamCaptureStatusNone) return absl::OkStatus();
+    plan.tuned = true;
+    if (plan.candidates.size() < 2 || !TuningEnabled()) return absl::OkStatus();
+    cudaEvent_t start = nullptr, stop = nullptr;
+    RETURN_IF_ERROR(internal::CudaStatus(cudaEventCreate(&start), "event"));
+    RETURN_IF_ERROR(internal::CudaStatus(cudaEventCreate(&stop), "event"));
+    float best_ms = -1.0f;
+    for (const cublasLtMatmulAlgo_t& algo : plan.candidates) {
+      // A warm-up run; a candidate that cannot run this shape drops out.
+      if (Matmul(plan, algo, p, stream) != CUBLAS_STATUS_SUCCESS) continue;
+      cudaEventRecord(start, stream);
+      for (int run = 0; run < kTimedRuns; ++run) (void)Matmul(plan, algo, p, stream);
+      cudaEventRecord(stop, stream);
+      float ms = 0.0f;
+      if (cudaEventSynchronize(stop) != cudaSuccess ||
+          cudaEventElapsedTime(&ms, start, stop) != cudaSuccess) {
+        continue;
+      }
+      if (best_ms < 0.0f || ms < best_ms) {
+        best_ms = ms;
+        plan.algo = algo;
+      }
+    }
+    cudaEventDestroy(start);
+    cudaEventDestroy(stop);
+    // Leave no error of a dropped candidate behind for the next checked call.
+    (void)cudaGetLastError();
+    return absl::OkStatus();
+  }
+
   absl::StatusOr<Plan*> PlanFor(int64_t m, int64_t n, int64_t k, DType out, bool bias) {
     const auto key = std::make_tuple(m, n, k, out == DType::kF32, bias);
     if (auto it = plans_.find(key); it != plans_.end()) return &it->second;
@@ -172,10 +230,10 @@ class LtGemmRunner final : public GemmRunner {
     const size_t workspace = kWorkspaceBytes;
     (void)api_->cublasLtMatmulPreferenceSetAttribute(
         preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace, sizeof(workspace));
-    cublasLtMatmulHeuristicResult_t result{};
+    cublasLtMatmulHeuristicResult_t results[kCandidates]{};
     int found = 0;
     const cublasStatus_t heuristic = api_->cublasLtMatmulAlgoGetHeuristic(
-        handle_, plan.op, plan.a, plan.b, plan.d, plan.d, preference, 1, &result, &found);
+        handle_, plan.op, plan.a, plan.b, plan.d, plan.d, preference, kCandidates, results, &found);
     api_->cublasLtMatmulPreferenceDestroy(preference);
     if (heuristic != CUBLAS_STATUS_SUCCESS || found == 0) {
       api_->cublasLtMatrixLayoutDestroy(plan.a);
@@ -185,7 +243,11 @@ class LtGemmRunner final : public GemmRunner {
       return absl::InternalError(
           absl::StrCat("cuBLASLt has no algorithm for GEMM m=", m, " n=", n, " k=", k));
     }
-    plan.algo = result.algo;
+    for (int i = 0; i < found; ++i) {
+      if (results[i].state == CUBLAS_STATUS_SUCCESS) plan.candidates.push_back(results[i].algo);
+    }
+    if (plan.candidates.empty()) plan.candidates.push_back(results[0].algo);
+    plan.algo = plan.candidates.front();
     return &plans_.emplace(key, plan).first->second;
   }
 

@@ -87,7 +87,7 @@ absl::Status HybridAttention::Append(int layer, const AttentionPlan& plan, const
   return backend_->AppendKv(params);
 }
 
-absl::Status HybridAttention::Select(int layer, const AttentionPlan& plan, const void* q) {
+absl::Status HybridAttention::Select(int layer, const AttentionPlan& plan, QueryRows q) {
   const KvStoreConfig& c = store_->config();
   const int group = num_q_heads_ / c.num_kv_heads;
   const bool per_kv = config_.scoring == PageScoring::kPerKvHead;
@@ -126,20 +126,20 @@ absl::Status HybridAttention::Select(int layer, const AttentionPlan& plan, const
   return device_rows_ != nullptr ? SelectOnDevice(layer, plan, q) : SelectOnHost(layer, plan, q);
 }
 
-absl::Status HybridAttention::ScoreJobs(int layer, const AttentionPlan& plan, const void* q,
+absl::Status HybridAttention::ScoreJobs(int layer, const AttentionPlan& plan, QueryRows q,
                                         float* scores) {
   ScorePagesParams params;
   params.kv = LayerView(layer);
   params.tables = plan.tables();
-  params.q = q;
-  params.q_row_stride = int64_t{num_q_heads_} * store_->config().head_dim;
+  params.q = q.data;
+  params.q_row_stride = q.row_stride;
   ASSIGN_OR_RETURN(params.jobs, StageVector(backend_, jobs_));
   params.num_jobs = static_cast<int>(jobs_.size());
   params.scores = scores;
   return backend_->ScorePages(params);
 }
 
-absl::Status HybridAttention::SelectOnHost(int layer, const AttentionPlan& plan, const void* q) {
+absl::Status HybridAttention::SelectOnHost(int layer, const AttentionPlan& plan, QueryRows q) {
   const KvStoreConfig& c = store_->config();
   const auto batch = plan.batch();
   if (!jobs_.empty()) RETURN_IF_ERROR(ScoreJobs(layer, plan, q, scores_.data()));
@@ -171,7 +171,7 @@ absl::Status HybridAttention::SelectOnHost(int layer, const AttentionPlan& plan,
   return absl::OkStatus();
 }
 
-absl::Status HybridAttention::SelectOnDevice(int layer, const AttentionPlan& plan, const void* q) {
+absl::Status HybridAttention::SelectOnDevice(int layer, const AttentionPlan& plan, QueryRows q) {
   const auto batch = plan.batch();
   const int keys_per_layer =
       config_.scoring == PageScoring::kPerKvHead ? store_->config().num_kv_heads : num_q_heads_;
@@ -210,16 +210,23 @@ absl::Status HybridAttention::SelectOnDevice(int layer, const AttentionPlan& pla
   return absl::OkStatus();
 }
 
-absl::Status HybridAttention::Run(int layer, const AttentionPlan& plan, const void* q, void* out) {
+absl::Status HybridAttention::Run(int layer, const AttentionPlan& plan, const void* q, void* out,
+                                  int64_t q_row_stride) {
   const KvStoreConfig& c = store_->config();
-  if (plan.any_selects()) RETURN_IF_ERROR(Select(layer, plan, q));
+  const int64_t packed = int64_t{num_q_heads_} * c.head_dim;
+  if (q_row_stride == 0) q_row_stride = packed;
+  if (q_row_stride < packed) {
+    return absl::InvalidArgumentError("attention: q_row_stride is below a row's width");
+  }
+  if (plan.any_selects()) RETURN_IF_ERROR(Select(layer, plan, {q, q_row_stride}));
   PagedAttentionParams params;
   params.kv = LayerView(layer);
   params.tables = plan.tables();
   params.q_indptr = plan.q_indptr();
   params.q = q;
   params.out = out;
-  params.q_row_stride = params.out_row_stride = int64_t{num_q_heads_} * c.head_dim;
+  params.q_row_stride = q_row_stride;
+  params.out_row_stride = packed;
   params.num_q_heads = num_q_heads_;
   params.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
   params.sink = config_.sink;

@@ -34,8 +34,10 @@ class HybridAttention {
   absl::Status Append(int layer, const AttentionPlan& plan, const void* k, const void* v,
                       int64_t row_stride);
   // Attention of `layer`: scores the selections due at this step, then one launch over
-  // every head of the batch. q and out hold num_q_heads * head_dim values per row.
-  absl::Status Run(int layer, const AttentionPlan& plan, const void* q, void* out);
+  // every head of the batch. q rows lie q_row_stride values apart (0: packed), each with
+  // num_q_heads * head_dim values; out rows are packed.
+  absl::Status Run(int layer, const AttentionPlan& plan, const void* q, void* out,
+                   int64_t q_row_stride = 0);
 
   void Forget(SeqId seq) {
     selector_.Forget(seq);
@@ -53,6 +55,11 @@ class HybridAttention {
  private:
   HybridAttention(KvStore* store, const SparseAttentionConfig& config, int num_q_heads,
                   Backend* backend);
+  // The step's query rows: row_stride values apart.
+  struct QueryRows {
+    const void* data;
+    int64_t row_stride;
+  };
   // One selection per (sequence, query head) or (sequence, KV head).
   struct Selection {
     int b;
@@ -62,12 +69,12 @@ class HybridAttention {
     int job;  // index into jobs_, or -1 when the selection is reused
   };
   // Fills selection arrays for the sequences that select pages (scoring those due).
-  absl::Status Select(int layer, const AttentionPlan& plan, const void* q);
-  absl::Status ScoreJobs(int layer, const AttentionPlan& plan, const void* q, float* scores);
+  absl::Status Select(int layer, const AttentionPlan& plan, QueryRows q);
+  absl::Status ScoreJobs(int layer, const AttentionPlan& plan, QueryRows q, float* scores);
   // Host-visible memory: top-k on the host, selections kept by selector_.
-  absl::Status SelectOnHost(int layer, const AttentionPlan& plan, const void* q);
+  absl::Status SelectOnHost(int layer, const AttentionPlan& plan, QueryRows q);
   // Device memory: top-k on the device into device_rows_, no copy to the host.
-  absl::Status SelectOnDevice(int layer, const AttentionPlan& plan, const void* q);
+  absl::Status SelectOnDevice(int layer, const AttentionPlan& plan, QueryRows q);
 
   KvStore* store_;
   SparseAttentionConfig config_;
