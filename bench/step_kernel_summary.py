@@ -10,7 +10,8 @@ is the step's kernel-busy fraction: what is left is host time between kernels (l
 the step's bookkeeping and the copy of the sampled tokens). ncu runs kernels one at a
 time, so overlap between kernels, if any, is not counted.
 
-Usage: step_kernel_summary.py --ncu_csv=PATH --bench_json=PATH [--mode=dense] [--json=PATH]
+Usage: step_kernel_summary.py --ncu_csv=PATH --bench_json=PATH [--mode=dense] [--context=N]
+  [--batch=1] [--json=PATH]
 """
 import argparse
 import collections
@@ -36,6 +37,8 @@ def main():
     parser.add_argument("--ncu_csv", required=True)
     parser.add_argument("--bench_json", required=True)
     parser.add_argument("--mode", default="dense")
+    parser.add_argument("--context", type=int, default=0, help="0: the first measured")
+    parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--json")
     args = parser.parse_args()
     lines = [line for line in open(args.ncu_csv) if line.startswith('"')]
@@ -52,7 +55,9 @@ def main():
         by_kind[kind_of(name)][0] += 1
         by_kind[kind_of(name)][1] += ms
     bench = json.load(open(args.bench_json))
-    run = next(r for r in bench["runs"] if r["mode"] == args.mode and r.get("decode_step_ms"))
+    run = next(r for r in bench["runs"]
+               if r["mode"] == args.mode and r["batch"] == args.batch and r.get("decode_step_ms")
+               and args.context in (0, r["context"]))
     kernel_ms = sum(ms for _, ms in step)
     step_ms = run["decode_step_ms"]
     print(f"{args.mode} decode step, context {run['context']}, batch {run['batch']}: "

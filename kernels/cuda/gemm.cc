@@ -111,6 +111,7 @@ struct Plan {
   std::vector<cublasLtMatmulAlgo_t> candidates;
   cublasLtMatmulAlgo_t algo{};
   bool tuned = false;
+  bool skinny = false;  // SkinnyGemm timed fastest
 };
 
 class LtGemmRunner final : public GemmRunner {
@@ -148,6 +149,7 @@ class LtGemmRunner final : public GemmRunner {
     }
     const cudaStream_t cuda_stream = static_cast<cudaStream_t>(stream);
     if (!plan->tuned) RETURN_IF_ERROR(Tune(*plan, p, cuda_stream));
+    if (plan->skinny && SkinnyGemmSupported(p)) return SkinnyGemm(p, stream);
     RETURN_IF_ERROR(LtStatus(Matmul(*plan, plan->algo, p, cuda_stream), "matmul"));
     if (p.bias != nullptr && !bias_in_epilogue) {
       return AddBiasF32(static_cast<float*>(p.y), p.bias, p.m, p.n, stream);
@@ -172,7 +174,9 @@ class LtGemmRunner final : public GemmRunner {
     RETURN_IF_ERROR(internal::CudaStatus(cudaStreamIsCapturing(stream, &capture), "capture"));
     if (capture != cudaStreamCaptureStatusNone) return absl::OkStatus();
     plan.tuned = true;
-    if (plan.candidates.size() < 2 || !TuningEnabled()) return absl::OkStatus();
+    if (!TuningEnabled() || (plan.candidates.size() < 2 && !SkinnyGemmSupported(p))) {
+      return absl::OkStatus();
+    }
     cudaEvent_t start = nullptr, stop = nullptr;
     RETURN_IF_ERROR(internal::CudaStatus(cudaEventCreate(&start), "event"));
     RETURN_IF_ERROR(internal::CudaStatus(cudaEventCreate(&stop), "event"));
@@ -191,6 +195,17 @@ class LtGemmRunner final : public GemmRunner {
       if (best_ms < 0.0f || ms < best_ms) {
         best_ms = ms;
         plan.algo = algo;
+      }
+    }
+    if (SkinnyGemmSupported(p) && SkinnyGemm(p, stream).ok()) {
+      cudaEventRecord(start, stream);
+      for (int run = 0; run < kTimedRuns; ++run) (void)SkinnyGemm(p, stream);
+      cudaEventRecord(stop, stream);
+      float ms = 0.0f;
+      if (cudaEventSynchronize(stop) == cudaSuccess &&
+          cudaEventElapsedTime(&ms, start, stop) == cudaSuccess &&
+          (best_ms < 0.0f || ms < best_ms)) {
+        plan.skinny = true;
       }
     }
     cudaEventDestroy(start);

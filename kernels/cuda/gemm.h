@@ -2,9 +2,8 @@
 // (a Hugging Face Linear), float32 accumulation, y in bf16 or float32 (logits). Per shape,
 // cuBLASLt's heuristic proposes up to eight algorithms; the first call of the shape times
 // them on its own operands and the fastest is cached (LSERVE_GEMM_TUNE=0: the heuristic's
-// first). The bias is added in the GEMM's epilogue when y is bf16, by a small kernel
-// otherwise. No CUDA types
-// here; streams travel as `void*`.
+// first); shapes of few rows also time SkinnyGemm below. The bias is added in the GEMM's epilogue
+// when y is bf16, by a small kernel otherwise. No CUDA types here; streams travel as `void*`.
 #ifndef LSERVE_KERNELS_CUDA_GEMM_H_
 #define LSERVE_KERNELS_CUDA_GEMM_H_
 
@@ -24,6 +23,14 @@ class GemmRunner {
   // pointers, rows packed.
   virtual absl::Status Run(const GemmParams& params, void* stream) = 0;
 };
+
+// GEMMs of at most kSkinnyGemmMaxRows rows (decode steps), where the work is streaming w
+// once: one warp per two rows of w, 16-byte loads kept in flight, x from cache. Needs bf16
+// x and w, k a multiple of 8 and 16-byte aligned x and w (SkinnyGemmSupported); y bf16 or
+// float32, bias added. GemmRunner times it beside cuBLASLt's candidates for such shapes.
+inline constexpr int64_t kSkinnyGemmMaxRows = 8;
+bool SkinnyGemmSupported(const GemmParams& params);
+absl::Status SkinnyGemm(const GemmParams& params, void* stream);
 
 // y[r][c] += bias[c] for float32 y and bf16 bias (rows x cols, packed).
 absl::Status AddBiasF32(float* y, const void* bias, int64_t rows, int64_t cols, void* stream);

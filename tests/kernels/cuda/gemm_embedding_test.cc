@@ -2,12 +2,13 @@
 // bf16-rounded inputs. GEMM: a double-precision x . w^T + bias; bf16 outputs within
 // |out - ref| <= 2^-7 |ref| + 2^-16 sum_k |x w| (float32 accumulation), float32 outputs
 // within 2^-16 sum_k |x w| + 1e-6. Odd shapes, with and without bias, both output types,
-// the algorithm cache exercised by repeating a shape. Embedding: rows equal bitwise, ids
-// outside the table give zeros, vector and scalar paths.
+// the algorithm cache exercised by repeating a shape; the few-row kernel on its own. Embedding:
+// rows equal bitwise, ids outside the table give zeros, vector and scalar paths.
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "kernels/cuda/device.h"
@@ -32,7 +33,10 @@ struct GemmCase {
   DType out;
 };
 
-void CheckGemm(GemmRunner& gemm, const GemmCase& c, uint32_t seed) {
+// Runs one GEMM through `run` (twice, so a runner's cached plan is used too) and checks it
+// against the reference.
+void CheckGemm(const std::function<absl::Status(const GemmParams&)>& run, const GemmCase& c,
+               uint32_t seed) {
   SCOPED_TRACE(::testing::Message() << "m=" << c.m << " n=" << c.n << " k=" << c.k
                                     << " bias=" << c.bias << " f32=" << (c.out == DType::kF32));
   const std::vector<uint16_t> x = RandomBf16(c.m * c.k, seed, -1.0f, 1.0f);
@@ -53,7 +57,7 @@ void CheckGemm(GemmRunner& gemm, const GemmCase& c, uint32_t seed) {
   p.k = c.k;
   p.dtype = DType::kBF16;
   p.out_dtype = c.out;
-  for (int repeat = 0; repeat < 2; ++repeat) LSERVE_ASSERT_OK(gemm.Run(p, nullptr));
+  for (int repeat = 0; repeat < 2; ++repeat) LSERVE_ASSERT_OK(run(p));
   LSERVE_ASSERT_OK(SynchronizeStream(nullptr));
   std::vector<float> y(c.m * c.n);
   if (c.out == DType::kF32) {
@@ -94,9 +98,36 @@ TEST_F(GemmCudaTest, MatchesReferenceOverOddShapesBiasAndOutputTypes) {
                                                  {130, 256, 1000, false, DType::kBF16},
                                                  {3, 32000, 512, false, DType::kF32},
                                                  {5, 999, 96, true, DType::kF32}}) {
-    CheckGemm(*gemm, c, seed);
+    CheckGemm([&](const GemmParams& p) { return gemm->Run(p, nullptr); }, c, seed);
     seed += 10;
   }
+}
+
+// The few-row kernel on its own (the runner picks it only when it times fastest): every row
+// count it serves, odd and single w rows, k below one lane stride and past several.
+TEST_F(GemmCudaTest, SkinnyGemmMatchesReference) {
+  uint32_t seed = 300;
+  for (int64_t m = 1; m <= kSkinnyGemmMaxRows; ++m) {
+    for (const GemmCase& c : std::vector<GemmCase>{{m, 1, 8, true, DType::kBF16},
+                                                   {m, 257, 264, false, DType::kBF16},
+                                                   {m, 1001, 4104, true, DType::kBF16},
+                                                   {m, 3, 2056, true, DType::kF32},
+                                                   {m, 4099, 512, false, DType::kF32}}) {
+      CheckGemm([](const GemmParams& p) { return SkinnyGemm(p, nullptr); }, c, seed++);
+    }
+  }
+}
+
+TEST_F(GemmCudaTest, SkinnyGemmRejectsWhatItCannotServe) {
+  GemmParams p;
+  p.m = 1;
+  p.n = 16;
+  p.k = 12;  // not a multiple of 8
+  EXPECT_FALSE(SkinnyGemmSupported(p));
+  EXPECT_EQ(SkinnyGemm(p, nullptr).code(), absl::StatusCode::kInvalidArgument);
+  p.k = 16;
+  p.m = kSkinnyGemmMaxRows + 1;
+  EXPECT_EQ(SkinnyGemm(p, nullptr).code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST_F(GemmCudaTest, RejectsBadArguments) {
