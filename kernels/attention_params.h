@@ -8,6 +8,7 @@
 #include <cstdint>
 
 #include "kernels/dtype.h"
+#include "kernels/layer_params.h"
 
 namespace lserve {
 
@@ -64,6 +65,14 @@ struct AppendKvParams {
   const void* k = nullptr;            // [rows][row_stride], num_kv_heads * head_dim used
   const void* v = nullptr;
   int64_t row_stride = 0;
+};
+
+// RoPE of q (in place) and k (on its way into the pools) fused with the KV append:
+// Backend::RopeAppendKv.
+struct RopeAppendKvParams {
+  RopeParams q_rope;
+  RopeParams k_rope;
+  AppendKvParams append;
 };
 
 // Work counters: (query block, KV tile) tiles visited out of those listed, and what

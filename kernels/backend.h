@@ -72,6 +72,18 @@ class Backend {
   virtual absl::Status SiluMul(const SiluMulParams& params) = 0;
   virtual absl::Status Gemm(const GemmParams& params) = 0;
   virtual absl::Status AppendKv(const AppendKvParams& params) = 0;
+  // RoPE of the step's q rows in place, and of its k rows on their way into the pools
+  // (params.append.k must be params.k_rope.x; what that buffer holds afterwards is
+  // unspecified), with the append's page statistics: Rope, Rope and AppendKv one after
+  // another unless the backend fuses them.
+  virtual absl::Status RopeAppendKv(const RopeAppendKvParams& params) {
+    if (params.append.k != params.k_rope.x) {
+      return absl::InvalidArgumentError("RopeAppendKv: append.k must be k_rope.x");
+    }
+    if (absl::Status status = Rope(params.q_rope); !status.ok()) return status;
+    if (absl::Status status = Rope(params.k_rope); !status.ok()) return status;
+    return AppendKv(params.append);
+  }
   virtual absl::Status PagedAttention(const PagedAttentionParams& params) = 0;
   virtual absl::Status ScorePages(const ScorePagesParams& params) = 0;
   virtual absl::Status SelectPages(const SelectPagesParams& params) = 0;

@@ -2,6 +2,9 @@
 # Builds CUDA test and bench binaries for the GPU machine, which has the CUDA toolkit but
 # none of the C++ dependencies: portable CPU code (no -march=native) into build-gpu/,
 # and the shared libraries they need that the GPU machine lacks into .gpu-libs/.
+# It also writes $build/bundle.tar.xz: the stripped binaries and the libraries in one
+# archive (the fat binaries differ little, so it is a few MB) to carry to the GPU machine
+# and unpack there with `tar xJf build-gpu/bundle.tar.xz` in the repository root.
 # Usage: scripts/gpu_bundle.sh [ninja targets...]   (default: every cuda_*_test)
 # LSERVE_GPU_BUILD_DIR and LSERVE_GPU_LIBS choose other folders (default build-gpu, .gpu-libs).
 set -euo pipefail
@@ -27,4 +30,8 @@ find "$build" -type f -perm -u+x \( -name '*_test' -o -name '*_bench' -o -name '
   xargs -r ldd 2>/dev/null | awk '/=> \// {print $3}' | sort -u |
   grep -v -E '/(libc|libm|libgcc_s|libstdc\+\+|libpthread|libdl|librt|ld-linux|libcuda|libcudart|libcublas|libcublasLt)[.-]' |
   xargs -r -I{} cp -L {} "$libs"/
-du -sh "$libs" "$build" | cat
+mapfile -t binaries < <(find "$build" -type f -perm -u+x \( -name '*_test' -o -name '*_bench' -o \
+  -name 'lserve_*' \) -not -path '*/CMakeFiles/*')
+strip --strip-unneeded "${binaries[@]}"
+tar -cf - "${binaries[@]}" "$libs" | xz -9 -T2 >"$build/bundle.tar.xz"
+du -sh "$libs" "$build" "$build/bundle.tar.xz" | cat

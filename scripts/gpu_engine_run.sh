@@ -53,8 +53,7 @@ rows = [json.loads(line[len("PARITY "):])
         if line.startswith("PARITY ")]
 result = {"commit": os.environ.get("LSERVE_COMMIT", ""),
           "gpu": open(os.path.join(out, "gpu.txt")).read().strip(),
-          "command": "LSERVE_GPU_BUILD_DIR=build-gpu9 LSERVE_GPU_LIBS=.gpu-libs9 "
-                     "bash scripts/gpu_engine_run.sh",
+          "command": "bash scripts/gpu_engine_run.sh",
           "tolerance_bf16_rel_max": 2e-2, "tolerance_f32_rel_max": 1e-4,
           "parity": rows,
           "cli_greedy_ids": ids, "cli_cuda_equals_cpu": ids.get("cuda") == ids.get("cpu")}

@@ -128,18 +128,11 @@ absl::Status Engine::Forward(const std::vector<StepInput>& batch,
       RETURN_IF_ERROR(gemm(xn_.data(), lw.k_proj, lw.k_bias, k, kv_dim, hidden));
       RETURN_IF_ERROR(gemm(xn_.data(), lw.v_proj, lw.v_bias, v, kv_dim, hidden));
     }
-    // RoPE in place; joined rows hold k right after q, so one launch rotates both.
+    // RoPE of q and k, then k and v into the pools with the page statistics: one op.
     const float* inv_freq = w.inv_freq.as<float>();
-    if (lw.joined()) {
-      RETURN_IF_ERROR(be->Rope(
-          {q, positions_device, inv_freq, rows, c.num_heads + c.num_kv_heads, d, q_stride, dt}));
-    } else {
-      RETURN_IF_ERROR(
-          be->Rope({q, positions_device, inv_freq, rows, c.num_heads, d, q_stride, dt}));
-      RETURN_IF_ERROR(
-          be->Rope({k, positions_device, inv_freq, rows, c.num_kv_heads, d, kv_stride, dt}));
-    }
-    RETURN_IF_ERROR(attention_->Append(layer, plan_, k, v, kv_stride));
+    RETURN_IF_ERROR(attention_->RopeAppend(
+        layer, plan_, {q, positions_device, inv_freq, rows, c.num_heads, d, q_stride, dt},
+        {k, positions_device, inv_freq, rows, c.num_kv_heads, d, kv_stride, dt}, v, kv_stride));
     RETURN_IF_ERROR(attention_->Run(layer, plan_, q, attn_.data(), q_stride));
     RETURN_IF_ERROR(gemm(attn_.data(), lw.o_proj, lw.o_bias, proj_.data(), hidden, q_dim));
     RETURN_IF_ERROR(be->RmsNorm({proj_.data(), lw.post_attention_norm.data, xn_.data(), rows,

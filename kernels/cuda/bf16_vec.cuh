@@ -28,17 +28,22 @@ __device__ __forceinline__ uint32_t PackBf16x2(float lo, float hi) {
 
 // Loads kVec consecutive bf16 values as floats: one 16-byte access for kVec == 8 (the
 // address must then be 16-byte aligned), scalar accesses for kVec == 1.
+// Eight bf16 values packed in 16 bytes, as float32.
+__device__ __forceinline__ void UnpackBf16x8(const uint4& raw, float* dst) {
+  const uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+  for (int w = 0; w < 4; ++w) {
+    dst[2 * w] = __uint_as_float(words[w] << 16);
+    dst[2 * w + 1] = __uint_as_float(words[w] & 0xFFFF0000u);
+  }
+}
+
 template <int kVec>
 __device__ __forceinline__ void LoadBf16(const uint16_t* src, float (&dst)[kVec]) {
   static_assert(kVec == 1 || kVec == kBf16PerVector);
   if constexpr (kVec == kBf16PerVector) {
     const uint4 raw = *reinterpret_cast<const uint4*>(src);
-    const uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
-#pragma unroll
-    for (int w = 0; w < 4; ++w) {
-      dst[2 * w] = __uint_as_float(words[w] << 16);
-      dst[2 * w + 1] = __uint_as_float(words[w] & 0xFFFF0000u);
-    }
+    UnpackBf16x8(raw, dst);
   } else {
     dst[0] = Bf16ToFloat(*src);
   }

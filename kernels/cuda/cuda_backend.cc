@@ -139,6 +139,9 @@ class CudaBackend final : public Backend {
   absl::Status AppendKv(const AppendKvParams& params) override {
     return cuda::AppendKv(params, stream_);
   }
+  absl::Status RopeAppendKv(const RopeAppendKvParams& params) override {
+    return cuda::RopeAppendKv(params, stream_);
+  }
   absl::Status PagedAttention(const PagedAttentionParams& params) override {
     // Decode rows first (they may read selected pages), then the prefill chunks.
     PagedAttentionParams single_rows, rest;

@@ -111,7 +111,7 @@ struct Plan {
   std::vector<cublasLtMatmulAlgo_t> candidates;
   cublasLtMatmulAlgo_t algo{};
   bool tuned = false;
-  bool skinny = false;  // SkinnyGemm timed fastest
+  int skinny = -1;  // the SkinnyGemm variant that timed fastest, or -1
 };
 
 class LtGemmRunner final : public GemmRunner {
@@ -149,7 +149,7 @@ class LtGemmRunner final : public GemmRunner {
     }
     const cudaStream_t cuda_stream = static_cast<cudaStream_t>(stream);
     if (!plan->tuned) RETURN_IF_ERROR(Tune(*plan, p, cuda_stream));
-    if (plan->skinny && SkinnyGemmSupported(p)) return SkinnyGemm(p, stream);
+    if (plan->skinny >= 0 && SkinnyGemmSupported(p)) return SkinnyGemm(p, stream, plan->skinny);
     RETURN_IF_ERROR(LtStatus(Matmul(*plan, plan->algo, p, cuda_stream), "matmul"));
     if (p.bias != nullptr && !bias_in_epilogue) {
       return AddBiasF32(static_cast<float*>(p.y), p.bias, p.m, p.n, stream);
@@ -197,15 +197,17 @@ class LtGemmRunner final : public GemmRunner {
         plan.algo = algo;
       }
     }
-    if (SkinnyGemmSupported(p) && SkinnyGemm(p, stream).ok()) {
+    for (int variant = 0; SkinnyGemmSupported(p) && variant < SkinnyGemmVariants(); ++variant) {
+      if (!SkinnyGemm(p, stream, variant).ok()) continue;
       cudaEventRecord(start, stream);
-      for (int run = 0; run < kTimedRuns; ++run) (void)SkinnyGemm(p, stream);
+      for (int run = 0; run < kTimedRuns; ++run) (void)SkinnyGemm(p, stream, variant);
       cudaEventRecord(stop, stream);
       float ms = 0.0f;
       if (cudaEventSynchronize(stop) == cudaSuccess &&
           cudaEventElapsedTime(&ms, start, stop) == cudaSuccess &&
           (best_ms < 0.0f || ms < best_ms)) {
-        plan.skinny = true;
+        best_ms = ms;
+        plan.skinny = variant;
       }
     }
     cudaEventDestroy(start);

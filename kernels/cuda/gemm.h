@@ -25,12 +25,14 @@ class GemmRunner {
 };
 
 // GEMMs of at most kSkinnyGemmMaxRows rows (decode steps), where the work is streaming w
-// once: one warp per two rows of w, 16-byte loads kept in flight, x from cache. Needs bf16
-// x and w, k a multiple of 8 and 16-byte aligned x and w (SkinnyGemmSupported); y bf16 or
-// float32, bias added. GemmRunner times it beside cuBLASLt's candidates for such shapes.
+// once: one warp per one to four rows of w, 16-byte loads kept in flight, x from cache.
+// Needs bf16 x and w, k a multiple of 8 and 16-byte aligned x and w (SkinnyGemmSupported);
+// y bf16 or float32, bias added. Variants 0 .. SkinnyGemmVariants() - 1 differ in rows of
+// w per warp and loads in flight; GemmRunner times each beside cuBLASLt's candidates.
 inline constexpr int64_t kSkinnyGemmMaxRows = 8;
 bool SkinnyGemmSupported(const GemmParams& params);
-absl::Status SkinnyGemm(const GemmParams& params, void* stream);
+int SkinnyGemmVariants();
+absl::Status SkinnyGemm(const GemmParams& params, void* stream, int variant = 0);
 
 // y[r][c] += bias[c] for float32 y and bf16 bias (rows x cols, packed).
 absl::Status AddBiasF32(float* y, const void* bias, int64_t rows, int64_t cols, void* stream);

@@ -20,6 +20,9 @@ namespace lserve::cuda {
 // received keys, kmax/kmin are recomputed from the keys it holds (which equals folding
 // the new keys into the old statistics, a logical page's first key starting afresh).
 absl::Status AppendKv(const AppendKvParams& params, void* stream);
+// RoPE of q and k fused into the append (Backend::RopeAppendKv), one launch; layouts it
+// cannot fuse (head_dim not a multiple of 16, unaligned rows) run as three.
+absl::Status RopeAppendKv(const RopeAppendKvParams& params, void* stream);
 
 // Split-K plan of a decode launch: `splits` CTAs share each (sequence, KV head) and
 // workspace_bytes of float32 scratch hold their partial results (0 when splits == 1).

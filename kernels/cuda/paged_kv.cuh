@@ -1,5 +1,6 @@
 // Device-side addressing of the paged KV pools (kvstore/kv_pool.h's layout, the CSR page
-// tables of kvstore/page_table_arrays.h), shared by the decode-path kernels. Internal to
+// tables of kvstore/page_table_arrays.h), shared by the decode-path kernels, and the
+// host-side check of a layer's layout. Internal to
 // kernels/cuda .cu files.
 #ifndef LSERVE_KERNELS_CUDA_PAGED_KV_CUH_
 #define LSERVE_KERNELS_CUDA_PAGED_KV_CUH_
@@ -8,6 +9,8 @@
 
 #include <cstdint>
 
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
 #include "kernels/attention_params.h"
 
 namespace lserve::cuda::internal {
@@ -62,6 +65,19 @@ __device__ __forceinline__ uint16_t* KmaxRow(const KvPoolView& pool, int32_t pag
 __device__ __forceinline__ int64_t KminOffset(const KvPoolView& pool, int logical_per_page,
                                               int head_dim) {
   return int64_t{pool.num_heads} * logical_per_page * head_dim;
+}
+
+// The pool layouts the decode-path kernels serve.
+inline absl::Status CheckLayer(const PagedKvLayer& kv, const char* op) {
+  if (kv.dtype != DType::kBF16) {
+    return absl::InvalidArgumentError(absl::StrCat("cuda ", op, ": bf16 pools only"));
+  }
+  if (kv.head_dim <= 0 || kv.head_dim % 8 != 0 || kv.page_size <= 0 || kv.logical_page_size <= 0 ||
+      kv.page_size % kv.logical_page_size != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "cuda ", op, ": head_dim must be a multiple of 8 and page_size of logical_page_size"));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace lserve::cuda::internal

@@ -1,5 +1,4 @@
-// The KV append fused with the page statistics, page scoring and top-k page selection of
-// the CUDA backend's decode path.
+// Page scoring and top-k page selection of the CUDA backend's decode path.
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -19,88 +18,8 @@ using internal::Bf16ToFloat;
 using internal::CheckLaunch;
 using internal::KvLocation;
 
-constexpr int kAppendThreads = 128;
 constexpr int kScoreThreads = 128;
 constexpr int kSelectThreads = 512;
-
-absl::Status CheckLayer(const PagedKvLayer& kv, const char* op) {
-  if (kv.dtype != DType::kBF16) {
-    return absl::InvalidArgumentError(absl::StrCat("cuda ", op, ": bf16 pools only"));
-  }
-  if (kv.head_dim <= 0 || kv.head_dim % 8 != 0 || kv.page_size <= 0 || kv.logical_page_size <= 0 ||
-      kv.page_size % kv.logical_page_size != 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "cuda ", op, ": head_dim must be a multiple of 8 and page_size of logical_page_size"));
-  }
-  return absl::OkStatus();
-}
-
-// ----- append ---------------------------------------------------------------------------
-
-struct AppendArgs {
-  PagedKvLayer kv;
-  PageTableView t;
-  const int32_t* q_indptr;
-  const uint16_t* k;
-  const uint16_t* v;
-  int64_t row_stride;
-};
-
-// One block per (sequence, KV head) and stride of logical pages: it copies the rows that
-// land in each logical page, then (dense heads) recomputes the page's kmax/kmin from the
-// keys it holds, with the CPU's comparisons (so signed zeros come out the same).
-__global__ void __launch_bounds__(kAppendThreads) AppendKernel(AppendArgs a) {
-  const int num_kv_heads = a.kv.num_kv_heads;
-  const int b = blockIdx.x / num_kv_heads;
-  const int h = blockIdx.x % num_kv_heads;
-  const int64_t first_row = a.q_indptr[b];
-  const int64_t rows = a.q_indptr[b + 1] - first_row;
-  if (rows <= 0) return;
-  const int64_t len = a.t.kv_len[b];
-  const int64_t first_pos = len - rows;
-  const int d = a.kv.head_dim;
-  const int page_size = a.kv.page_size;
-  const int logical = a.kv.logical_page_size;
-  const bool streaming = a.kv.kv_head_streaming[h] != 0;
-  const int slot = a.kv.kv_head_slot[h];
-  const KvPoolView& pool = streaming ? a.kv.streaming : a.kv.dense;
-  const int64_t value_offset = internal::ValueOffset(pool, page_size, d);
-  const int vectors = d / 8;
-  for (int64_t lp = first_pos / logical + blockIdx.y; lp <= (len - 1) / logical; lp += gridDim.y) {
-    const int64_t lo = max(first_pos, lp * logical);
-    const int64_t hi = min(len, (lp + 1) * logical);
-    for (int64_t i = threadIdx.x; i < (hi - lo) * vectors; i += blockDim.x) {
-      const int64_t pos = lo + i / vectors;
-      const int c = static_cast<int>(i % vectors) * 8;
-      const KvLocation at = streaming ? internal::StreamingLocation(a.t, page_size, b, pos)
-                                      : internal::DenseLocation(a.t, page_size, b, pos);
-      uint16_t* key = internal::KeyRow(pool, at, slot, page_size, d) + c;
-      const int64_t src = (first_row + pos - first_pos) * a.row_stride + int64_t{h} * d + c;
-      *reinterpret_cast<uint4*>(key) = *reinterpret_cast<const uint4*>(a.k + src);
-      *reinterpret_cast<uint4*>(key + value_offset) = *reinterpret_cast<const uint4*>(a.v + src);
-    }
-    if (streaming) continue;
-    __syncthreads();  // the rows above are visible to the whole block
-    const KvLocation start = internal::DenseLocation(a.t, page_size, b, lp * logical);
-    const int j = start.row / logical;
-    uint16_t* kmax =
-        internal::KmaxRow(pool, start.page, slot, j, page_size, page_size / logical, d);
-    uint16_t* kmin = kmax + internal::KminOffset(pool, page_size / logical, d);
-    const uint16_t* first_key = internal::KeyRow(pool, start, slot, page_size, d);
-    for (int c = threadIdx.x; c < d; c += blockDim.x) {
-      float high = Bf16ToFloat(first_key[c]);
-      float low = high;
-      for (int r = 1; r < hi - lp * logical; ++r) {
-        const float key = Bf16ToFloat(first_key[int64_t{r} * d + c]);
-        high = high < key ? key : high;  // std::max
-        low = key < low ? key : low;     // std::min
-      }
-      kmax[c] = internal::FloatToBf16(high);
-      kmin[c] = internal::FloatToBf16(low);
-    }
-    __syncthreads();
-  }
-}
 
 // ----- scoring ---------------------------------------------------------------------------
 
@@ -424,27 +343,8 @@ __global__ void __launch_bounds__(kSelectThreads) SelectKernel(SelectPagesParams
 
 }  // namespace
 
-absl::Status AppendKv(const AppendKvParams& p, void* stream) {
-  RETURN_IF_ERROR(CheckLayer(p.kv, "KV append"));
-  if (p.row_stride % 8 != 0 || !internal::IsAligned16(p.k) || !internal::IsAligned16(p.v)) {
-    return absl::InvalidArgumentError("cuda KV append: K/V rows must be 16-byte aligned");
-  }
-  if (p.tables.num_seqs == 0 || p.kv.num_kv_heads == 0) return absl::OkStatus();
-  AppendArgs args{p.kv,
-                  p.tables,
-                  p.q_indptr,
-                  static_cast<const uint16_t*>(p.k),
-                  static_cast<const uint16_t*>(p.v),
-                  p.row_stride};
-  // Enough blocks per (sequence, head) for a prefill chunk's logical pages.
-  const int logical_pages = p.tables.max_queries / p.kv.logical_page_size + 2;
-  const dim3 grid(p.tables.num_seqs * p.kv.num_kv_heads, std::min(64, logical_pages));
-  AppendKernel<<<grid, kAppendThreads, 0, internal::AsStream(stream)>>>(args);
-  return CheckLaunch("AppendKernel");
-}
-
 absl::Status ScorePages(const ScorePagesParams& p, void* stream) {
-  RETURN_IF_ERROR(CheckLayer(p.kv, "page scoring"));
+  RETURN_IF_ERROR(internal::CheckLayer(p.kv, "page scoring"));
   if (p.q_row_stride % 8 != 0 || !internal::IsAligned16(p.q)) {
     return absl::InvalidArgumentError("cuda page scoring: q rows must be 16-byte aligned");
   }

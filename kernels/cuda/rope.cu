@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda/bf16_vec.cuh"
 #include "kernels/cuda/cuda_status.h"
+#include "kernels/cuda/rope.cuh"
 #include "kernels/cuda/rope.h"
 
 // Large positions need the accurate sincosf; --use_fast_math would turn it into __sincosf,
@@ -44,11 +45,7 @@ __global__ void RopeKernel(RopeArgs p) {
   const float position = static_cast<float>(p.positions[token]);
   for (int i = threadIdx.x; i < half; i += blockDim.x) {
     // __fmul_rn: the product is rounded to float32 on its own, as in transformers.
-    float sin_a;
-    float cos_a;
-    sincosf(__fmul_rn(position, p.inv_freq[i]), &sin_a, &cos_a);
-    table[i] = cos_a;
-    table[half + i] = sin_a;
+    internal::RopeCosSin(position, p.inv_freq[i], &table[i], &table[half + i]);
   }
   __syncthreads();
 
@@ -66,11 +63,7 @@ __global__ void RopeKernel(RopeArgs p) {
     internal::LoadBf16<kVec>(hi_ptr, hi);
 #pragma unroll
     for (int k = 0; k < kVec; ++k) {
-      const float c = table[i0 + k];
-      const float s = table[half + i0 + k];
-      const float new_lo = lo[k] * c - hi[k] * s;
-      hi[k] = hi[k] * c + lo[k] * s;
-      lo[k] = new_lo;
+      internal::RotatePair(lo[k], hi[k], table[i0 + k], table[half + i0 + k]);
     }
     internal::StoreBf16<kVec>(lo_ptr, lo);
     internal::StoreBf16<kVec>(hi_ptr, hi);

@@ -2,6 +2,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <iterator>
 
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda/bf16_vec.cuh"
@@ -12,8 +13,6 @@ namespace lserve::cuda {
 namespace {
 
 constexpr int kWarpsPerBlock = 4;
-constexpr int kWRowsPerWarp = 2;  // each x chunk loaded serves two rows of w
-constexpr int kUnroll = 4;        // 16-byte chunks of each w row in flight per lane
 
 struct SkinnyArgs {
   const uint16_t* x;
@@ -25,53 +24,55 @@ struct SkinnyArgs {
   int64_t k;
 };
 
-__device__ __forceinline__ void Unpack(const uint4& packed, float* out) {
-  const uint32_t words[4] = {packed.x, packed.y, packed.z, packed.w};
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    out[2 * i] = __uint_as_float(words[i] << 16);
-    out[2 * i + 1] = __uint_as_float(words[i] & 0xFFFF0000u);
-  }
-}
+// The shapes the runner times: rows of w per warp (each x chunk loaded serves them all) and
+// 16-byte chunks of each row in flight per lane.
+struct Variant {
+  int w_rows;
+  int unroll;
+};
+constexpr Variant kVariants[] = {{2, 4}, {2, 8}, {4, 4}, {1, 8}};
 
-// One warp per two rows of w, for every row of x (at most kMaxM). Lanes stride the row in
-// 16-byte chunks with kUnroll chunks of both w rows loaded before any math (w streamed
-// past L1; x, small and read by every warp, through the read-only cache). Each lane holds
+// One warp per kWRows rows of w, for every row of x (at most kMaxM). Lanes stride the rows
+// in 16-byte chunks, kUnroll chunks of each row loaded before any math (w streamed past
+// L1; x, small and read by every warp, through the read-only cache). Each lane keeps
 // partial sums that one butterfly reduction combines at the end.
-template <int kMaxM, bool kF32Out>
+template <int kMaxM, int kWRows, int kUnroll, bool kF32Out>
 __global__ void __launch_bounds__(kWarpsPerBlock * 32) SkinnyGemmKernel(SkinnyArgs a) {
   const int lane = threadIdx.x % 32;
-  const int64_t n0 = (int64_t{blockIdx.x} * kWarpsPerBlock + threadIdx.x / 32) * kWRowsPerWarp;
+  const int64_t n0 = (int64_t{blockIdx.x} * kWarpsPerBlock + threadIdx.x / 32) * kWRows;
   if (n0 >= a.n) return;
-  const bool second = n0 + 1 < a.n;
   const int64_t chunks = a.k / 8;
-  const uint4* w0 = reinterpret_cast<const uint4*>(a.w + n0 * a.k);
-  const uint4* w1 = second ? w0 + chunks : w0;
-  float acc[kMaxM][kWRowsPerWarp] = {};
+  const uint4* w[kWRows];
+#pragma unroll
+  for (int j = 0; j < kWRows; ++j) {
+    // Rows past n re-read the last row; their sums are never stored.
+    w[j] = reinterpret_cast<const uint4*>(a.w) + min(n0 + j, a.n - 1) * chunks;
+  }
+  float acc[kMaxM][kWRows] = {};
   for (int64_t c0 = lane; c0 < chunks; c0 += 32 * kUnroll) {
-    uint4 wa[kUnroll], wb[kUnroll];
+    uint4 wv[kWRows][kUnroll];
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int64_t c = c0 + u * 32;
-      wa[u] = c < chunks ? __ldcs(w0 + c) : make_uint4(0, 0, 0, 0);
-      wb[u] = c < chunks ? __ldcs(w1 + c) : make_uint4(0, 0, 0, 0);
+#pragma unroll
+      for (int j = 0; j < kWRows; ++j) wv[j][u] = c < chunks ? __ldcs(w[j] + c) : uint4{};
     }
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int64_t c = c0 + u * 32;
       if (c >= chunks) break;
-      float fa[8], fb[8];
-      Unpack(wa[u], fa);
-      Unpack(wb[u], fb);
+      float fw[kWRows][8];
+#pragma unroll
+      for (int j = 0; j < kWRows; ++j) internal::UnpackBf16x8(wv[j][u], fw[j]);
 #pragma unroll
       for (int r = 0; r < kMaxM; ++r) {
         if (r >= a.m) break;
         float fx[8];
-        Unpack(__ldg(reinterpret_cast<const uint4*>(a.x + r * a.k) + c), fx);
+        internal::UnpackBf16x8(__ldg(reinterpret_cast<const uint4*>(a.x + r * a.k) + c), fx);
 #pragma unroll
-        for (int i = 0; i < 8; ++i) {
-          acc[r][0] = fmaf(fx[i], fa[i], acc[r][0]);
-          acc[r][1] = fmaf(fx[i], fb[i], acc[r][1]);
+        for (int j = 0; j < kWRows; ++j) {
+#pragma unroll
+          for (int i = 0; i < 8; ++i) acc[r][j] = fmaf(fx[i], fw[j][i], acc[r][j]);
         }
       }
     }
@@ -79,7 +80,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32) SkinnyGemmKernel(SkinnyAr
 #pragma unroll
   for (int r = 0; r < kMaxM; ++r) {
 #pragma unroll
-    for (int j = 0; j < kWRowsPerWarp; ++j) {
+    for (int j = 0; j < kWRows; ++j) {
 #pragma unroll
       for (int offset = 16; offset > 0; offset /= 2) {
         acc[r][j] += __shfl_xor_sync(0xFFFFFFFFu, acc[r][j], offset);
@@ -87,8 +88,12 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32) SkinnyGemmKernel(SkinnyAr
     }
   }
   if (lane != 0) return;
-  for (int r = 0; r < a.m && r < kMaxM; ++r) {
-    for (int j = 0; j < kWRowsPerWarp && n0 + j < a.n; ++j) {
+#pragma unroll
+  for (int r = 0; r < kMaxM; ++r) {
+    if (r >= a.m) break;
+#pragma unroll
+    for (int j = 0; j < kWRows; ++j) {
+      if (n0 + j >= a.n) break;
       float value = acc[r][j];
       if (a.bias != nullptr) value += internal::Bf16ToFloat(a.bias[n0 + j]);
       if constexpr (kF32Out) {
@@ -100,14 +105,27 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32) SkinnyGemmKernel(SkinnyAr
   }
 }
 
-template <int kMaxM>
+template <int kMaxM, int kWRows, int kUnroll>
 void Launch(const SkinnyArgs& args, bool f32_out, cudaStream_t stream) {
-  const int64_t warps = (args.n + kWRowsPerWarp - 1) / kWRowsPerWarp;
+  const int64_t warps = (args.n + kWRows - 1) / kWRows;
   const dim3 grid(static_cast<unsigned>((warps + kWarpsPerBlock - 1) / kWarpsPerBlock));
   if (f32_out) {
-    SkinnyGemmKernel<kMaxM, true><<<grid, kWarpsPerBlock * 32, 0, stream>>>(args);
+    SkinnyGemmKernel<kMaxM, kWRows, kUnroll, true><<<grid, kWarpsPerBlock * 32, 0, stream>>>(args);
   } else {
-    SkinnyGemmKernel<kMaxM, false><<<grid, kWarpsPerBlock * 32, 0, stream>>>(args);
+    SkinnyGemmKernel<kMaxM, kWRows, kUnroll, false><<<grid, kWarpsPerBlock * 32, 0, stream>>>(args);
+  }
+}
+
+template <int kWRows, int kUnroll>
+void LaunchForRows(const SkinnyArgs& args, bool f32_out, cudaStream_t stream) {
+  if (args.m == 1) {
+    Launch<1, kWRows, kUnroll>(args, f32_out, stream);
+  } else if (args.m == 2) {
+    Launch<2, kWRows, kUnroll>(args, f32_out, stream);
+  } else if (args.m <= 4) {
+    Launch<4, kWRows, kUnroll>(args, f32_out, stream);
+  } else {
+    Launch<8, kWRows, kUnroll>(args, f32_out, stream);
   }
 }
 
@@ -119,11 +137,16 @@ bool SkinnyGemmSupported(const GemmParams& p) {
          internal::IsAligned16(p.x) && internal::IsAligned16(p.w);
 }
 
-absl::Status SkinnyGemm(const GemmParams& p, void* stream) {
+int SkinnyGemmVariants() { return static_cast<int>(std::size(kVariants)); }
+
+absl::Status SkinnyGemm(const GemmParams& p, void* stream, int variant) {
   if (!SkinnyGemmSupported(p)) {
     return absl::InvalidArgumentError(absl::StrCat(
         "skinny GEMM: needs bf16 x/w, 1 <= m <= ", kSkinnyGemmMaxRows,
         ", k a multiple of 8 and 16-byte aligned x and w; got m=", p.m, " n=", p.n, " k=", p.k));
+  }
+  if (variant < 0 || variant >= SkinnyGemmVariants()) {
+    return absl::InvalidArgumentError(absl::StrCat("skinny GEMM: no variant ", variant));
   }
   const SkinnyArgs args{static_cast<const uint16_t*>(p.x),
                         static_cast<const uint16_t*>(p.w),
@@ -134,14 +157,19 @@ absl::Status SkinnyGemm(const GemmParams& p, void* stream) {
                         p.k};
   const bool f32_out = p.out_dtype == DType::kF32;
   const cudaStream_t s = internal::AsStream(stream);
-  if (p.m == 1) {
-    Launch<1>(args, f32_out, s);
-  } else if (p.m == 2) {
-    Launch<2>(args, f32_out, s);
-  } else if (p.m <= 4) {
-    Launch<4>(args, f32_out, s);
-  } else {
-    Launch<8>(args, f32_out, s);
+  switch (variant) {
+    case 0:
+      LaunchForRows<kVariants[0].w_rows, kVariants[0].unroll>(args, f32_out, s);
+      break;
+    case 1:
+      LaunchForRows<kVariants[1].w_rows, kVariants[1].unroll>(args, f32_out, s);
+      break;
+    case 2:
+      LaunchForRows<kVariants[2].w_rows, kVariants[2].unroll>(args, f32_out, s);
+      break;
+    default:
+      LaunchForRows<kVariants[3].w_rows, kVariants[3].unroll>(args, f32_out, s);
+      break;
   }
   return internal::CheckLaunch("SkinnyGemmKernel");
 }

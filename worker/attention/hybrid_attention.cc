@@ -75,8 +75,8 @@ PagedKvLayer HybridAttention::LayerView(int layer) const {
   return view;
 }
 
-absl::Status HybridAttention::Append(int layer, const AttentionPlan& plan, const void* k,
-                                     const void* v, int64_t row_stride) {
+AppendKvParams HybridAttention::AppendParams(int layer, const AttentionPlan& plan, const void* k,
+                                             const void* v, int64_t row_stride) const {
   AppendKvParams params;
   params.kv = LayerView(layer);
   params.tables = plan.tables();
@@ -84,7 +84,19 @@ absl::Status HybridAttention::Append(int layer, const AttentionPlan& plan, const
   params.k = k;
   params.v = v;
   params.row_stride = row_stride;
-  return backend_->AppendKv(params);
+  return params;
+}
+
+absl::Status HybridAttention::Append(int layer, const AttentionPlan& plan, const void* k,
+                                     const void* v, int64_t row_stride) {
+  return backend_->AppendKv(AppendParams(layer, plan, k, v, row_stride));
+}
+
+absl::Status HybridAttention::RopeAppend(int layer, const AttentionPlan& plan,
+                                         const RopeParams& q_rope, const RopeParams& k_rope,
+                                         const void* v, int64_t row_stride) {
+  return backend_->RopeAppendKv(
+      {q_rope, k_rope, AppendParams(layer, plan, k_rope.x, v, row_stride)});
 }
 
 absl::Status HybridAttention::Select(int layer, const AttentionPlan& plan, QueryRows q) {

@@ -33,6 +33,10 @@ class HybridAttention {
   // heads per row) into the pools, with the page statistics.
   absl::Status Append(int layer, const AttentionPlan& plan, const void* k, const void* v,
                       int64_t row_stride);
+  // RoPE of the step's q (in place) and k rows, then Append of k and v, as one backend op
+  // (Backend::RopeAppendKv); k_rope.x is the k given to Append.
+  absl::Status RopeAppend(int layer, const AttentionPlan& plan, const RopeParams& q_rope,
+                          const RopeParams& k_rope, const void* v, int64_t row_stride);
   // Attention of `layer`: scores the selections due at this step, then one launch over
   // every head of the batch. q rows lie q_row_stride values apart (0: packed), each with
   // num_q_heads * head_dim values; out rows are packed.
@@ -55,6 +59,8 @@ class HybridAttention {
  private:
   HybridAttention(KvStore* store, const SparseAttentionConfig& config, int num_q_heads,
                   Backend* backend);
+  AppendKvParams AppendParams(int layer, const AttentionPlan& plan, const void* k, const void* v,
+                              int64_t row_stride) const;
   // The step's query rows: row_stride values apart.
   struct QueryRows {
     const void* data;

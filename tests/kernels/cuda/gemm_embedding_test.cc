@@ -113,7 +113,10 @@ TEST_F(GemmCudaTest, SkinnyGemmMatchesReference) {
                                                    {m, 1001, 4104, true, DType::kBF16},
                                                    {m, 3, 2056, true, DType::kF32},
                                                    {m, 4099, 512, false, DType::kF32}}) {
-      CheckGemm([](const GemmParams& p) { return SkinnyGemm(p, nullptr); }, c, seed++);
+      for (int variant = 0; variant < SkinnyGemmVariants(); ++variant) {
+        SCOPED_TRACE(::testing::Message() << "variant " << variant);
+        CheckGemm([&](const GemmParams& p) { return SkinnyGemm(p, nullptr, variant); }, c, seed++);
+      }
     }
   }
 }
@@ -128,6 +131,9 @@ TEST_F(GemmCudaTest, SkinnyGemmRejectsWhatItCannotServe) {
   p.k = 16;
   p.m = kSkinnyGemmMaxRows + 1;
   EXPECT_EQ(SkinnyGemm(p, nullptr).code(), absl::StatusCode::kInvalidArgument);
+  p.m = 1;
+  EXPECT_EQ(SkinnyGemm(p, nullptr, SkinnyGemmVariants()).code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 TEST_F(GemmCudaTest, RejectsBadArguments) {

@@ -105,7 +105,33 @@ absl::Status KvTwin::Step(const std::vector<TwinChunk>& chunks, bool attend,
   RETURN_IF_ERROR(cpu_.attention->Append(0, cpu_.plan, k_float.data(), v_float.data(), width));
   ASSIGN_OR_RETURN(Buffer k_device, Upload(device, k_bits));
   ASSIGN_OR_RETURN(Buffer v_device, Upload(device, v_bits));
-  RETURN_IF_ERROR(gpu_.attention->Append(0, gpu_.plan, k_device.data(), v_device.data(), width));
+  if (gpu_rope_ == GpuRope::kNone) {
+    RETURN_IF_ERROR(gpu_.attention->Append(0, gpu_.plan, k_device.data(), v_device.data(), width));
+  } else {
+    if (attend) return absl::InvalidArgumentError("KvTwin: no attention after a RoPE append");
+    std::vector<int32_t> positions;
+    for (const AttentionSequence& s : batch) {
+      for (int64_t r = 0; r < s.num_queries; ++r) {
+        positions.push_back(static_cast<int32_t>(s.start_pos + r));
+      }
+    }
+    ASSIGN_OR_RETURN(positions_device_, Upload(device, positions));
+    ASSIGN_OR_RETURN(q_device_, Upload(device, q_bits));
+    const auto* position_data = positions_device_.as<int32_t>();
+    const RopeParams q_rope{q_device_.data(), position_data, inv_freq_, rows, num_q_heads_, d, 0,
+                            DType::kBF16};
+    const RopeParams k_rope{
+        k_device.data(), position_data, inv_freq_, rows, config_.num_kv_heads, d, 0, DType::kBF16};
+    if (gpu_rope_ == GpuRope::kFused) {
+      RETURN_IF_ERROR(
+          gpu_.attention->RopeAppend(0, gpu_.plan, q_rope, k_rope, v_device.data(), width));
+    } else {
+      RETURN_IF_ERROR(gpu_.backend->Rope(q_rope));
+      RETURN_IF_ERROR(gpu_.backend->Rope(k_rope));
+      RETURN_IF_ERROR(
+          gpu_.attention->Append(0, gpu_.plan, k_device.data(), v_device.data(), width));
+    }
+  }
   if (attend) {
     cpu_out->assign(rows * q_width, 0.0f);
     RETURN_IF_ERROR(cpu_.attention->Run(0, cpu_.plan, queries_.data(), cpu_out->data()));

@@ -54,6 +54,16 @@ class KvTwin {
   absl::Status Step(const std::vector<TwinChunk>& chunks, bool attend, std::vector<float>* cpu_out,
                     std::vector<float>* gpu_out);
 
+  // How the device side's K rows reach its store: as given, or rotated by RoPE (inv_freq
+  // in device memory) first, through Rope + Rope + Append or the fused RopeAppend. With
+  // RoPE the device store no longer matches the host one, so Step must not attend; the
+  // step's queries (gpu_queries) come out rotated.
+  enum class GpuRope { kNone, kSeparate, kFused };
+  void set_gpu_rope(GpuRope mode, const float* inv_freq) {
+    gpu_rope_ = mode;
+    inv_freq_ = inv_freq;
+  }
+
   // The keys written for (seq, kv head), in position order, as floats.
   const std::vector<float>& Keys(SeqId seq, int kv_head) { return keys_[{seq, kv_head}]; }
   const KvStoreConfig& config() const { return config_; }
@@ -80,6 +90,9 @@ class KvTwin {
   std::map<std::pair<SeqId, int>, std::vector<float>> keys_;
   std::vector<float> queries_;
   Buffer q_device_;
+  Buffer positions_device_;
+  GpuRope gpu_rope_ = GpuRope::kNone;
+  const float* inv_freq_ = nullptr;
 };
 
 }  // namespace lserve::cuda::testing

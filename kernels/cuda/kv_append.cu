@@ -1,0 +1,242 @@
+// The KV append with its page statistics, and the same append fused with the RoPE of the
+// step's q and k rows.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "kernels/cuda/bf16_vec.cuh"
+#include "kernels/cuda/cuda_status.h"
+#include "kernels/cuda/paged_attention.h"
+#include "kernels/cuda/paged_kv.cuh"
+#include "kernels/cuda/rope.cuh"
+#include "kernels/cuda/rope.h"
+
+#ifdef __USE_FAST_MATH__
+#error "kernels/cuda/kv_append.cu must be compiled without --use_fast_math"
+#endif
+
+namespace lserve::cuda {
+namespace {
+
+using internal::Bf16ToFloat;
+using internal::KvLocation;
+
+constexpr int kAppendThreads = 128;
+
+struct AppendArgs {
+  PagedKvLayer kv;
+  PageTableView t;
+  const int32_t* q_indptr;
+  const uint16_t* k;
+  const uint16_t* v;
+  int64_t row_stride;
+  // Fused RoPE (inv_freq set): k is rotated on its way into the pools and the q rows in
+  // place by blocks past the append blocks.
+  const int32_t* positions;
+  const float* inv_freq;
+  uint16_t* q;
+  int num_q_heads;
+  int64_t q_row_stride;
+  int64_t num_tokens;
+};
+
+// RoPE of one token's q heads in place, the cos/sin table in shared memory.
+__device__ void RotateQueryRow(const AppendArgs& a, int64_t token) {
+  extern __shared__ float table[];  // cos [half], then sin [half]
+  const int half = a.kv.head_dim / 2;
+  const float position = static_cast<float>(a.positions[token]);
+  for (int i = threadIdx.x; i < half; i += blockDim.x) {
+    internal::RopeCosSin(position, a.inv_freq[i], &table[i], &table[half + i]);
+  }
+  __syncthreads();
+  uint16_t* row = a.q + token * a.q_row_stride;
+  const int vectors = half / 8;
+  for (int j = threadIdx.x; j < a.num_q_heads * vectors; j += blockDim.x) {
+    const int c = (j % vectors) * 8;
+    uint16_t* low_half = row + int64_t{j / vectors} * a.kv.head_dim + c;
+    float low[8], high[8];
+    internal::LoadBf16<8>(low_half, low);
+    internal::LoadBf16<8>(low_half + half, high);
+#pragma unroll
+    for (int e = 0; e < 8; ++e)
+      internal::RotatePair(low[e], high[e], table[c + e], table[half + c + e]);
+    internal::StoreBf16<8>(low_half, low);
+    internal::StoreBf16<8>(low_half + half, high);
+  }
+}
+
+// Row `row` of k (RoPE at its position) and v into the pool row at `key`: the 8 values at c
+// and their rotation partners at c + head_dim / 2.
+__device__ __forceinline__ void CopyRotatedChunk(const AppendArgs& a, int64_t row, int h, int c,
+                                                 uint16_t* key, int64_t value_offset) {
+  const int d = a.kv.head_dim;
+  const int half = d / 2;
+  const int64_t src = row * a.row_stride + int64_t{h} * d + c;
+  float low[8], high[8];
+  internal::LoadBf16<8>(a.k + src, low);
+  internal::LoadBf16<8>(a.k + src + half, high);
+  const float position = static_cast<float>(a.positions[row]);
+#pragma unroll
+  for (int e = 0; e < 8; ++e) {
+    float cos_a, sin_a;
+    internal::RopeCosSin(position, a.inv_freq[c + e], &cos_a, &sin_a);
+    internal::RotatePair(low[e], high[e], cos_a, sin_a);
+  }
+  internal::StoreBf16<8>(key + c, low);
+  internal::StoreBf16<8>(key + c + half, high);
+  *reinterpret_cast<uint4*>(key + value_offset + c) = *reinterpret_cast<const uint4*>(a.v + src);
+  *reinterpret_cast<uint4*>(key + value_offset + c + half) =
+      *reinterpret_cast<const uint4*>(a.v + src + half);
+}
+
+// One block per (sequence, KV head) and stride of logical pages: it copies the rows that
+// land in each logical page (rotating k first when RoPE is fused), then (dense heads)
+// recomputes the page's kmax/kmin from the
+// keys it holds, with the CPU's comparisons (so signed zeros come out the same).
+__global__ void __launch_bounds__(kAppendThreads) AppendKernel(AppendArgs a) {
+  const int num_kv_heads = a.kv.num_kv_heads;
+  if (blockIdx.x >= a.t.num_seqs * num_kv_heads) {
+    const int64_t token =
+        int64_t{blockIdx.x - a.t.num_seqs * num_kv_heads} * gridDim.y + blockIdx.y;
+    if (token < a.num_tokens) RotateQueryRow(a, token);
+    return;
+  }
+  const int b = blockIdx.x / num_kv_heads;
+  const int h = blockIdx.x % num_kv_heads;
+  const int64_t first_row = a.q_indptr[b];
+  const int64_t rows = a.q_indptr[b + 1] - first_row;
+  if (rows <= 0) return;
+  const int64_t len = a.t.kv_len[b];
+  const int64_t first_pos = len - rows;
+  const int d = a.kv.head_dim;
+  const int page_size = a.kv.page_size;
+  const int logical = a.kv.logical_page_size;
+  const bool streaming = a.kv.kv_head_streaming[h] != 0;
+  const int slot = a.kv.kv_head_slot[h];
+  const KvPoolView& pool = streaming ? a.kv.streaming : a.kv.dense;
+  const int64_t value_offset = internal::ValueOffset(pool, page_size, d);
+  const int vectors = d / 8;
+  for (int64_t lp = first_pos / logical + blockIdx.y; lp <= (len - 1) / logical; lp += gridDim.y) {
+    const int64_t lo = max(first_pos, lp * logical);
+    const int64_t hi = min(len, (lp + 1) * logical);
+    // With RoPE a thread takes a chunk and its rotation partner: half the chunks.
+    const int step_vectors = a.inv_freq != nullptr ? vectors / 2 : vectors;
+    for (int64_t i = threadIdx.x; i < (hi - lo) * step_vectors; i += blockDim.x) {
+      const int64_t pos = lo + i / step_vectors;
+      const int c = static_cast<int>(i % step_vectors) * 8;
+      const KvLocation at = streaming ? internal::StreamingLocation(a.t, page_size, b, pos)
+                                      : internal::DenseLocation(a.t, page_size, b, pos);
+      if (a.inv_freq != nullptr) {
+        CopyRotatedChunk(a, first_row + pos - first_pos, h, c,
+                         internal::KeyRow(pool, at, slot, page_size, d), value_offset);
+        continue;
+      }
+      uint16_t* key = internal::KeyRow(pool, at, slot, page_size, d) + c;
+      const int64_t src = (first_row + pos - first_pos) * a.row_stride + int64_t{h} * d + c;
+      *reinterpret_cast<uint4*>(key) = *reinterpret_cast<const uint4*>(a.k + src);
+      *reinterpret_cast<uint4*>(key + value_offset) = *reinterpret_cast<const uint4*>(a.v + src);
+    }
+    if (streaming) continue;
+    __syncthreads();  // the rows above are visible to the whole block
+    const KvLocation start = internal::DenseLocation(a.t, page_size, b, lp * logical);
+    const int j = start.row / logical;
+    uint16_t* kmax =
+        internal::KmaxRow(pool, start.page, slot, j, page_size, page_size / logical, d);
+    uint16_t* kmin = kmax + internal::KminOffset(pool, page_size / logical, d);
+    const uint16_t* first_key = internal::KeyRow(pool, start, slot, page_size, d);
+    for (int c = threadIdx.x; c < d; c += blockDim.x) {
+      float high = Bf16ToFloat(first_key[c]);
+      float low = high;
+      for (int r = 1; r < hi - lp * logical; ++r) {
+        const float key = Bf16ToFloat(first_key[int64_t{r} * d + c]);
+        high = high < key ? key : high;  // std::max
+        low = key < low ? key : low;     // std::min
+      }
+      kmax[c] = internal::FloatToBf16(high);
+      kmin[c] = internal::FloatToBf16(low);
+    }
+    __syncthreads();
+  }
+}
+
+// Enough blocks per (sequence, head) for a prefill chunk's logical pages.
+int AppendBlocksPerHead(const AppendKvParams& p) {
+  return std::min(64, p.tables.max_queries / p.kv.logical_page_size + 2);
+}
+
+}  // namespace
+
+absl::Status AppendKv(const AppendKvParams& p, void* stream) {
+  RETURN_IF_ERROR(internal::CheckLayer(p.kv, "KV append"));
+  if (p.row_stride % 8 != 0 || !internal::IsAligned16(p.k) || !internal::IsAligned16(p.v)) {
+    return absl::InvalidArgumentError("cuda KV append: K/V rows must be 16-byte aligned");
+  }
+  if (p.tables.num_seqs == 0 || p.kv.num_kv_heads == 0) return absl::OkStatus();
+  AppendArgs args{p.kv,
+                  p.tables,
+                  p.q_indptr,
+                  static_cast<const uint16_t*>(p.k),
+                  static_cast<const uint16_t*>(p.v),
+                  p.row_stride,
+                  nullptr,
+                  nullptr,
+                  nullptr,
+                  0,
+                  0,
+                  0};
+  const dim3 grid(p.tables.num_seqs * p.kv.num_kv_heads, AppendBlocksPerHead(p));
+  AppendKernel<<<grid, kAppendThreads, 0, internal::AsStream(stream)>>>(args);
+  return internal::CheckLaunch("AppendKernel");
+}
+
+absl::Status RopeAppendKv(const RopeAppendKvParams& p, void* stream) {
+  const AppendKvParams& append = p.append;
+  const RopeParams& q = p.q_rope;
+  const RopeParams& k = p.k_rope;
+  RETURN_IF_ERROR(internal::CheckLayer(append.kv, "RoPE + KV append"));
+  if (append.k != k.x) {
+    return absl::InvalidArgumentError("cuda RoPE + KV append: append.k must be k_rope.x");
+  }
+  const int d = append.kv.head_dim;
+  const int64_t q_stride = q.token_stride == 0 ? int64_t{q.num_heads} * d : q.token_stride;
+  // One pass when the layouts allow it; otherwise the three ops one after another.
+  const bool fused = q.dtype == DType::kBF16 && k.dtype == DType::kBF16 && q.head_dim == d &&
+                     k.head_dim == d && d % 16 == 0 && k.num_heads == append.kv.num_kv_heads &&
+                     q.num_tokens == k.num_tokens && q.positions == k.positions &&
+                     q.inv_freq == k.inv_freq && q.positions != nullptr && q.inv_freq != nullptr &&
+                     q.num_heads > 0 && q_stride >= int64_t{q.num_heads} * d && q_stride % 8 == 0 &&
+                     internal::IsAligned16(q.x) && append.row_stride % 8 == 0 &&
+                     internal::IsAligned16(append.k) && internal::IsAligned16(append.v) &&
+                     append.tables.num_seqs > 0 && append.kv.num_kv_heads > 0 &&
+                     append.tables.num_seqs * int64_t{append.kv.num_kv_heads} < (int64_t{1} << 30);
+  if (!fused) {
+    RETURN_IF_ERROR(ApplyRope(q, stream));
+    RETURN_IF_ERROR(ApplyRope(k, stream));
+    return AppendKv(append, stream);
+  }
+  if (q.num_tokens == 0) return absl::OkStatus();
+  const AppendArgs args{append.kv,
+                        append.tables,
+                        append.q_indptr,
+                        static_cast<const uint16_t*>(append.k),
+                        static_cast<const uint16_t*>(append.v),
+                        append.row_stride,
+                        q.positions,
+                        q.inv_freq,
+                        static_cast<uint16_t*>(q.x),
+                        q.num_heads,
+                        q_stride,
+                        q.num_tokens};
+  const int blocks_per_head = AppendBlocksPerHead(append);
+  const int64_t query_blocks = (q.num_tokens + blocks_per_head - 1) / blocks_per_head;
+  const dim3 grid(
+      static_cast<unsigned>(append.tables.num_seqs * append.kv.num_kv_heads + query_blocks),
+      blocks_per_head);
+  AppendKernel<<<grid, kAppendThreads, d * sizeof(float), internal::AsStream(stream)>>>(args);
+  return internal::CheckLaunch("AppendKernel (RoPE fused)");
+}
+
+}  // namespace lserve::cuda
