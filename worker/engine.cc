@@ -46,6 +46,18 @@ Engine::~Engine() = default;
 
 absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(ModelWeights weights,
                                                        const EngineOptions& options) {
+  BackendOptions backend_options;
+  backend_options.num_threads = options.num_threads;
+  backend_options.device = options.device;
+  ASSIGN_OR_RETURN(std::unique_ptr<Backend> backend,
+                   CreateBackend(options.backend, backend_options));
+  return Create(std::move(weights), options, std::move(backend));
+}
+
+absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(ModelWeights weights,
+                                                       const EngineOptions& options,
+                                                       std::unique_ptr<Backend> backend) {
+  if (backend == nullptr) return absl::InvalidArgumentError("Engine::Create: no backend");
   RETURN_IF_ERROR(ValidateModelConfig(weights.config));
   // Sliding-window attention (Mistral v0.1, some Qwen2) equals full attention up to the
   // window, so serving contexts up to the window is exact; longer ones are refused.
@@ -62,11 +74,6 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(ModelWeights weights,
     return absl::InvalidArgumentError(absl::StrCat("gpu_memory_utilization must be in (0, 1], got ",
                                                    options.gpu_memory_utilization));
   }
-  BackendOptions backend_options;
-  backend_options.num_threads = options.num_threads;
-  backend_options.device = options.device;
-  ASSIGN_OR_RETURN(std::unique_ptr<Backend> backend,
-                   CreateBackend(options.backend, backend_options));
   RETURN_IF_ERROR(backend->CheckEngineSupport());
   RETURN_IF_ERROR(
       backend->CheckAttentionHeads(config.num_heads, config.num_kv_heads, config.head_dim));

@@ -67,8 +67,13 @@ struct StepOutput {
 
 class Engine {
  public:
+  // The backend named by options.backend.
   static absl::StatusOr<std::unique_ptr<Engine>> Create(ModelWeights weights,
                                                         const EngineOptions& options);
+  // A backend made by the caller (options.backend, num_threads and device are unused).
+  static absl::StatusOr<std::unique_ptr<Engine>> Create(ModelWeights weights,
+                                                        const EngineOptions& options,
+                                                        std::unique_ptr<Backend> backend);
   ~Engine();
 
   absl::Status AddSequence(SeqId seq);

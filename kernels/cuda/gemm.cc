@@ -21,9 +21,13 @@ namespace {
 
 constexpr size_t kWorkspaceBytes = size_t{32} << 20;
 // Candidates asked of cuBLASLt's heuristic per shape, and timed runs of each on the first
-// call of that shape.
+// call of that shape. Only shapes of at most kMaxTunedRows rows are timed: decode steps,
+// whose row counts are bounded by the batch and where the heuristic's pick is weakest;
+// prefill chunks come in any row count, so timing each would cost a burst of GEMMs on
+// every new prompt length, and there the heuristic's first choice is kept.
 constexpr int kCandidates = 8;
 constexpr int kTimedRuns = 3;
+constexpr int64_t kMaxTunedRows = 64;
 
 // LSERVE_GEMM_TUNE=0 keeps the heuristic's first choice instead of timing the candidates.
 bool TuningEnabled() {
@@ -174,12 +178,16 @@ class LtGemmRunner final : public GemmRunner {
     RETURN_IF_ERROR(internal::CudaStatus(cudaStreamIsCapturing(stream, &capture), "capture"));
     if (capture != cudaStreamCaptureStatusNone) return absl::OkStatus();
     plan.tuned = true;
-    if (!TuningEnabled() || (plan.candidates.size() < 2 && !SkinnyGemmSupported(p))) {
+    if (!TuningEnabled() || p.m > kMaxTunedRows ||
+        (plan.candidates.size() < 2 && !SkinnyGemmSupported(p))) {
       return absl::OkStatus();
     }
     cudaEvent_t start = nullptr, stop = nullptr;
-    RETURN_IF_ERROR(internal::CudaStatus(cudaEventCreate(&start), "event"));
-    RETURN_IF_ERROR(internal::CudaStatus(cudaEventCreate(&stop), "event"));
+    if (cudaEventCreate(&start) != cudaSuccess || cudaEventCreate(&stop) != cudaSuccess) {
+      if (start != nullptr) cudaEventDestroy(start);
+      (void)cudaGetLastError();
+      return absl::OkStatus();  // untimed: the heuristic's first choice
+    }
     float best_ms = -1.0f;
     for (const cublasLtMatmulAlgo_t& algo : plan.candidates) {
       // A warm-up run; a candidate that cannot run this shape drops out.

@@ -6,10 +6,13 @@
 //    checkpoint: its weights upcast to float32, which is exactly what the engine loads);
 //  * 3e-2 against transformers computing in bf16, the documented bound between this
 //    float32 backend and a bf16 one (bf16 keeps 8 mantissa bits).
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "kernels/backend_registry.h"
+#include "tests/kernels/opaque_cpu_backend.h"
 #include "tests/worker/test_util.h"
 #include "worker/engine.h"
 
@@ -27,8 +30,11 @@ std::vector<float> Flatten(const nlohmann::json& rows) {
 }
 
 // Runs the ids through a fresh engine in chunks of `chunk` tokens, keeping every logit.
+// With `device_style`, the engine runs on the CPU backend behind memory the host cannot
+// read (OpaqueCpuBackend): the path a GPU backend takes, with q/k/v and gate/up joined
+// into one GEMM each, strided q/k/v rows and RoPE handed to the KV append.
 std::vector<float> EngineLogits(const std::string& folder, const std::vector<int32_t>& ids,
-                                size_t chunk) {
+                                size_t chunk, bool device_style = false) {
   absl::StatusOr<ModelWeights> weights = LoadModelWeights(folder);
   EXPECT_TRUE(weights.ok()) << weights.status();
   EngineOptions options;
@@ -36,7 +42,18 @@ std::vector<float> EngineLogits(const std::string& folder, const std::vector<int
   options.attention = SparseAttentionConfig::Dense();
   options.attention.page_size = 16;
   options.max_sequences = 1;
-  auto engine = Engine::Create(*std::move(weights), options);
+  std::unique_ptr<Backend> cpu;
+  absl::StatusOr<std::unique_ptr<Engine>> engine;
+  if (device_style) {
+    auto created = CreateBackend("cpu", {2, 0});
+    EXPECT_TRUE(created.ok()) << created.status();
+    cpu = *std::move(created);
+    options.max_kv_cache_bytes = int64_t{64} << 20;
+    engine = Engine::Create(*std::move(weights), options,
+                            std::make_unique<testing::OpaqueCpuBackend>(cpu.get()));
+  } else {
+    engine = Engine::Create(*std::move(weights), options);
+  }
   EXPECT_TRUE(engine.ok()) << engine.status();
   EXPECT_TRUE((*engine)->AddSequence(1).ok());
   std::vector<float> logits;
@@ -60,6 +77,18 @@ TEST_P(HfParityTest, LogitsMatchTransformersFloat32) {
   const std::vector<float> reference = Flatten(expected["logits"]);
   for (size_t chunk : {ids.size(), size_t{5}, size_t{1}}) {
     const std::vector<float> logits = EngineLogits(folder, ids, chunk);
+    ASSERT_EQ(logits.size(), reference.size());
+    EXPECT_LE(testing::RelativeMaxError(logits, reference), 1e-4) << "chunk " << chunk;
+  }
+}
+
+TEST_P(HfParityTest, DeviceStylePathMatchesTransformersFloat32) {
+  const std::string folder = kFixtures + GetParam();
+  const auto expected = testing::ReadJson(folder + "/expected.json");
+  const auto ids = expected["input_ids"].get<std::vector<int32_t>>();
+  const std::vector<float> reference = Flatten(expected["logits"]);
+  for (size_t chunk : {ids.size(), size_t{1}}) {
+    const std::vector<float> logits = EngineLogits(folder, ids, chunk, /*device_style=*/true);
     ASSERT_EQ(logits.size(), reference.size());
     EXPECT_LE(testing::RelativeMaxError(logits, reference), 1e-4) << "chunk " << chunk;
   }
