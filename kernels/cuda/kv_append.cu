@@ -94,8 +94,8 @@ __device__ __forceinline__ void CopyRotatedChunk(const AppendArgs& a, int64_t ro
 
 // One block per (sequence, KV head) and stride of logical pages: it copies the rows that
 // land in each logical page (rotating k first when RoPE is fused), then (dense heads)
-// recomputes the page's kmax/kmin from the
-// keys it holds, with the CPU's comparisons (so signed zeros come out the same).
+// recomputes the page's kmax/kmin from the keys it holds, with the CPU's comparisons (so
+// signed zeros come out the same). Blocks past those rotate the q rows when RoPE is fused.
 __global__ void __launch_bounds__(kAppendThreads) AppendKernel(AppendArgs a) {
   const int num_kv_heads = a.kv.num_kv_heads;
   if (blockIdx.x >= a.t.num_seqs * num_kv_heads) {
