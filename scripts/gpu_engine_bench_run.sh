@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # On a GPU machine, with binaries from `scripts/gpu_bundle.sh engine_context_bench
-# lserve_synthetic` (build-gpu/, .gpu-libs/): the end-to-end long-context benchmark of the
-# CUDA engine, dense and hybrid, on the synthetic Llama-3-8B-geometry model, then
+# lserve_synthetic cuda_gemv_bench` (build-gpu/, .gpu-libs/): the decode step's GEMMs alone,
+# then the end-to-end long-context benchmark of the CUDA engine, dense and hybrid, on the synthetic Llama-3-8B-geometry model, then
 # transformers (SDPA) on the same checkpoint as the peer. Output under $OUT (default
 # ./gpu-out). LSERVE_COMMIT names the commit in the JSON; LSERVE_GATES names the streaming
 # gates (full_attention_heads.tsv) where ../shared is not beside the repository.
@@ -13,6 +13,10 @@ contexts=${1:-32768,65536,131072,262144}
 mkdir -p "$out"
 export LD_LIBRARY_PATH=$PWD/.gpu-libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out/gpu.txt"
+# The decode step's GEMMs alone first: per-shape bandwidth, stream against graph.
+[ -x build-gpu/bench/cuda_gemv_bench ] &&
+  timeout 120 build-gpu/bench/cuda_gemv_bench --rows=1,2,4,8 --json="$out/cuda_gemv.json" |
+  tee "$out/cuda_gemv.txt"
 gates=()
 [ -n "${LSERVE_GATES:-}" ] && gates=(--gates="$LSERVE_GATES")
 build-gpu/bench/engine_context_bench --backend=cuda --geometry=llama3-8b --contexts="$contexts" \
