@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # On a GPU machine, with binaries from `scripts/gpu_bundle.sh engine_context_bench
 # lserve_synthetic cuda_gemv_bench` (build-gpu/, .gpu-libs/): the decode step's GEMMs alone,
-# then the end-to-end long-context benchmark of the CUDA engine, dense and hybrid, on the synthetic Llama-3-8B-geometry model, then
-# transformers (SDPA) on the same checkpoint as the peer. Output under $OUT (default
-# ./gpu-out). LSERVE_COMMIT names the commit in the JSON; LSERVE_GATES names the streaming
-# gates (full_attention_heads.tsv) where ../shared is not beside the repository.
+# then the end-to-end long-context benchmark of the CUDA engine, dense and hybrid, on the
+# synthetic Llama-3-8B-geometry model, then transformers (SDPA) on the same checkpoint as
+# the peer. Output under $OUT (default ./gpu-out). LSERVE_COMMIT names the commit in the
+# JSON; LSERVE_GATES names the streaming gates (full_attention_heads.tsv) where ../shared
+# is not beside the repository.
 # Usage: scripts/gpu_engine_bench_run.sh [contexts, default 32768,65536,131072,262144]
 set -uo pipefail
 cd "$(dirname "$0")/.."
