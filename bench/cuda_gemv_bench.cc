@@ -53,8 +53,8 @@ int Main(int argc, char** argv) {
   for (absl::string_view part :
        absl::StrSplit(FlagValue(argc, argv, "rows", "1,8"), ',', absl::SkipEmpty())) {
     int64_t m = 0;
-    if (!absl::SimpleAtoi(part, &m) || m < 1) {
-      std::fprintf(stderr, "cuda_gemv_bench: bad --rows\n");
+    if (!absl::SimpleAtoi(part, &m) || m < 1 || m > 64) {
+      std::fprintf(stderr, "cuda_gemv_bench: --rows takes counts from 1 to 64\n");
       return 2;
     }
     row_counts.push_back(m);
@@ -101,6 +101,10 @@ int Main(int argc, char** argv) {
       int layer = 0;
       auto next_weight = [&] { return weights[layer++ % layers].weights[index]; };
       for (int v = 0; v < cuda::SkinnyGemmVariants(); ++v) {
+        if (m > cuda::kSkinnyGemmMaxRows) {
+          std::printf("  %14s", "-");
+          continue;
+        }
         const double ms = TimeMs([&] {
           STATUS_OK(cuda::SkinnyGemm(Params(x, next_weight(), y, m, shape), nullptr, v));
         });

@@ -37,9 +37,10 @@ absl::StatusOr<BackendTensor> Upload(const WeightTensor& tensor, Backend* backen
   return backend->UploadWeights(tensor.data, tensor.NumElements());
 }
 
-// The tensors one after another (a Linear's [out, in] rows, or biases), uploaded as one;
-// a missing part (a bias the model lacks) counts as zeros of `sizes[i]` elements. Empty
-// when every part is missing.
+// The tensors one after another (a Linear's [out, in] rows, or biases) as one tensor in
+// backend memory; a missing part (a bias the model lacks) counts as zeros of `sizes[i]`
+// elements. Empty when every part is missing. Each part is uploaded on its own and copied
+// into its slice, so loading never holds more than one part's staging beside the result.
 absl::StatusOr<BackendTensor> UploadJoined(std::initializer_list<const WeightTensor*> parts,
                                            std::initializer_list<int64_t> sizes, Backend* backend) {
   bool any = false;
@@ -47,19 +48,31 @@ absl::StatusOr<BackendTensor> UploadJoined(std::initializer_list<const WeightTen
   for (const WeightTensor* part : parts) any = any || !part->empty();
   for (int64_t size : sizes) total += size;
   if (!any) return BackendTensor{};
-  std::vector<float> joined(total, 0.0f);
-  int64_t offset = 0;
+  MemorySpace* memory = backend->memory();
+  BackendTensor joined;
+  int64_t offset = 0;  // elements
   auto size = sizes.begin();
   for (const WeightTensor* part : parts) {
-    if (!part->empty()) {
-      if (part->NumElements() != *size) {
-        return absl::InvalidArgumentError("joined weights: a part has the wrong size");
-      }
-      std::copy(part->data, part->data + *size, joined.begin() + offset);
+    const int64_t elements = *size++;
+    if (!part->empty() && part->NumElements() != elements) {
+      return absl::InvalidArgumentError("joined weights: a part has the wrong size");
     }
-    offset += *size++;
+    const std::vector<float> zeros(part->empty() ? elements : 0, 0.0f);
+    ASSIGN_OR_RETURN(BackendTensor piece,
+                     backend->UploadWeights(part->empty() ? zeros.data() : part->data, elements));
+    const size_t element_bytes = DTypeSize(piece.dtype);
+    if (joined.data == nullptr) {
+      joined.dtype = piece.dtype;
+      ASSIGN_OR_RETURN(joined.storage, Buffer::Allocate(memory, total * element_bytes));
+      joined.data = joined.storage.data();
+    } else if (piece.dtype != joined.dtype) {
+      return absl::InternalError("joined weights: parts uploaded in different dtypes");
+    }
+    RETURN_IF_ERROR(memory->Copy(static_cast<char*>(joined.storage.data()) + offset * element_bytes,
+                                 piece.data, elements * element_bytes));
+    offset += elements;
   }
-  return backend->UploadWeights(joined.data(), total);
+  return joined;
 }
 
 absl::Status UploadLayerLinears(const ModelConfig& c, const LayerWeights& w, Backend* backend,

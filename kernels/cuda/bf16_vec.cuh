@@ -26,8 +26,6 @@ __device__ __forceinline__ uint32_t PackBf16x2(float lo, float hi) {
   return static_cast<uint32_t>(FloatToBf16(lo)) | (static_cast<uint32_t>(FloatToBf16(hi)) << 16);
 }
 
-// Loads kVec consecutive bf16 values as floats: one 16-byte access for kVec == 8 (the
-// address must then be 16-byte aligned), scalar accesses for kVec == 1.
 // Eight bf16 values packed in 16 bytes, as float32.
 __device__ __forceinline__ void UnpackBf16x8(const uint4& raw, float* dst) {
   const uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
@@ -38,6 +36,8 @@ __device__ __forceinline__ void UnpackBf16x8(const uint4& raw, float* dst) {
   }
 }
 
+// Loads kVec consecutive bf16 values as floats: one 16-byte access for kVec == 8 (the
+// address must then be 16-byte aligned), scalar accesses for kVec == 1.
 template <int kVec>
 __device__ __forceinline__ void LoadBf16(const uint16_t* src, float (&dst)[kVec]) {
   static_assert(kVec == 1 || kVec == kBf16PerVector);

@@ -1,10 +1,12 @@
 // bf16 GEMMs of the CUDA backend through cuBLASLt: y[m][n] = x[m][k] . w[n][k]^T + bias[n]
 // (a Hugging Face Linear), float32 accumulation, y in bf16 or float32 (logits). Per shape,
 // cuBLASLt's heuristic proposes up to eight algorithms; for shapes of up to 64 rows
-// (decode steps) the first call times them on its own operands and the fastest is cached
-// (LSERVE_GEMM_TUNE=0, and larger shapes: the heuristic's first); shapes of few rows also time
-// SkinnyGemm below. The bias is added in the GEMM's epilogue when y is bf16, by a small kernel
-// otherwise. No CUDA types here; streams travel as `void*`.
+// (decode steps) the first call times them, and the few-row SkinnyGemm below, on its own
+// operands and caches the fastest. Timing can pick differently from run to run, so the
+// last bits of a result may differ between processes; LSERVE_GEMM_TUNE=0 keeps the
+// heuristic's first choice (as larger shapes always do) for bitwise-reproducible runs.
+// The bias is added in the GEMM's epilogue when y is bf16, by a small kernel otherwise.
+// No CUDA types here; streams travel as `void*`.
 #ifndef LSERVE_KERNELS_CUDA_GEMM_H_
 #define LSERVE_KERNELS_CUDA_GEMM_H_
 

@@ -202,16 +202,21 @@ absl::Status RopeAppendKv(const RopeAppendKvParams& p, void* stream) {
   }
   const int d = append.kv.head_dim;
   const int64_t q_stride = q.token_stride == 0 ? int64_t{q.num_heads} * d : q.token_stride;
-  // One pass when the layouts allow it; otherwise the three ops one after another.
-  const bool fused = q.dtype == DType::kBF16 && k.dtype == DType::kBF16 && q.head_dim == d &&
-                     k.head_dim == d && d % 16 == 0 && k.num_heads == append.kv.num_kv_heads &&
-                     q.num_tokens == k.num_tokens && q.positions == k.positions &&
-                     q.inv_freq == k.inv_freq && q.positions != nullptr && q.inv_freq != nullptr &&
-                     q.num_heads > 0 && q_stride >= int64_t{q.num_heads} * d && q_stride % 8 == 0 &&
-                     internal::IsAligned16(q.x) && append.row_stride % 8 == 0 &&
-                     internal::IsAligned16(append.k) && internal::IsAligned16(append.v) &&
-                     append.tables.num_seqs > 0 && append.kv.num_kv_heads > 0 &&
-                     append.tables.num_seqs * int64_t{append.kv.num_kv_heads} < (int64_t{1} << 30);
+  const int64_t k_stride = k.token_stride == 0 ? int64_t{k.num_heads} * d : k.token_stride;
+  // One pass when the layouts allow it (k rotated where the append reads it, and everything
+  // ApplyRope would accept); otherwise the three ops one after another, which also report
+  // what is wrong with the arguments.
+  const bool fused =
+      q.dtype == DType::kBF16 && k.dtype == DType::kBF16 && q.head_dim == d && k.head_dim == d &&
+      d % 16 == 0 && d <= kMaxRopeHeadDim && k.num_heads == append.kv.num_kv_heads &&
+      k_stride == append.row_stride && q.num_tokens == k.num_tokens && q.num_tokens >= 0 &&
+      q.num_tokens <= 0x7FFFFFFF && q.x != nullptr && append.v != nullptr &&
+      q.positions == k.positions && q.inv_freq == k.inv_freq && q.positions != nullptr &&
+      q.inv_freq != nullptr && q.num_heads > 0 && q_stride >= int64_t{q.num_heads} * d &&
+      q_stride % 8 == 0 && internal::IsAligned16(q.x) && append.row_stride % 8 == 0 &&
+      internal::IsAligned16(append.k) && internal::IsAligned16(append.v) &&
+      append.tables.num_seqs > 0 && append.kv.num_kv_heads > 0 &&
+      append.tables.num_seqs * int64_t{append.kv.num_kv_heads} < (int64_t{1} << 30);
   if (!fused) {
     RETURN_IF_ERROR(ApplyRope(q, stream));
     RETURN_IF_ERROR(ApplyRope(k, stream));

@@ -116,20 +116,30 @@ absl::Status KvTwin::Step(const std::vector<TwinChunk>& chunks, bool attend,
       }
     }
     ASSIGN_OR_RETURN(positions_device_, Upload(device, positions));
-    ASSIGN_OR_RETURN(q_device_, Upload(device, q_bits));
+    // The engine's layout on a device: each row holds q, then k, then v.
+    const int64_t stride = q_width + 2 * width;
+    std::vector<uint16_t> joined(rows * stride);
+    for (int64_t r = 0; r < rows; ++r) {
+      std::copy_n(q_bits.begin() + r * q_width, q_width, joined.begin() + r * stride);
+      std::copy_n(k_bits.begin() + r * width, width, joined.begin() + r * stride + q_width);
+      std::copy_n(v_bits.begin() + r * width, width, joined.begin() + r * stride + q_width + width);
+    }
+    ASSIGN_OR_RETURN(joined_rows_, Upload(device, joined));
+    joined_rows_count_ = rows;
+    uint16_t* q = joined_rows_.as<uint16_t>();
+    uint16_t* k = q + q_width;
+    const uint16_t* v = k + width;
     const auto* position_data = positions_device_.as<int32_t>();
-    const RopeParams q_rope{q_device_.data(), position_data, inv_freq_, rows, num_q_heads_, d, 0,
-                            DType::kBF16};
-    const RopeParams k_rope{
-        k_device.data(), position_data, inv_freq_, rows, config_.num_kv_heads, d, 0, DType::kBF16};
+    const RopeParams q_rope{q, position_data, inv_freq_,   rows, num_q_heads_,
+                            d, stride,        DType::kBF16};
+    const RopeParams k_rope{k, position_data, inv_freq_,   rows, config_.num_kv_heads,
+                            d, stride,        DType::kBF16};
     if (gpu_rope_ == GpuRope::kFused) {
-      RETURN_IF_ERROR(
-          gpu_.attention->RopeAppend(0, gpu_.plan, q_rope, k_rope, v_device.data(), width));
+      RETURN_IF_ERROR(gpu_.attention->RopeAppend(0, gpu_.plan, q_rope, k_rope, v, stride));
     } else {
       RETURN_IF_ERROR(gpu_.backend->Rope(q_rope));
       RETURN_IF_ERROR(gpu_.backend->Rope(k_rope));
-      RETURN_IF_ERROR(
-          gpu_.attention->Append(0, gpu_.plan, k_device.data(), v_device.data(), width));
+      RETURN_IF_ERROR(gpu_.attention->Append(0, gpu_.plan, k, v, stride));
     }
   }
   if (attend) {
@@ -156,8 +166,26 @@ absl::Status KvTwin::Step(const std::vector<TwinChunk>& chunks, bool attend,
   return absl::OkStatus();
 }
 
+absl::StatusOr<std::vector<uint16_t>> KvTwin::GpuRotatedQueries() {
+  const int64_t q_width = int64_t{num_q_heads_} * config_.head_dim;
+  const int64_t stride = q_width + 2 * int64_t{config_.num_kv_heads} * config_.head_dim;
+  std::vector<uint16_t> joined(joined_rows_count_ * stride);
+  RETURN_IF_ERROR(gpu_.backend->memory()->CopyToHost(joined.data(), joined_rows_.data(),
+                                                     joined.size() * sizeof(uint16_t)));
+  std::vector<uint16_t> queries;
+  for (int64_t r = 0; r < joined_rows_count_; ++r) {
+    queries.insert(queries.end(), joined.begin() + r * stride,
+                   joined.begin() + r * stride + q_width);
+  }
+  return queries;
+}
+
 absl::StatusOr<std::vector<float>> KvTwin::GpuDensePool(int layer) {
-  const KvPool& pool = gpu_.store->dense_pool();
+  return GpuPool(layer, /*streaming=*/false);
+}
+
+absl::StatusOr<std::vector<float>> KvTwin::GpuPool(int layer, bool streaming) {
+  const KvPool& pool = streaming ? gpu_.store->streaming_pool() : gpu_.store->dense_pool();
   const size_t elements = static_cast<size_t>(pool.PageStride(layer)) * pool.num_pages();
   std::vector<uint16_t> bits(elements);
   RETURN_IF_ERROR(gpu_.backend->memory()->CopyToHost(bits.data(), pool.LayerBase(layer),

@@ -55,9 +55,10 @@ class KvTwin {
                     std::vector<float>* gpu_out);
 
   // How the device side's K rows reach its store: as given, or rotated by RoPE (inv_freq
-  // in device memory) first, through Rope + Rope + Append or the fused RopeAppend. With
-  // RoPE the device store no longer matches the host one, so Step must not attend; the
-  // step's queries (gpu_queries) come out rotated.
+  // in device memory) first, through Rope + Rope + Append or the fused RopeAppend, from
+  // rows laid out as the engine lays them out on a device (q, k, v of a token in one row).
+  // With RoPE the device store no longer matches the host one, so Step must not attend;
+  // GpuRotatedQueries gives the step's queries after RoPE.
   enum class GpuRope { kNone, kSeparate, kFused };
   void set_gpu_rope(GpuRope mode, const float* inv_freq) {
     gpu_rope_ = mode;
@@ -76,6 +77,10 @@ class KvTwin {
 
   // A copy of the device store's dense pool layer as floats.
   absl::StatusOr<std::vector<float>> GpuDensePool(int layer);
+  // The same for either pool.
+  absl::StatusOr<std::vector<float>> GpuPool(int layer, bool streaming);
+  // After a RoPE step: its q rows, rotated, packed.
+  absl::StatusOr<std::vector<uint16_t>> GpuRotatedQueries();
 
  private:
   KvTwin(KvStoreConfig config, int num_q_heads, uint32_t seed)
@@ -91,6 +96,8 @@ class KvTwin {
   std::vector<float> queries_;
   Buffer q_device_;
   Buffer positions_device_;
+  Buffer joined_rows_;  // RoPE steps: the rows as the engine lays them out
+  int64_t joined_rows_count_ = 0;
   GpuRope gpu_rope_ = GpuRope::kNone;
   const float* inv_freq_ = nullptr;
 };

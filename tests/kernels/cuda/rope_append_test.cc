@@ -28,12 +28,6 @@ struct RopeAppendCase {
   int group;
 };
 
-std::vector<uint16_t> DeviceBits(MemorySpace* memory, const void* data, size_t count) {
-  std::vector<uint16_t> bits(count);
-  EXPECT_TRUE(memory->CopyToHost(bits.data(), data, count * sizeof(uint16_t)).ok());
-  return bits;
-}
-
 void RunCase(const RopeAppendCase& c) {
   SCOPED_TRACE(::testing::Message()
                << "page " << c.page_size << " head_dim " << c.head_dim << " group " << c.group);
@@ -77,17 +71,29 @@ void RunCase(const RopeAppendCase& c) {
     SCOPED_TRACE(::testing::Message() << "step " << step << ", " << rows << " rows");
     LSERVE_ASSERT_OK(separate->Step(chunks, false, nullptr, nullptr));
     LSERVE_ASSERT_OK(fused->Step(chunks, false, nullptr, nullptr));
-    LSERVE_ASSERT_OK_AND_ASSIGN(std::vector<float> pool_separate, separate->GpuDensePool(0));
-    LSERVE_ASSERT_OK_AND_ASSIGN(std::vector<float> pool_fused, fused->GpuDensePool(0));
-    ASSERT_EQ(pool_separate.size(), pool_fused.size());
-    size_t differing = 0;
-    for (size_t i = 0; i < pool_fused.size(); ++i) {
-      differing += pool_separate[i] != pool_fused[i] ? 1 : 0;
+    for (bool streaming : {false, true}) {
+      LSERVE_ASSERT_OK_AND_ASSIGN(std::vector<float> pool_separate,
+                                  separate->GpuPool(0, streaming));
+      LSERVE_ASSERT_OK_AND_ASSIGN(std::vector<float> pool_fused, fused->GpuPool(0, streaming));
+      ASSERT_EQ(pool_separate.size(), pool_fused.size());
+      size_t differing = 0;
+      for (size_t i = 0; i < pool_fused.size(); ++i) {
+        differing += pool_separate[i] != pool_fused[i] ? 1 : 0;
+      }
+      EXPECT_EQ(differing, 0u) << "of " << pool_fused.size()
+                               << (streaming ? " streaming" : " dense") << " pool values";
     }
-    EXPECT_EQ(differing, 0u) << "of " << pool_fused.size() << " dense pool values";
-    const size_t q_values = static_cast<size_t>(rows) * num_q_heads * c.head_dim;
-    EXPECT_EQ(DeviceBits(memory, separate->gpu_queries(), q_values),
-              DeviceBits(memory, fused->gpu_queries(), q_values));
+    LSERVE_ASSERT_OK_AND_ASSIGN(std::vector<uint16_t> q_separate, separate->GpuRotatedQueries());
+    LSERVE_ASSERT_OK_AND_ASSIGN(std::vector<uint16_t> q_fused, fused->GpuRotatedQueries());
+    EXPECT_EQ(q_separate.size(), static_cast<size_t>(rows) * num_q_heads * c.head_dim);
+    EXPECT_EQ(q_separate, q_fused);
+    // RoPE really moved the queries (a path that rotated nothing would pass the checks
+    // above); rows at position 0 keep theirs.
+    size_t moved = 0;
+    for (size_t i = 0; i < q_fused.size(); ++i) {
+      moved += testing::Bf16ToFloat(q_fused[i]) != fused->queries()[i] ? 1 : 0;
+    }
+    EXPECT_GT(moved, q_fused.size() / 4) << "the queries came out unrotated";
   }
 }
 
