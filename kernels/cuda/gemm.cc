@@ -188,33 +188,34 @@ class LtGemmRunner final : public GemmRunner {
       (void)cudaGetLastError();
       return absl::OkStatus();  // untimed: the heuristic's first choice
     }
-    float best_ms = -1.0f;
-    for (const cublasLtMatmulAlgo_t& algo : plan.candidates) {
-      // A warm-up run; a candidate that cannot run this shape drops out.
-      if (Matmul(plan, algo, p, stream) != CUBLAS_STATUS_SUCCESS) continue;
+    // Milliseconds of kTimedRuns calls of `run` after one warm-up call, or -1 when the
+    // warm-up fails (the candidate cannot run this shape) or timing fails.
+    auto time_runs = [&](auto run) -> float {
+      if (!run()) return -1.0f;
       cudaEventRecord(start, stream);
-      for (int run = 0; run < kTimedRuns; ++run) (void)Matmul(plan, algo, p, stream);
+      for (int i = 0; i < kTimedRuns; ++i) (void)run();
       cudaEventRecord(stop, stream);
       float ms = 0.0f;
       if (cudaEventSynchronize(stop) != cudaSuccess ||
           cudaEventElapsedTime(&ms, start, stop) != cudaSuccess) {
-        continue;
+        return -1.0f;
       }
-      if (best_ms < 0.0f || ms < best_ms) {
-        best_ms = ms;
+      return ms;
+    };
+    float best_ms = -1.0f;
+    auto faster = [&](float ms) {
+      if (ms < 0.0f || (best_ms >= 0.0f && ms >= best_ms)) return false;
+      best_ms = ms;
+      return true;
+    };
+    for (const cublasLtMatmulAlgo_t& algo : plan.candidates) {
+      if (faster(
+              time_runs([&] { return Matmul(plan, algo, p, stream) == CUBLAS_STATUS_SUCCESS; }))) {
         plan.algo = algo;
       }
     }
     for (int variant = 0; SkinnyGemmSupported(p) && variant < SkinnyGemmVariants(); ++variant) {
-      if (!SkinnyGemm(p, stream, variant).ok()) continue;
-      cudaEventRecord(start, stream);
-      for (int run = 0; run < kTimedRuns; ++run) (void)SkinnyGemm(p, stream, variant);
-      cudaEventRecord(stop, stream);
-      float ms = 0.0f;
-      if (cudaEventSynchronize(stop) == cudaSuccess &&
-          cudaEventElapsedTime(&ms, start, stop) == cudaSuccess &&
-          (best_ms < 0.0f || ms < best_ms)) {
-        best_ms = ms;
+      if (faster(time_runs([&] { return SkinnyGemm(p, stream, variant).ok(); }))) {
         plan.skinny = variant;
       }
     }

@@ -43,31 +43,6 @@ struct AppendArgs {
   int64_t num_tokens;
 };
 
-// RoPE of one token's q heads in place, the cos/sin table in shared memory.
-__device__ void RotateQueryRow(const AppendArgs& a, int64_t token) {
-  extern __shared__ float table[];  // cos [half], then sin [half]
-  const int half = a.kv.head_dim / 2;
-  const float position = static_cast<float>(a.positions[token]);
-  for (int i = threadIdx.x; i < half; i += blockDim.x) {
-    internal::RopeCosSin(position, a.inv_freq[i], &table[i], &table[half + i]);
-  }
-  __syncthreads();
-  uint16_t* row = a.q + token * a.q_row_stride;
-  const int vectors = half / 8;
-  for (int j = threadIdx.x; j < a.num_q_heads * vectors; j += blockDim.x) {
-    const int c = (j % vectors) * 8;
-    uint16_t* low_half = row + int64_t{j / vectors} * a.kv.head_dim + c;
-    float low[8], high[8];
-    internal::LoadBf16<8>(low_half, low);
-    internal::LoadBf16<8>(low_half + half, high);
-#pragma unroll
-    for (int e = 0; e < 8; ++e)
-      internal::RotatePair(low[e], high[e], table[c + e], table[half + c + e]);
-    internal::StoreBf16<8>(low_half, low);
-    internal::StoreBf16<8>(low_half + half, high);
-  }
-}
-
 // Row `row` of k (RoPE at its position) and v into the pool row at `key`: the 8 values at c
 // and their rotation partners at c + head_dim / 2.
 __device__ __forceinline__ void CopyRotatedChunk(const AppendArgs& a, int64_t row, int h, int c,
@@ -101,7 +76,12 @@ __global__ void __launch_bounds__(kAppendThreads) AppendKernel(AppendArgs a) {
   if (blockIdx.x >= a.t.num_seqs * num_kv_heads) {
     const int64_t token =
         int64_t{blockIdx.x - a.t.num_seqs * num_kv_heads} * gridDim.y + blockIdx.y;
-    if (token < a.num_tokens) RotateQueryRow(a, token);
+    if (token < a.num_tokens) {
+      extern __shared__ float table[];  // cos [half], then sin [half]
+      internal::RotateTokenHeads<internal::kBf16PerVector>(
+          a.q + token * a.q_row_stride, a.num_q_heads, a.kv.head_dim,
+          static_cast<float>(a.positions[token]), a.inv_freq, table);
+    }
     return;
   }
   const int b = blockIdx.x / num_kv_heads;

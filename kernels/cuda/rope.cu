@@ -34,40 +34,13 @@ struct RopeArgs {
   int64_t token_stride;
 };
 
-// One block per token. The token's cos/sin table (head_dim/2 angles) is computed once in
-// shared memory and shared by all of its heads. sincosf (not __sincosf) keeps full accuracy
-// for the large angles of long contexts: at position 131072 the angle is ~1.3e5 rad.
+// One block per token (internal::RotateTokenHeads).
 template <int kVec>
 __global__ void RopeKernel(RopeArgs p) {
   extern __shared__ float table[];  // cos [half], then sin [half]
-  const int half = p.head_dim / 2;
   const int64_t token = blockIdx.x;
-  const float position = static_cast<float>(p.positions[token]);
-  for (int i = threadIdx.x; i < half; i += blockDim.x) {
-    // __fmul_rn: the product is rounded to float32 on its own, as in transformers.
-    internal::RopeCosSin(position, p.inv_freq[i], &table[i], &table[half + i]);
-  }
-  __syncthreads();
-
-  uint16_t* base = p.x + token * p.token_stride;
-  const int vectors_per_head = half / kVec;
-  const int work = p.num_heads * vectors_per_head;
-  for (int j = threadIdx.x; j < work; j += blockDim.x) {
-    const int head = j / vectors_per_head;
-    const int i0 = (j - head * vectors_per_head) * kVec;
-    uint16_t* lo_ptr = base + static_cast<int64_t>(head) * p.head_dim + i0;
-    uint16_t* hi_ptr = lo_ptr + half;
-    float lo[kVec];
-    float hi[kVec];
-    internal::LoadBf16<kVec>(lo_ptr, lo);
-    internal::LoadBf16<kVec>(hi_ptr, hi);
-#pragma unroll
-    for (int k = 0; k < kVec; ++k) {
-      internal::RotatePair(lo[k], hi[k], table[i0 + k], table[half + i0 + k]);
-    }
-    internal::StoreBf16<kVec>(lo_ptr, lo);
-    internal::StoreBf16<kVec>(hi_ptr, hi);
-  }
+  internal::RotateTokenHeads<kVec>(p.x + token * p.token_stride, p.num_heads, p.head_dim,
+                                   static_cast<float>(p.positions[token]), p.inv_freq, table);
 }
 
 // The vector widths ApplyRope dispatches to.

@@ -6,6 +6,10 @@
 
 #include <cuda_runtime.h>
 
+#include <cstdint>
+
+#include "kernels/cuda/bf16_vec.cuh"
+
 namespace lserve::cuda::internal {
 
 // cos and sin of position * inv_freq, the product rounded to float32 first (transformers).
@@ -19,6 +23,37 @@ __device__ __forceinline__ void RotatePair(float& lo, float& hi, float cos_a, fl
   const float new_lo = __fsub_rn(__fmul_rn(lo, cos_a), __fmul_rn(hi, sin_a));
   hi = __fadd_rn(__fmul_rn(hi, cos_a), __fmul_rn(lo, sin_a));
   lo = new_lo;
+}
+
+// RoPE in place of one token's heads (num_heads x head_dim values from `row`), by the
+// whole block: the token's cos/sin table (head_dim / 2 angles) is computed once in
+// `table` (shared memory, head_dim floats) and serves every head; kVec values per access
+// (kBf16PerVector needs 16-byte aligned rows and head_dim / 2 a multiple of 8). sincosf
+// (not __sincosf) keeps full accuracy for the large angles of long contexts: at position
+// 131072 the angle is ~1.3e5 rad.
+template <int kVec>
+__device__ void RotateTokenHeads(uint16_t* row, int num_heads, int head_dim, float position,
+                                 const float* inv_freq, float* table) {
+  const int half = head_dim / 2;
+  for (int i = threadIdx.x; i < half; i += blockDim.x) {
+    RopeCosSin(position, inv_freq[i], &table[i], &table[half + i]);
+  }
+  __syncthreads();
+  const int vectors_per_head = half / kVec;
+  for (int j = threadIdx.x; j < num_heads * vectors_per_head; j += blockDim.x) {
+    const int head = j / vectors_per_head;
+    const int i0 = (j - head * vectors_per_head) * kVec;
+    uint16_t* lo_ptr = row + static_cast<int64_t>(head) * head_dim + i0;
+    uint16_t* hi_ptr = lo_ptr + half;
+    float lo[kVec];
+    float hi[kVec];
+    LoadBf16<kVec>(lo_ptr, lo);
+    LoadBf16<kVec>(hi_ptr, hi);
+#pragma unroll
+    for (int k = 0; k < kVec; ++k) RotatePair(lo[k], hi[k], table[i0 + k], table[half + i0 + k]);
+    StoreBf16<kVec>(lo_ptr, lo);
+    StoreBf16<kVec>(hi_ptr, hi);
+  }
 }
 
 }  // namespace lserve::cuda::internal
