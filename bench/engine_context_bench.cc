@@ -5,7 +5,10 @@
 //    (the first sequence's KV is prefilled once, then imported into distinct pages for
 //    the others, so no two sequences share memory);
 //  * beside dense decode, the time to read the weights and the KV of one step once at
-//    --bandwidth_gbs.
+//    --bandwidth_gbs;
+//  * where the build can trace the device (CUDA, CUPTI), --trace_steps more decode steps
+//    traced: the fraction of their wall time the device was busy and its idle time
+//    between steps ("busy", "gap us").
 // The model is synthetic (seeded random weights) at a named geometry, Llama-3-8B by
 // default. Hybrid mode: streaming heads from the Llama-3-8B-Instruct-Gradient-1048k
 // pattern in ../shared at ratio 0.5 (a seeded choice for other geometries or
@@ -14,7 +17,8 @@
 // Usage: engine_context_bench [--backend=cpu|cuda] [--geometry=llama3-8b|100m|tiny]
 //   [--layers=N] [--contexts=32768,65536,131072,262144] [--batches=1,8]
 //   [--modes=dense,hybrid] [--chunk=8192] [--decode_steps=16] [--kv_cache_gb=0]
-//   [--bandwidth_gbs=4800] [--gates=PATH|none] [--json=PATH]
+//   [--bandwidth_gbs=4800] [--trace_steps=8] [--replay=1] [--gates=PATH|none] [--json=PATH]
+// --replay=0 launches decode steps op by op instead of replaying them as CUDA graphs.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -25,6 +29,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "bench/bench_report.h"
+#include "bench/device_trace.h"
 #include "worker/engine.h"
 #include "worker/model/synthetic_model.h"
 
@@ -79,24 +84,55 @@ double Prefill(Engine& engine, SeqId seq, int64_t length, int64_t chunk) {
   return Ms(start);
 }
 
+std::vector<StepInput> DecodeInputs(const Engine& engine, int batch, int step) {
+  std::vector<StepInput> inputs;
+  for (int b = 0; b < batch; ++b) {
+    StepInput input{b,
+                    {Token(step * 31 + b, engine.config().vocab_size)},
+                    StepPhase::kDecode,
+                    LogitRows::kNone};
+    input.sample = true;
+    inputs.push_back(std::move(input));
+  }
+  return inputs;
+}
+
 // Median milliseconds of a decode step over sequences 0 .. batch - 1, after two warm-up
 // steps.
 double DecodeStepMs(Engine& engine, int batch, int steps) {
   std::vector<double> ms;
   for (int s = 0; s < steps + 2; ++s) {
-    std::vector<StepInput> inputs;
-    for (int b = 0; b < batch; ++b) {
-      StepInput input{
-          b, {Token(s * 31 + b, engine.config().vocab_size)}, StepPhase::kDecode, LogitRows::kNone};
-      input.sample = true;
-      inputs.push_back(std::move(input));
-    }
+    std::vector<StepInput> inputs = DecodeInputs(engine, batch, s);
     const Clock::time_point start = Clock::now();
     Check(engine.Step(inputs).status(), "decode step");
     if (s >= 2) ms.push_back(Ms(start));
   }
   std::sort(ms.begin(), ms.end());
   return ms[ms.size() / 2];
+}
+
+// `steps` more decode steps back to back under the device tracer (untimed, since tracing
+// adds a little to each launch): how busy the device was and how long it idled between
+// steps. Null where the build has no tracer.
+nlohmann::json TraceDecodeSteps(Engine& engine, int batch, int steps) {
+  absl::StatusOr<std::unique_ptr<bench::DeviceTrace>> trace = bench::DeviceTrace::Start();
+  if (!trace.ok()) return nullptr;
+  for (int s = 0; s < steps; ++s) {
+    std::vector<StepInput> inputs = DecodeInputs(engine, batch, 1000 + s);
+    (*trace)->MarkStep();
+    Check(engine.Step(inputs).status(), "traced decode step");
+  }
+  absl::StatusOr<bench::DeviceTraceSummary> summary = (*trace)->Finish();
+  Check(summary.status(), "device trace");
+  return {{"steps", summary->steps},
+          {"kernels_per_step", static_cast<double>(summary->kernels) / summary->steps},
+          {"copies_per_step", static_cast<double>(summary->copies) / summary->steps},
+          {"window_ms", summary->window_ms},
+          {"busy_ms", summary->busy_ms},
+          {"busy_fraction", summary->busy_fraction},
+          {"max_gap_us", summary->max_gap_us},
+          {"mean_step_gap_us", summary->mean_step_gap_us},
+          {"max_step_gap_us", summary->max_step_gap_us}};
 }
 
 struct Setup {
@@ -126,12 +162,14 @@ int Main(int argc, char** argv) {
       absl::StrSplit(FlagValue(argc, argv, "modes", "dense,hybrid"), ',', absl::SkipEmpty());
   const int64_t chunk = std::stoll(FlagValue(argc, argv, "chunk", "8192"));
   const int steps = std::stoi(FlagValue(argc, argv, "decode_steps", "16"));
+  const int trace_steps = std::stoi(FlagValue(argc, argv, "trace_steps", "8"));
   const double bandwidth_gbs = std::stod(FlagValue(argc, argv, "bandwidth_gbs", "4800"));
   const int max_batch = static_cast<int>(*std::max_element(batches.begin(), batches.end()));
   // Sequence 0 decodes steps + 2 tokens at every batch size after its prompt.
-  config.max_position_embeddings = static_cast<int>(std::max<int64_t>(
-      config.max_position_embeddings, *std::max_element(contexts.begin(), contexts.end()) +
-                                          (steps + 2) * static_cast<int64_t>(batches.size()) + 8));
+  config.max_position_embeddings = static_cast<int>(
+      std::max<int64_t>(config.max_position_embeddings,
+                        *std::max_element(contexts.begin(), contexts.end()) +
+                            (steps + 2 + trace_steps) * static_cast<int64_t>(batches.size()) + 8));
   std::string gates = FlagValue(argc, argv, "gates");
   if (gates.empty() && geometry == "llama3-8b") {
     gates = std::string(LSERVE_SHARED_DIR) +
@@ -144,6 +182,7 @@ int Main(int argc, char** argv) {
   setup.options.backend = FlagValue(argc, argv, "backend", "cpu");
   setup.options.max_sequences = max_batch;
   setup.options.max_chunk_tokens = chunk;
+  setup.options.replay_decode_steps = FlagValue(argc, argv, "replay", "1") != "0";
   // 0: the engine's own sizing (on a GPU, gpu_memory_utilization of the memory free after
   // the weights and activations).
   setup.options.max_kv_cache_bytes =
@@ -154,6 +193,7 @@ int Main(int argc, char** argv) {
   report["layers"] = config.num_layers;
   report["parameters"] = config.NumParameters();
   report["gates"] = gates;
+  report["replay_decode_steps"] = setup.options.replay_decode_steps;
   // Bytes one decode step reads once: bf16 weights (the embedding table only gathered)
   // and, per sequence, every KV byte of the context (dense).
   const double weight_bytes =
@@ -163,8 +203,8 @@ int Main(int argc, char** argv) {
       2.0 * 2.0 * config.num_layers * config.num_kv_heads * config.head_dim;
   std::printf("%s geometry, %d layers, %.2fB parameters, backend %s\n", geometry.c_str(),
               config.num_layers, config.NumParameters() / 1e9, setup.options.backend.c_str());
-  std::printf("%8s %7s %6s %10s %12s %14s\n", "context", "mode", "batch", "TTFT ms", "decode ms",
-              "read-once ms");
+  std::printf("%8s %7s %6s %10s %12s %14s %6s %9s\n", "context", "mode", "batch", "TTFT ms",
+              "decode ms", "read-once ms", "busy", "gap us");
   for (const std::string& mode : modes) {
     setup.options.attention =
         mode == "dense" ? SparseAttentionConfig::Dense() : SparseAttentionConfig{};
@@ -202,9 +242,23 @@ int Main(int argc, char** argv) {
           --imported;
         } else {
           const double decode = DecodeStepMs(**engine, static_cast<int>(batch), steps);
-          std::printf("%8lld %7s %6lld %10.1f %12.2f %14.2f\n", (long long)context, mode.c_str(),
+          nlohmann::json trace =
+              trace_steps > 0 ? TraceDecodeSteps(**engine, static_cast<int>(batch), trace_steps)
+                              : nlohmann::json();
+          std::printf("%8lld %7s %6lld %10.1f %12.2f %14.2f", (long long)context, mode.c_str(),
                       (long long)batch, ttft, decode, read_once);
+          if (trace.is_object()) {
+            std::printf(" %5.1f%% %9.1f", 100 * trace["busy_fraction"].get<double>(),
+                        trace["mean_step_gap_us"].get<double>());
+          }
+          std::printf("\n");
           row["decode_step_ms"] = decode;
+          row["device_trace"] = trace;
+          const ReplayCounters replays = (*engine)->backend().replay_counters();
+          row["replay"] = {{"eager_steps", replays.eager_steps},
+                           {"captured_steps", replays.captured_steps},
+                           {"replayed_steps", replays.replayed_steps},
+                           {"capture_failures", replays.capture_failures}};
         }
         row["read_once_ms"] = read_once;
         report["runs"].push_back(row);

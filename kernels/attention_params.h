@@ -9,6 +9,7 @@
 
 #include "kernels/dtype.h"
 #include "kernels/layer_params.h"
+#include "kernels/params_equality.h"
 
 namespace lserve {
 
@@ -20,6 +21,7 @@ struct KvPoolView {
   void* base = nullptr;
   int64_t page_stride = 0;
   int num_heads = 0;
+  LSERVE_PARAMS_EQUALITY(KvPoolView);
 };
 
 struct PagedKvLayer {
@@ -32,6 +34,7 @@ struct PagedKvLayer {
   const uint8_t* kv_head_streaming = nullptr;  // [num_kv_heads] 1: streaming head
   KvPoolView dense;
   KvPoolView streaming;
+  LSERVE_PARAMS_EQUALITY(PagedKvLayer);
 };
 
 // A batch's page tables (see PageTableArrays for the meaning of each array).
@@ -51,6 +54,7 @@ struct PageTableView {
   int32_t max_kv_len = 0;
   int32_t max_queries = 0;
   int32_t single_row_prefix = 0;
+  LSERVE_PARAMS_EQUALITY(PageTableView);
 };
 
 // Rows [q_indptr[b], q_indptr[b+1]) belong to sequence b and are its newest tokens: row
@@ -65,6 +69,7 @@ struct AppendKvParams {
   const void* k = nullptr;            // [rows][row_stride], num_kv_heads * head_dim used
   const void* v = nullptr;
   int64_t row_stride = 0;
+  LSERVE_PARAMS_EQUALITY(AppendKvParams);
 };
 
 // RoPE of q (in place) and k (on its way into the pools) fused with the KV append:
@@ -73,6 +78,7 @@ struct RopeAppendKvParams {
   RopeParams q_rope;
   RopeParams k_rope;
   AppendKvParams append;
+  LSERVE_PARAMS_EQUALITY(RopeAppendKvParams);
 };
 
 // Work counters: (query block, KV tile) tiles visited out of those listed, and what
@@ -120,6 +126,7 @@ struct PagedAttentionParams {
   // Host hint: the most keys one head of the batch reads (0: tables.max_kv_len), e.g. the
   // selection budget; backends size split-K launches with it.
   int64_t max_keys = 0;
+  LSERVE_PARAMS_EQUALITY(PagedAttentionParams);
 };
 
 // The launch over sequences [first, first + count) of `p`: the same rows, pages and
@@ -184,6 +191,7 @@ struct ScorePagesParams {
   const PageScoreJob* jobs = nullptr;
   int num_jobs = 0;
   float* scores = nullptr;
+  LSERVE_PARAMS_EQUALITY(ScorePagesParams);
 };
 
 // Decode page selection from ScorePages' scores: for each job, with n = ceil(kv_len / P)
@@ -202,6 +210,7 @@ struct SelectPagesParams {
   int32_t* counts = nullptr;          // [rows]
   const int32_t* out_rows = nullptr;  // [num_jobs], optional
   int32_t selected_stride = 0;
+  LSERVE_PARAMS_EQUALITY(SelectPagesParams);
 };
 
 }  // namespace lserve

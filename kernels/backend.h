@@ -34,6 +34,13 @@ struct BackendMemoryInfo {
   int64_t total_bytes = 0;
 };
 
+struct ReplayCounters {
+  int64_t eager_steps = 0;
+  int64_t captured_steps = 0;
+  int64_t replayed_steps = 0;
+  int64_t capture_failures = 0;  // captures abandoned; those steps ran op by op
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -60,6 +67,11 @@ class Backend {
   // Per-step staging of small host arrays (positions, page tables): the returned pointer
   // is backend memory valid until the next BeginStep.
   virtual void BeginStep() = 0;
+  // BeginStep for a step whose ops may be recorded and replayed as one unit (a CUDA graph
+  // on GPUs) until Synchronize, which runs them: every op's params must describe its
+  // launch fully, host arrays reaching ops only through Stage, and backend memory they
+  // reference must stay allocated until Synchronize. An op's errors may surface there.
+  virtual void BeginReplayableStep() { BeginStep(); }
   virtual absl::StatusOr<void*> Stage(const void* host, size_t bytes) = 0;
   // Float32 host weights in the backend's compute dtype (the CPU backend aliases them).
   virtual absl::StatusOr<BackendTensor> UploadWeights(const float* host, int64_t elements) = 0;
@@ -88,6 +100,9 @@ class Backend {
   virtual absl::Status ScorePages(const ScorePagesParams& params) = 0;
   virtual absl::Status SelectPages(const SelectPagesParams& params) = 0;
   virtual absl::Status Sample(const SampleParams& params) = 0;
+
+  // How replayable steps ran: op by op, captured into a graph, or replayed from one.
+  virtual ReplayCounters replay_counters() const { return {}; }
 };
 
 // Stages a host vector for the current step; null for an empty vector.

@@ -8,6 +8,7 @@
 #include <cstdint>
 
 #include "kernels/dtype.h"
+#include "kernels/params_equality.h"
 
 namespace lserve {
 
@@ -20,6 +21,7 @@ struct EmbeddingParams {
   int64_t dim = 0;
   int64_t table_rows = 0;
   DType dtype = DType::kF32;
+  LSERVE_PARAMS_EQUALITY(EmbeddingParams);
 };
 
 // Hugging Face LlamaRMSNorm of each row, out = weight * x / sqrt(mean(x^2) + eps). With
@@ -36,6 +38,7 @@ struct RmsNormParams {
   float eps = 1e-6f;
   void* residual = nullptr;
   DType dtype = DType::kF32;
+  LSERVE_PARAMS_EQUALITY(RmsNormParams);
 };
 
 // out = silu(gate) * up, silu(g) = g / (1 + exp(-g)); gate and up may be the halves of a
@@ -50,6 +53,7 @@ struct SiluMulParams {
   int64_t up_row_stride = 0;
   int64_t out_row_stride = 0;
   DType dtype = DType::kF32;
+  LSERVE_PARAMS_EQUALITY(SiluMulParams);
 };
 
 // Rotary embedding in place, rotate-half layout. Token t's heads start at
@@ -66,6 +70,7 @@ struct RopeParams {
   int head_dim = 0;
   int64_t token_stride = 0;
   DType dtype = DType::kF32;
+  LSERVE_PARAMS_EQUALITY(RopeParams);
 };
 
 // y[m][n] = x[m][k] . w[n][k]^T + bias[n]: a Hugging Face Linear ([out, in] weights).
@@ -80,6 +85,7 @@ struct GemmParams {
   int64_t k = 0;
   DType dtype = DType::kF32;
   DType out_dtype = DType::kF32;
+  LSERVE_PARAMS_EQUALITY(GemmParams);
 };
 
 }  // namespace lserve

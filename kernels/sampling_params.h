@@ -7,6 +7,7 @@
 #include <cstdint>
 
 #include "kernels/host_device.h"
+#include "kernels/params_equality.h"
 
 namespace lserve {
 
@@ -43,6 +44,7 @@ struct SampleParams {
   int max_top_logprobs = 0;
   int32_t* top_ids = nullptr;     // [rows][max_top_logprobs], best first
   float* top_logprobs = nullptr;  // [rows][max_top_logprobs]
+  LSERVE_PARAMS_EQUALITY(SampleParams);
 };
 
 }  // namespace lserve

@@ -80,6 +80,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(ModelWeights weights,
   const KvGeometry geometry{config.num_layers, config.num_kv_heads, config.head_dim,
                             config.max_position_embeddings};
   std::unique_ptr<Engine> engine(new Engine(std::move(weights), std::move(backend)));
+  engine->replay_decode_steps_ = options.replay_decode_steps;
   // Weights and the activations of a full chunk first: the KV pools get what is left.
   ASSIGN_OR_RETURN(engine->device_weights_,
                    UploadEngineWeights(engine->weights_, engine->backend_.get()));

@@ -40,6 +40,9 @@ struct EngineOptions {
   double gpu_memory_utilization = 0.9;  // in (0, 1]
   int64_t max_chunk_tokens = 2048;      // longest prefill chunk the streaming ring must hold
   bool prefix_caching = false;
+  // Steps of decode tokens only run as one replayable unit (Backend::BeginReplayableStep):
+  // on a GPU, a CUDA graph per recurring step shape instead of a launch per op.
+  bool replay_decode_steps = true;
 };
 
 enum class StepPhase { kPrefill, kDecode };
@@ -122,6 +125,7 @@ class Engine {
   std::unique_ptr<HybridAttention> attention_;
   EngineWeights device_weights_;
   std::unordered_map<SeqId, int64_t> decode_steps_;
+  bool replay_decode_steps_ = true;
   AttentionPlan plan_;
   // Activations in backend memory, grown as needed.
   int64_t rows_capacity_ = 0;

@@ -86,7 +86,14 @@ absl::Status Engine::Forward(const std::vector<StepInput>& batch,
   const int64_t rows = static_cast<int64_t>(ids.size());
   const int64_t out_rows = static_cast<int64_t>(out_row_ids.size());
   RETURN_IF_ERROR(EnsureActivations(rows, std::max<int64_t>(out_rows, 1)));
-  be->BeginStep();
+  const bool decode_only = std::all_of(batch.begin(), batch.end(), [](const StepInput& input) {
+    return input.phase == StepPhase::kDecode;
+  });
+  if (decode_only && replay_decode_steps_) {
+    be->BeginReplayableStep();
+  } else {
+    be->BeginStep();
+  }
   RETURN_IF_ERROR(plan_.Build(*kv_, sequences, attention_->config(), be));
   ASSIGN_OR_RETURN(const int32_t* ids_device, StageVector(be, ids));
   ASSIGN_OR_RETURN(const int32_t* positions_device, StageVector(be, positions));

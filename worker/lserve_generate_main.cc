@@ -37,6 +37,8 @@ ABSL_FLAG(int64_t, kv_cache_bytes, 0,
           "KV cache bytes; 0: 4 GiB on cpu, from free device memory on cuda");
 ABSL_FLAG(int, logprobs, -1,
           "Logprobs per token: -1 none, n >= 0 the chosen token's plus the n best");
+ABSL_FLAG(bool, eager_decode, false,
+          "cuda: launch decode steps op by op instead of replaying them as CUDA graphs");
 ABSL_FLAG(bool, dense, false, "Turn every sparsity off: plain causal attention");
 ABSL_FLAG(bool, streaming_heads, true, "Streaming heads (static sparsity)");
 ABSL_FLAG(float, streaming_ratio, 0.5f, "Share of KV heads that stream");
@@ -76,6 +78,7 @@ int main(int argc, char** argv) {
   engine_options.backend = absl::GetFlag(FLAGS_backend);
   engine_options.device = absl::GetFlag(FLAGS_device);
   engine_options.gpu_memory_utilization = absl::GetFlag(FLAGS_gpu_memory_utilization);
+  engine_options.replay_decode_steps = !absl::GetFlag(FLAGS_eager_decode);
   engine_options.max_kv_cache_bytes = absl::GetFlag(FLAGS_kv_cache_bytes);
   lserve::SparseAttentionConfig& attention = engine_options.attention;
   attention.streaming_heads = absl::GetFlag(FLAGS_streaming_heads);

@@ -40,6 +40,8 @@ ABSL_FLAG(int64_t, max_batch_tokens, 0, "Tokens per engine step; 0: 2048");
 ABSL_FLAG(int, max_running, 0, "Requests running at once; 0: 64");
 ABSL_FLAG(int, max_queue, 0, "Waiting requests before RESOURCE_EXHAUSTED; 0: 1024");
 ABSL_FLAG(bool, prefix_caching, false, "Share KV pages of identical prompt prefixes");
+ABSL_FLAG(bool, eager_decode, false,
+          "cuda: launch decode steps op by op instead of replaying them as CUDA graphs");
 ABSL_FLAG(bool, dense, false, "Turn every attention sparsity off");
 ABSL_FLAG(std::string, tls_cert, "", "PEM certificate of the gRPC port");
 ABSL_FLAG(std::string, tls_key, "", "PEM key of the gRPC port");
@@ -102,6 +104,7 @@ absl::StatusOr<v1::WorkerConfig> ConfigFromFlags() {
   if (Given("max_running")) config.set_max_running(absl::GetFlag(FLAGS_max_running));
   if (Given("max_queue")) config.set_max_queue(absl::GetFlag(FLAGS_max_queue));
   if (Given("prefix_caching")) config.set_prefix_caching(absl::GetFlag(FLAGS_prefix_caching));
+  if (Given("eager_decode")) config.set_eager_decode(absl::GetFlag(FLAGS_eager_decode));
   if (Given("dense")) config.mutable_attention()->set_dense(absl::GetFlag(FLAGS_dense));
   if (Given("tls_cert")) config.mutable_tls()->set_cert_file(absl::GetFlag(FLAGS_tls_cert));
   if (Given("tls_key")) config.mutable_tls()->set_key_file(absl::GetFlag(FLAGS_tls_key));

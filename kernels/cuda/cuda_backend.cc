@@ -4,6 +4,9 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <memory>
+#include <utility>
+#include <variant>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -17,6 +20,8 @@
 #include "kernels/cuda/paged_attention.h"
 #include "kernels/cuda/rope.h"
 #include "kernels/cuda/sampling.h"
+#include "kernels/cuda/staging_arena.h"
+#include "kernels/cuda/step_graphs.h"
 
 namespace lserve::cuda {
 namespace {
@@ -54,6 +59,14 @@ class CudaBackend final : public Backend {
   explicit CudaBackend(int device) {
     (void)cudaDeviceGetAttribute(&num_sms_, cudaDevAttrMultiProcessorCount, device);
   }
+  ~CudaBackend() override {
+    graphs_.Clear();
+    if (stream_ != nullptr) cudaStreamDestroy(stream_);
+  }
+  // A stream of its own, since the legacy default stream cannot be captured into a graph;
+  // a blocking one, so the synchronous copies of DeviceMemory() stay ordered with it.
+  absl::Status Init() { return CudaStatus(cudaStreamCreate(&stream_), "cudaStreamCreate"); }
+
   std::string_view name() const override { return "cuda"; }
   DType compute_dtype() const override { return DType::kBF16; }
   MemorySpace* memory() override { return DeviceMemory(); }
@@ -83,28 +96,18 @@ class CudaBackend final : public Backend {
 
   void BeginStep() override {
     // The previous step's work may still read its staged arrays: wait for it before the
-    // arenas are reused (its errors surface at the next checked call).
+    // arena is reused (its errors surface at the next checked call).
     (void)cudaStreamSynchronize(stream_);
-    retired_.clear();
-    staged_ = 0;
+    staging_.Reset();
+    tape_.clear();
+    recording_ = false;
+  }
+  void BeginReplayableStep() override {
+    BeginStep();
+    recording_ = true;
   }
   absl::StatusOr<void*> Stage(const void* host, size_t bytes) override {
-    const size_t aligned = (bytes + 255) / 256 * 256;
-    if (staged_ + aligned > staging_.bytes()) {
-      // Grow for the rest of the step; earlier pointers of this step stay valid because
-      // the old arena is kept until the next BeginStep.
-      ASSIGN_OR_RETURN(Buffer bigger,
-                       Buffer::Allocate(memory(), std::max<size_t>(2 * staging_.bytes(),
-                                                                   staged_ + aligned + (1 << 20))));
-      retired_.push_back(std::move(staging_));
-      staging_ = std::move(bigger);
-      staged_ = 0;
-    }
-    void* dst = static_cast<uint8_t*>(staging_.data()) + staged_;
-    RETURN_IF_ERROR(CudaStatus(cudaMemcpyAsync(dst, host, bytes, cudaMemcpyHostToDevice, stream_),
-                               "staging copy"));
-    staged_ += aligned;
-    return dst;
+    return staging_.Stage(host, bytes, recording_, stream_);
   }
   absl::StatusOr<BackendTensor> UploadWeights(const float* host, int64_t elements) override {
     ASSIGN_OR_RETURN(Buffer staging, Buffer::Allocate(memory(), elements * sizeof(float)));
@@ -118,69 +121,107 @@ class CudaBackend final : public Backend {
     tensor.dtype = DType::kBF16;
     return tensor;
   }
-  absl::Status Synchronize() override { return SynchronizeStream(stream_); }
+  absl::Status Synchronize() override {
+    if (recording_) {
+      recording_ = false;
+      RETURN_IF_ERROR(RunRecorded());
+    }
+    return SynchronizeStream(stream_);
+  }
 
-  absl::Status Embedding(const EmbeddingParams& params) override {
-    return cuda::Embedding(params, stream_);
+  absl::Status Embedding(const EmbeddingParams& params) override { return Submit(params); }
+  absl::Status RmsNorm(const RmsNormParams& params) override { return Submit(params); }
+  absl::Status Rope(const RopeParams& params) override { return Submit(params); }
+  absl::Status SiluMul(const SiluMulParams& params) override { return Submit(params); }
+  absl::Status Gemm(const GemmParams& params) override { return Submit(params); }
+  absl::Status AppendKv(const AppendKvParams& params) override { return Submit(params); }
+  absl::Status RopeAppendKv(const RopeAppendKvParams& params) override { return Submit(params); }
+  absl::Status PagedAttention(const PagedAttentionParams& params) override {
+    return Submit(params);
   }
-  absl::Status RmsNorm(const RmsNormParams& params) override {
-    return cuda::RmsNorm(params, stream_);
+  absl::Status ScorePages(const ScorePagesParams& params) override { return Submit(params); }
+  absl::Status SelectPages(const SelectPagesParams& params) override { return Submit(params); }
+  absl::Status Sample(const SampleParams& params) override { return Submit(params); }
+  ReplayCounters replay_counters() const override { return graphs_.counters(); }
+
+ private:
+  // Records the op in a replayable step, else launches it.
+  absl::Status Submit(RecordedOp op) {
+    if (!recording_) return Launch(op);
+    tape_.push_back(std::move(op));
+    return absl::OkStatus();
   }
-  absl::Status Rope(const RopeParams& params) override { return ApplyRope(params, stream_); }
-  absl::Status SiluMul(const SiluMulParams& params) override {
-    return cuda::SiluMul(params, stream_);
+  absl::Status RunRecorded() {
+    if (staging_.generation() != staging_generation_) {
+      graphs_.Clear();
+      staging_generation_ = staging_.generation();
+    }
+    RETURN_IF_ERROR(staging_.Upload(stream_));
+    return graphs_.Run(std::move(tape_), stream_,
+                       [this](const RecordedOp& op) { return Launch(op); });
   }
-  absl::Status Gemm(const GemmParams& params) override {
+  absl::Status Launch(const RecordedOp& op) {
+    return std::visit([this](const auto& params) { return LaunchOp(params); }, op);
+  }
+  absl::Status LaunchOp(const EmbeddingParams& p) { return cuda::Embedding(p, stream_); }
+  absl::Status LaunchOp(const RmsNormParams& p) { return cuda::RmsNorm(p, stream_); }
+  absl::Status LaunchOp(const RopeParams& p) { return ApplyRope(p, stream_); }
+  absl::Status LaunchOp(const SiluMulParams& p) { return cuda::SiluMul(p, stream_); }
+  absl::Status LaunchOp(const GemmParams& p) {
     if (gemm_ == nullptr) {
       ASSIGN_OR_RETURN(gemm_, GemmRunner::Create());
     }
-    return gemm_->Run(params, stream_);
+    return gemm_->Run(p, stream_);
   }
-  absl::Status AppendKv(const AppendKvParams& params) override {
-    return cuda::AppendKv(params, stream_);
-  }
-  absl::Status RopeAppendKv(const RopeAppendKvParams& params) override {
-    return cuda::RopeAppendKv(params, stream_);
-  }
-  absl::Status PagedAttention(const PagedAttentionParams& params) override {
+  absl::Status LaunchOp(const AppendKvParams& p) { return cuda::AppendKv(p, stream_); }
+  absl::Status LaunchOp(const RopeAppendKvParams& p) { return cuda::RopeAppendKv(p, stream_); }
+  absl::Status LaunchOp(const PagedAttentionParams& params) {
     // Decode rows first (they may read selected pages), then the prefill chunks.
     PagedAttentionParams single_rows, rest;
     if (SplitAtSingleRowPrefix(params, &single_rows, &rest)) {
-      RETURN_IF_ERROR(PagedAttention(single_rows));
-      return PagedAttention(rest);
+      RETURN_IF_ERROR(LaunchOp(single_rows));
+      return LaunchOp(rest);
     }
     if (params.tables.max_queries > 1) {
       if (prefill_workspace_.bytes() == 0) {
+        RETURN_IF_ERROR(RefuseUnderCapture("the prefill workspace"));
         ASSIGN_OR_RETURN(prefill_workspace_, Buffer::Allocate(memory(), kPrefillWorkspaceBytes));
       }
       return PagedPrefillAttention(params, prefill_workspace_.data(), num_sms_, stream_);
     }
     const DecodeLaunch launch = PlanDecode(params, num_sms_);
     if (workspace_.bytes() < launch.workspace_bytes) {
-      // The previous step may still read the old workspace.
+      RETURN_IF_ERROR(RefuseUnderCapture("the decode workspace"));
+      // The previous step may still read the old workspace, and graphs name it.
       RETURN_IF_ERROR(SynchronizeStream(stream_));
+      graphs_.Clear();
       workspace_ = Buffer();
       ASSIGN_OR_RETURN(workspace_, Buffer::Allocate(memory(), launch.workspace_bytes));
     }
     return PagedDecodeAttention(params, launch, workspace_.data(), stream_);
   }
-  absl::Status ScorePages(const ScorePagesParams& params) override {
-    return cuda::ScorePages(params, stream_);
+  absl::Status LaunchOp(const ScorePagesParams& p) { return cuda::ScorePages(p, stream_); }
+  absl::Status LaunchOp(const SelectPagesParams& p) { return cuda::SelectPages(p, stream_); }
+  absl::Status LaunchOp(const SampleParams& p) { return cuda::Sample(p, stream_); }
+  // Buffers cannot grow while a graph is captured (that would synchronize): the capture
+  // is abandoned and the step runs op by op.
+  absl::Status RefuseUnderCapture(const char* what) {
+    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+    RETURN_IF_ERROR(CudaStatus(cudaStreamIsCapturing(stream_, &capture), "capture status"));
+    if (capture == cudaStreamCaptureStatusNone) return absl::OkStatus();
+    return absl::FailedPreconditionError(absl::StrCat(what, " must grow outside a capture"));
   }
-  absl::Status SelectPages(const SelectPagesParams& params) override {
-    return cuda::SelectPages(params, stream_);
-  }
-  absl::Status Sample(const SampleParams& params) override { return cuda::Sample(params, stream_); }
 
- private:
-  cudaStream_t stream_ = nullptr;  // the legacy default stream
+  cudaStream_t stream_ = nullptr;
   int num_sms_ = 132;
   Buffer workspace_;          // split-K partial results of decode attention
   Buffer prefill_workspace_;  // the prefill kernel's work counters
   std::unique_ptr<GemmRunner> gemm_;
-  Buffer staging_;
-  size_t staged_ = 0;
-  std::vector<Buffer> retired_;
+  StagingArena staging_{DeviceMemory()};
+  bool recording_ = false;  // in a replayable step: ops go to tape_
+  StepTape tape_;
+  StepGraphCache graphs_;
+  int64_t staging_generation_ = 0;
 };
 
 }  // namespace
@@ -197,7 +238,9 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(int device) {
         "cuda backend: device ", device, " is not usable (", count, " devices visible)"));
   }
   RETURN_IF_ERROR(CudaStatus(cudaSetDevice(device), "cudaSetDevice"));
-  return std::unique_ptr<Backend>(new CudaBackend(device));
+  auto backend = std::make_unique<CudaBackend>(device);
+  RETURN_IF_ERROR(backend->Init());
+  return std::unique_ptr<Backend>(std::move(backend));
 }
 
 }  // namespace lserve::cuda

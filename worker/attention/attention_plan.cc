@@ -6,6 +6,12 @@
 #include "common/status_macros.h"
 
 namespace lserve {
+namespace {
+
+constexpr int32_t kMaxKvLenGranule = 4096;
+
+}  // namespace
+
 absl::Status AttentionPlan::Build(const KvStore& store, std::span<const AttentionSequence> batch,
                                   const SparseAttentionConfig& config, Backend* backend) {
   batch_.assign(batch.begin(), batch.end());
@@ -44,6 +50,10 @@ absl::Status AttentionPlan::Build(const KvStore& store, std::span<const Attentio
     selects_past_prefix = selects_past_prefix || (!in_prefix && selects_[b] != 0);
   }
   if (selects_past_prefix) tables_.single_row_prefix = 0;
+  // The hint only sizes launches: rounded up, it stays the same over thousands of decode
+  // steps, and with it the launches of a replayed step.
+  tables_.max_kv_len =
+      (tables_.max_kv_len + kMaxKvLenGranule - 1) / kMaxKvLenGranule * kMaxKvLenGranule;
   ASSIGN_OR_RETURN(tables_.kv_len, StageVector(backend, host_.kv_len));
   ASSIGN_OR_RETURN(tables_.dense_indptr, StageVector(backend, host_.dense_indptr));
   ASSIGN_OR_RETURN(tables_.dense_indices, StageVector(backend, host_.dense_indices));

@@ -130,7 +130,9 @@ absl::Status HybridAttention::Select(int layer, const AttentionPlan& plan, Query
   }
   if (!jobs_.empty() && scores_device_.bytes() < total_scores * sizeof(float) &&
       !backend_->memory()->host_accessible()) {
-    scores_device_ = Buffer();
+    // Launches recorded earlier in a replayable step may still name the old buffer: it
+    // lives until the next step's first layer.
+    retired_scores_.push_back(std::move(scores_device_));
     ASSIGN_OR_RETURN(scores_device_,
                      Buffer::Allocate(backend_->memory(), total_scores * sizeof(float)));
   }
@@ -230,6 +232,7 @@ absl::Status HybridAttention::Run(int layer, const AttentionPlan& plan, const vo
   if (q_row_stride < packed) {
     return absl::InvalidArgumentError("attention: q_row_stride is below a row's width");
   }
+  if (layer == 0) retired_scores_.clear();  // the previous step has finished
   if (plan.any_selects()) RETURN_IF_ERROR(Select(layer, plan, {q, q_row_stride}));
   PagedAttentionParams params;
   params.kv = LayerView(layer);

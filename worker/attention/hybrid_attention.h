@@ -100,6 +100,7 @@ class HybridAttention {
   const int32_t* selection_slot_device_ = nullptr;
   std::vector<float> scores_;
   Buffer scores_device_;
+  std::vector<Buffer> retired_scores_;
   std::vector<int32_t> selection_begin_, selection_end_, selected_pages_;
   const int32_t* selection_begin_device_ = nullptr;
   const int32_t* selection_end_device_ = nullptr;

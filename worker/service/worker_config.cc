@@ -121,6 +121,7 @@ absl::StatusOr<EngineOptions> EngineOptionsFor(const v1::WorkerConfig& c) {
   if (c.prefill_chunk() > 0)
     options.max_chunk_tokens = std::min(options.max_chunk_tokens, c.prefill_chunk());
   options.prefix_caching = c.prefix_caching();
+  options.replay_decode_steps = !c.eager_decode();
   return options;
 }
 

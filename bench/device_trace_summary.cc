@@ -1,0 +1,57 @@
+#include <algorithm>
+
+#include "bench/device_trace.h"
+
+namespace lserve::bench {
+
+DeviceTraceSummary SummarizeDeviceActivity(std::vector<DeviceInterval> activity,
+                                           const std::vector<uint64_t>& step_starts,
+                                           uint64_t window_end) {
+  DeviceTraceSummary summary;
+  if (step_starts.empty() || window_end <= step_starts.front()) return summary;
+  const uint64_t window_start = step_starts.front();
+  summary.steps = static_cast<int64_t>(step_starts.size());
+  summary.window_ms = (window_end - window_start) * 1e-6;
+  std::sort(activity.begin(), activity.end(),
+            [](const DeviceInterval& a, const DeviceInterval& b) { return a.start < b.start; });
+  // Busy time and idle stretches: sweep the clipped intervals in start order.
+  uint64_t busy = 0, gap_max = 0, covered_to = window_start;
+  for (const DeviceInterval& a : activity) {
+    const uint64_t start = std::max(a.start, window_start);
+    const uint64_t end = std::min(a.end, window_end);
+    if (end <= start) continue;
+    (a.kernel ? summary.kernels : summary.copies) += 1;
+    if (start > covered_to) gap_max = std::max(gap_max, start - covered_to);
+    if (end > covered_to) {
+      busy += end - std::max(start, covered_to);
+      covered_to = end;
+    }
+  }
+  if (window_end > covered_to) gap_max = std::max(gap_max, window_end - covered_to);
+  summary.busy_ms = busy * 1e-6;
+  summary.busy_fraction = static_cast<double>(busy) / (window_end - window_start);
+  summary.max_gap_us = gap_max * 1e-3;
+  // Per step: the first start and the last end of the activity it began.
+  const size_t steps = step_starts.size();
+  std::vector<uint64_t> first(steps, UINT64_MAX), last(steps, 0);
+  for (const DeviceInterval& a : activity) {
+    if (a.start < window_start || a.start >= window_end) continue;
+    const size_t step =
+        std::upper_bound(step_starts.begin(), step_starts.end(), a.start) - step_starts.begin() - 1;
+    first[step] = std::min(first[step], a.start);
+    last[step] = std::max(last[step], a.end);
+  }
+  double gap_sum = 0;
+  int gaps = 0;
+  for (size_t s = 1; s < steps; ++s) {
+    if (last[s - 1] == 0 || first[s] == UINT64_MAX) continue;
+    const double gap = first[s] > last[s - 1] ? (first[s] - last[s - 1]) * 1e-3 : 0.0;
+    gap_sum += gap;
+    summary.max_step_gap_us = std::max(summary.max_step_gap_us, gap);
+    ++gaps;
+  }
+  summary.mean_step_gap_us = gaps > 0 ? gap_sum / gaps : 0.0;
+  return summary;
+}
+
+}  // namespace lserve::bench

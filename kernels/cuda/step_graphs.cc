@@ -1,0 +1,93 @@
+#include "kernels/cuda/step_graphs.h"
+
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <utility>
+
+#include "common/status_macros.h"
+#include "kernels/cuda/cuda_status.h"
+
+namespace lserve::cuda {
+namespace {
+
+using internal::AsStream;
+using internal::CudaStatus;
+
+// Tapes that ran op by op, kept to recognize a second occurrence.
+constexpr size_t kRecentTapes = 8;
+
+cudaGraphExec_t AsExec(void* exec) { return static_cast<cudaGraphExec_t>(exec); }
+
+}  // namespace
+
+void StepGraphCache::Clear() {
+  for (Graph& graph : graphs_) cudaGraphExecDestroy(AsExec(graph.exec));
+  graphs_.clear();
+  recent_.clear();
+}
+
+absl::Status StepGraphCache::RunEagerly(const StepTape& tape, const OpLauncher& launch) {
+  ++counters_.eager_steps;
+  for (const RecordedOp& op : tape) RETURN_IF_ERROR(launch(op));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<void*> StepGraphCache::Capture(const StepTape& tape, void* stream,
+                                              const OpLauncher& launch) {
+  RETURN_IF_ERROR(CudaStatus(
+      cudaStreamBeginCapture(AsStream(stream), cudaStreamCaptureModeThreadLocal), "begin capture"));
+  absl::Status launched = absl::OkStatus();
+  for (const RecordedOp& op : tape) {
+    launched = launch(op);
+    if (!launched.ok()) break;
+  }
+  cudaGraph_t graph = nullptr;
+  const cudaError_t ended = cudaStreamEndCapture(AsStream(stream), &graph);
+  if (!launched.ok() || ended != cudaSuccess || graph == nullptr) {
+    // An op refused to run under capture, or capture was invalidated: nothing ran.
+    if (graph != nullptr) cudaGraphDestroy(graph);
+    (void)cudaGetLastError();
+    return nullptr;
+  }
+  cudaGraphExec_t exec = nullptr;
+  const cudaError_t instantiated = cudaGraphInstantiate(&exec, graph, 0);
+  cudaGraphDestroy(graph);
+  RETURN_IF_ERROR(CudaStatus(instantiated, "instantiating a step graph"));
+  return static_cast<void*>(exec);
+}
+
+absl::Status StepGraphCache::Run(StepTape tape, void* stream, const OpLauncher& launch) {
+  ++clock_;
+  for (Graph& graph : graphs_) {
+    if (graph.tape != tape) continue;
+    graph.last_use = clock_;
+    ++counters_.replayed_steps;
+    return CudaStatus(cudaGraphLaunch(AsExec(graph.exec), AsStream(stream)), "step graph launch");
+  }
+  auto seen = std::find(recent_.begin(), recent_.end(), tape);
+  if (seen == recent_.end()) {
+    RETURN_IF_ERROR(RunEagerly(tape, launch));
+    recent_.push_back(std::move(tape));
+    if (recent_.size() > kRecentTapes) recent_.pop_front();
+    return absl::OkStatus();
+  }
+  recent_.erase(seen);
+  ASSIGN_OR_RETURN(void* exec, Capture(tape, stream, launch));
+  if (exec == nullptr) {
+    ++counters_.capture_failures;
+    return RunEagerly(tape, launch);
+  }
+  if (static_cast<int>(graphs_.size()) >= capacity_) {
+    auto oldest =
+        std::min_element(graphs_.begin(), graphs_.end(),
+                         [](const Graph& a, const Graph& b) { return a.last_use < b.last_use; });
+    cudaGraphExecDestroy(AsExec(oldest->exec));
+    graphs_.erase(oldest);
+  }
+  graphs_.push_back({std::move(tape), exec, clock_});
+  ++counters_.captured_steps;
+  return CudaStatus(cudaGraphLaunch(AsExec(exec), AsStream(stream)), "step graph launch");
+}
+
+}  // namespace lserve::cuda

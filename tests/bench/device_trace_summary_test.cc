@@ -1,0 +1,57 @@
+#include <gtest/gtest.h>
+
+#include "bench/device_trace.h"
+
+namespace lserve::bench {
+namespace {
+
+TEST(DeviceTraceSummaryTest, UnionOfOverlappingIntervalsIsBusyTime) {
+  // Window [1000, 2000): kernels 1000-1300 and 1200-1400 overlap (400 busy), a copy
+  // 1500-1600 (100 busy), then idle to the end.
+  const DeviceTraceSummary s = SummarizeDeviceActivity(
+      {{1200, 1400, true}, {1000, 1300, true}, {1500, 1600, false}}, {1000}, 2000);
+  EXPECT_EQ(s.steps, 1);
+  EXPECT_EQ(s.kernels, 2);
+  EXPECT_EQ(s.copies, 1);
+  EXPECT_DOUBLE_EQ(s.window_ms, 1e-3);
+  EXPECT_DOUBLE_EQ(s.busy_ms, 500e-6);
+  EXPECT_DOUBLE_EQ(s.busy_fraction, 0.5);
+  EXPECT_DOUBLE_EQ(s.max_gap_us, 0.4);  // 1600 to the window's end
+}
+
+TEST(DeviceTraceSummaryTest, ActivityOutsideTheWindowIsClippedOrDropped) {
+  const DeviceTraceSummary s = SummarizeDeviceActivity(
+      {{500, 900, true}, {800, 1100, true}, {1900, 2500, true}}, {1000}, 2000);
+  EXPECT_EQ(s.kernels, 2);
+  EXPECT_DOUBLE_EQ(s.busy_ms, 200e-6);  // 1000-1100 and 1900-2000
+  EXPECT_DOUBLE_EQ(s.max_gap_us, 0.8);
+}
+
+TEST(DeviceTraceSummaryTest, StepGapsRunFromOneStepsLastEndToTheNextsFirstStart) {
+  // Step 0 marked at 0: activity 10-50 and 60-100. Step 1 marked at 100: 130-200.
+  // Step 2 marked at 200: 210-300. Gaps between steps: 30 and 10 ns.
+  const DeviceTraceSummary s = SummarizeDeviceActivity(
+      {{10, 50, true}, {60, 100, true}, {130, 200, true}, {210, 300, true}}, {0, 100, 200}, 300);
+  EXPECT_EQ(s.steps, 3);
+  EXPECT_DOUBLE_EQ(s.mean_step_gap_us, 0.02);
+  EXPECT_DOUBLE_EQ(s.max_step_gap_us, 0.03);
+  EXPECT_DOUBLE_EQ(s.busy_fraction, (40 + 40 + 70 + 90) / 300.0);
+}
+
+TEST(DeviceTraceSummaryTest, AStepThatLagsItsMarkCountsNoNegativeGap) {
+  // Step 1 is marked at 100 while step 0's kernel runs until 150; step 1 starts at 150.
+  const DeviceTraceSummary s =
+      SummarizeDeviceActivity({{0, 150, true}, {150, 200, true}}, {0, 100}, 200);
+  EXPECT_DOUBLE_EQ(s.mean_step_gap_us, 0.0);
+  EXPECT_DOUBLE_EQ(s.busy_fraction, 1.0);
+}
+
+TEST(DeviceTraceSummaryTest, AnEmptyWindowSummarizesToZeros) {
+  const DeviceTraceSummary s = SummarizeDeviceActivity({{0, 10, true}}, {}, 100);
+  EXPECT_EQ(s.steps, 0);
+  EXPECT_EQ(s.kernels, 0);
+  EXPECT_DOUBLE_EQ(s.busy_fraction, 0.0);
+}
+
+}  // namespace
+}  // namespace lserve::bench
