@@ -34,11 +34,12 @@ struct BackendMemoryInfo {
   int64_t total_bytes = 0;
 };
 
+// Segments of replayable steps (a few layers' ops each), by how they ran.
 struct ReplayCounters {
-  int64_t eager_steps = 0;
-  int64_t captured_steps = 0;
-  int64_t replayed_steps = 0;
-  int64_t capture_failures = 0;  // captures abandoned; those steps ran op by op
+  int64_t eager = 0;             // op by op
+  int64_t captured = 0;          // captured into a graph, then launched
+  int64_t replayed = 0;          // a cached graph launched
+  int64_t capture_failures = 0;  // captures abandoned; those segments ran op by op
 };
 
 class Backend {
@@ -101,7 +102,7 @@ class Backend {
   virtual absl::Status SelectPages(const SelectPagesParams& params) = 0;
   virtual absl::Status Sample(const SampleParams& params) = 0;
 
-  // How replayable steps ran: op by op, captured into a graph, or replayed from one.
+  // How the segments of replayable steps ran.
   virtual ReplayCounters replay_counters() const { return {}; }
 };
 

@@ -131,7 +131,9 @@ class Engine {
   int64_t rows_capacity_ = 0;
   int64_t out_rows_capacity_ = 0;
   Buffer x_, xn_, qkv_, attn_, proj_, gate_up_, act_, hidden_out_, logits_;
-  Buffer sampled_tokens_, sampled_logprobs_, top_ids_, top_logprobs_;
+  // Per sampled row: token, logprob, 20 top ids and 20 top logprobs (4-byte words).
+  static constexpr int64_t kSampleWords = 42;
+  Buffer samples_;
 };
 
 }  // namespace lserve

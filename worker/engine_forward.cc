@@ -1,5 +1,6 @@
 // The forward pass of one engine step, op by op through the Backend seam.
 #include <algorithm>
+#include <cstring>
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
@@ -35,10 +36,7 @@ absl::Status Engine::EnsureActivations(int64_t rows, int64_t out_rows) {
   if (out_rows > out_rows_capacity_) {
     RETURN_IF_ERROR(Grow(hidden_out_, memory, out_rows * c.hidden_size * element));
     RETURN_IF_ERROR(Grow(logits_, memory, out_rows * int64_t{c.vocab_size} * sizeof(float)));
-    RETURN_IF_ERROR(Grow(sampled_tokens_, memory, out_rows * sizeof(int32_t)));
-    RETURN_IF_ERROR(Grow(sampled_logprobs_, memory, out_rows * sizeof(float)));
-    RETURN_IF_ERROR(Grow(top_ids_, memory, out_rows * 20 * sizeof(int32_t)));
-    RETURN_IF_ERROR(Grow(top_logprobs_, memory, out_rows * 20 * sizeof(float)));
+    RETURN_IF_ERROR(Grow(samples_, memory, out_rows * kSampleWords * sizeof(int32_t)));
     out_rows_capacity_ = out_rows;
   }
   return absl::OkStatus();
@@ -208,15 +206,20 @@ absl::Status Engine::Forward(const std::vector<StepInput>& batch,
       logits = gathered.as<float>();
     }
     ASSIGN_OR_RETURN(const SamplingRow* rows_device, StageVector(be, sampling_rows));
-    RETURN_IF_ERROR(be->Sample({logits, num_samples, vocab, rows_device,
-                                sampled_tokens_.as<int32_t>(), sampled_logprobs_.as<float>(), 20,
-                                top_ids_.as<int32_t>(), top_logprobs_.as<float>()}));
+    // Tokens, logprobs, top ids and top logprobs one after another in samples_, so one
+    // copy brings them to the host.
+    const int64_t n = num_samples;
+    int32_t* words = samples_.as<int32_t>();
+    RETURN_IF_ERROR(be->Sample({logits, num_samples, vocab, rows_device, words,
+                                reinterpret_cast<float*>(words + n), 20, words + 2 * n,
+                                reinterpret_cast<float*>(words + 22 * n)}));
     RETURN_IF_ERROR(be->Synchronize());
-    RETURN_IF_ERROR(memory->CopyToHost(tokens.data(), sampled_tokens_.data(), num_samples * 4));
-    RETURN_IF_ERROR(memory->CopyToHost(logprobs.data(), sampled_logprobs_.data(), num_samples * 4));
-    RETURN_IF_ERROR(memory->CopyToHost(top_ids.data(), top_ids_.data(), num_samples * 20 * 4));
-    RETURN_IF_ERROR(
-        memory->CopyToHost(top_logprobs.data(), top_logprobs_.data(), num_samples * 20 * 4));
+    std::vector<int32_t> host(n * kSampleWords);
+    RETURN_IF_ERROR(memory->CopyToHost(host.data(), words, host.size() * sizeof(int32_t)));
+    std::memcpy(tokens.data(), host.data(), n * 4);
+    std::memcpy(logprobs.data(), host.data() + n, n * 4);
+    std::memcpy(top_ids.data(), host.data() + 2 * n, n * 20 * 4);
+    std::memcpy(top_logprobs.data(), host.data() + 22 * n, n * 20 * 4);
   }
   RETURN_IF_ERROR(be->Synchronize());
   for (size_t b = 0; b < batch.size(); ++b) {

@@ -100,6 +100,7 @@ class CudaBackend final : public Backend {
     (void)cudaStreamSynchronize(stream_);
     staging_.Reset();
     tape_.clear();
+    segment_ = 0;
     recording_ = false;
   }
   void BeginReplayableStep() override {
@@ -124,7 +125,7 @@ class CudaBackend final : public Backend {
   absl::Status Synchronize() override {
     if (recording_) {
       recording_ = false;
-      RETURN_IF_ERROR(RunRecorded());
+      if (!tape_.empty()) RETURN_IF_ERROR(RunSegment());
     }
     return SynchronizeStream(stream_);
   }
@@ -145,19 +146,21 @@ class CudaBackend final : public Backend {
   ReplayCounters replay_counters() const override { return graphs_.counters(); }
 
  private:
-  // Records the op in a replayable step, else launches it.
+  // Records the op in a replayable step, running each full segment, else launches it.
   absl::Status Submit(RecordedOp op) {
     if (!recording_) return Launch(op);
     tape_.push_back(std::move(op));
-    return absl::OkStatus();
+    return tape_.size() < kSegmentOps ? absl::OkStatus() : RunSegment();
   }
-  absl::Status RunRecorded() {
+  absl::Status RunSegment() {
     if (staging_.generation() != staging_generation_) {
       graphs_.Clear();
       staging_generation_ = staging_.generation();
     }
     RETURN_IF_ERROR(staging_.Upload(stream_));
-    return graphs_.Run(std::move(tape_), stream_,
+    StepTape tape = std::move(tape_);
+    tape_.clear();
+    return graphs_.Run(segment_++, std::move(tape), stream_,
                        [this](const RecordedOp& op) { return Launch(op); });
   }
   absl::Status Launch(const RecordedOp& op) {
@@ -218,8 +221,11 @@ class CudaBackend final : public Backend {
   Buffer prefill_workspace_;  // the prefill kernel's work counters
   std::unique_ptr<GemmRunner> gemm_;
   StagingArena staging_{DeviceMemory()};
+  // Ops per segment of a replayable step: four layers of a Llama decode step.
+  static constexpr size_t kSegmentOps = 36;
   bool recording_ = false;  // in a replayable step: ops go to tape_
-  StepTape tape_;
+  StepTape tape_;           // the segment being recorded
+  int segment_ = 0;
   StepGraphCache graphs_;
   int64_t staging_generation_ = 0;
 };

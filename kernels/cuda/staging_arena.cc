@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <bit>
+#include <cstdint>
 #include <cstring>
 
 #include "common/status_macros.h"
@@ -26,6 +27,7 @@ void StagingArena::Reset() {
   if (blocks_.size() > 1) blocks_.erase(blocks_.begin(), blocks_.end() - 1);
   for (Block& block : blocks_) {
     block.used = 0;
+    block.uploaded = 0;
     block.deferred = false;
   }
 }
@@ -70,10 +72,13 @@ absl::StatusOr<void*> StagingArena::Stage(const void* host, size_t bytes, bool d
 
 absl::Status StagingArena::Upload(void* stream) {
   for (Block& block : blocks_) {
-    if (!block.deferred || block.used == 0) continue;
-    RETURN_IF_ERROR(CudaStatus(cudaMemcpyAsync(block.device.data(), block.mirror.get(), block.used,
-                                               cudaMemcpyHostToDevice, AsStream(stream)),
-                               "staging upload"));
+    if (!block.deferred || block.used == block.uploaded) continue;
+    RETURN_IF_ERROR(CudaStatus(
+        cudaMemcpyAsync(static_cast<uint8_t*>(block.device.data()) + block.uploaded,
+                        static_cast<uint8_t*>(block.mirror.get()) + block.uploaded,
+                        block.used - block.uploaded, cudaMemcpyHostToDevice, AsStream(stream)),
+        "staging upload"));
+    block.uploaded = block.used;
   }
   return absl::OkStatus();
 }

@@ -24,7 +24,7 @@ class StagingArena {
   // Device memory holding a copy of `bytes` bytes at `host`: copied now on `stream`, or,
   // when `deferred`, by the next Upload.
   absl::StatusOr<void*> Stage(const void* host, size_t bytes, bool deferred, void* stream);
-  // Copies the arrays staged deferred since Reset, on `stream`.
+  // Copies the arrays staged deferred since the last Upload (or Reset), on `stream`.
   absl::Status Upload(void* stream);
   // Counts the blocks ever added: launches recorded before a change may name memory
   // freed since, so graphs of older tapes must go.
@@ -35,6 +35,7 @@ class StagingArena {
     Buffer device;
     std::unique_ptr<void, void (*)(void*)> mirror{nullptr, nullptr};  // pinned host
     size_t used = 0;
+    size_t uploaded = 0;    // deferred bytes [0, uploaded) are on their way to the device
     bool deferred = false;  // holds deferred arrays of this step
   };
   absl::Status AddBlock(size_t at_least);

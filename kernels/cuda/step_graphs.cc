@@ -15,7 +15,7 @@ using internal::AsStream;
 using internal::CudaStatus;
 
 // Tapes that ran op by op, kept to recognize a second occurrence.
-constexpr size_t kRecentTapes = 8;
+constexpr size_t kRecentTapes = 64;
 
 cudaGraphExec_t AsExec(void* exec) { return static_cast<cudaGraphExec_t>(exec); }
 
@@ -28,7 +28,7 @@ void StepGraphCache::Clear() {
 }
 
 absl::Status StepGraphCache::RunEagerly(const StepTape& tape, const OpLauncher& launch) {
-  ++counters_.eager_steps;
+  ++counters_.eager;
   for (const RecordedOp& op : tape) RETURN_IF_ERROR(launch(op));
   return absl::OkStatus();
 }
@@ -57,18 +57,21 @@ absl::StatusOr<void*> StepGraphCache::Capture(const StepTape& tape, void* stream
   return static_cast<void*>(exec);
 }
 
-absl::Status StepGraphCache::Run(StepTape tape, void* stream, const OpLauncher& launch) {
+absl::Status StepGraphCache::Run(int segment, StepTape tape, void* stream,
+                                 const OpLauncher& launch) {
   ++clock_;
   for (Graph& graph : graphs_) {
-    if (graph.tape != tape) continue;
+    if (graph.segment != segment || graph.tape != tape) continue;
     graph.last_use = clock_;
-    ++counters_.replayed_steps;
+    ++counters_.replayed;
     return CudaStatus(cudaGraphLaunch(AsExec(graph.exec), AsStream(stream)), "step graph launch");
   }
-  auto seen = std::find(recent_.begin(), recent_.end(), tape);
+  auto seen = std::find_if(recent_.begin(), recent_.end(), [&](const auto& recent) {
+    return recent.first == segment && recent.second == tape;
+  });
   if (seen == recent_.end()) {
     RETURN_IF_ERROR(RunEagerly(tape, launch));
-    recent_.push_back(std::move(tape));
+    recent_.emplace_back(segment, std::move(tape));
     if (recent_.size() > kRecentTapes) recent_.pop_front();
     return absl::OkStatus();
   }
@@ -85,8 +88,8 @@ absl::Status StepGraphCache::Run(StepTape tape, void* stream, const OpLauncher& 
     cudaGraphExecDestroy(AsExec(oldest->exec));
     graphs_.erase(oldest);
   }
-  graphs_.push_back({std::move(tape), exec, clock_});
-  ++counters_.captured_steps;
+  graphs_.push_back({segment, std::move(tape), exec, clock_});
+  ++counters_.captured;
   return CudaStatus(cudaGraphLaunch(AsExec(exec), AsStream(stream)), "step graph launch");
 }
 

@@ -134,10 +134,10 @@ SparseAttentionConfig Hybrid() {
 void ExpectSameGeneration(const SparseAttentionConfig& attention) {
   const Run eager = Generate(attention, false);
   const Run replayed = Generate(attention, true);
-  EXPECT_EQ(eager.counters.replayed_steps + eager.counters.captured_steps, 0);
-  // 60 decode steps in three batch shapes: most replay a captured graph.
-  EXPECT_GT(replayed.counters.replayed_steps, 30);
-  EXPECT_GT(replayed.counters.captured_steps, 0);
+  EXPECT_EQ(eager.counters.replayed + eager.counters.captured, 0);
+  // 60 decode steps in three batch shapes, a few segments each: most replay a graph.
+  EXPECT_GT(replayed.counters.replayed, 30);
+  EXPECT_GT(replayed.counters.captured, 0);
   EXPECT_EQ(replayed.counters.capture_failures, 0);
   for (int seq = 0; seq < 4; ++seq) {
     EXPECT_EQ(replayed.tokens[seq], eager.tokens[seq]) << "sequence " << seq;
