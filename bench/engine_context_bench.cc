@@ -17,8 +17,8 @@
 // Usage: engine_context_bench [--backend=cpu|cuda] [--geometry=llama3-8b|100m|tiny]
 //   [--layers=N] [--contexts=32768,65536,131072,262144] [--batches=1,8]
 //   [--modes=dense,hybrid] [--chunk=8192] [--decode_steps=16] [--kv_cache_gb=0]
-//   [--bandwidth_gbs=4800] [--warmup_steps=8] [--trace_steps=8] [--replay=1] [--gates=PATH|none]
-//   [--json=PATH]
+//   [--bandwidth_gbs=4800] [--warmup_steps=8] [--trace_steps=8] [--replay=1]
+//   [--page_scoring=query_head|kv_head] [--gates=PATH|none] [--json=PATH]
 // --replay=0 launches decode steps op by op instead of replaying them as CUDA graphs.
 #include <algorithm>
 #include <chrono>
@@ -120,9 +120,11 @@ double DecodeStepMs(Engine& engine, int batch, int warmup, int steps) {
 nlohmann::json TraceDecodeSteps(Engine& engine, int batch, int steps) {
   absl::StatusOr<std::unique_ptr<bench::DeviceTrace>> trace = bench::DeviceTrace::Start();
   if (!trace.ok()) return nullptr;
-  for (int s = 0; s < steps; ++s) {
+  // One step before the window: the first launches after tracing starts wait milliseconds
+  // for the tracer to set up.
+  for (int s = -1; s < steps; ++s) {
     std::vector<StepInput> inputs = DecodeInputs(engine, batch, 1000 + s);
-    (*trace)->MarkStep();
+    if (s >= 0) (*trace)->MarkStep();
     Check(engine.Step(inputs).status(), "traced decode step");
   }
   absl::StatusOr<bench::DeviceTraceSummary> summary = (*trace)->Finish();
@@ -167,13 +169,16 @@ int Main(int argc, char** argv) {
   const int steps = std::stoi(FlagValue(argc, argv, "decode_steps", "16"));
   const int trace_steps = std::stoi(FlagValue(argc, argv, "trace_steps", "8"));
   const int warmup_steps = std::stoi(FlagValue(argc, argv, "warmup_steps", "8"));
+  PageScoring scoring = PageScoring::kPerQueryHead;
+  Check(ParsePageScoring(FlagValue(argc, argv, "page_scoring", "query_head"), &scoring),
+        "--page_scoring");
   const double bandwidth_gbs = std::stod(FlagValue(argc, argv, "bandwidth_gbs", "4800"));
   const int max_batch = static_cast<int>(*std::max_element(batches.begin(), batches.end()));
   // Sequence 0 decodes warm-up, timed and traced steps at every batch size after its prompt.
   config.max_position_embeddings = static_cast<int>(std::max<int64_t>(
       config.max_position_embeddings,
       *std::max_element(contexts.begin(), contexts.end()) +
-          (warmup_steps + steps + trace_steps) * static_cast<int64_t>(batches.size()) + 8));
+          (warmup_steps + steps + trace_steps + 1) * static_cast<int64_t>(batches.size()) + 8));
   std::string gates = FlagValue(argc, argv, "gates");
   if (gates.empty() && geometry == "llama3-8b") {
     gates = std::string(LSERVE_SHARED_DIR) +
@@ -198,6 +203,7 @@ int Main(int argc, char** argv) {
   report["parameters"] = config.NumParameters();
   report["gates"] = gates;
   report["replay_decode_steps"] = setup.options.replay_decode_steps;
+  report["page_scoring"] = FlagValue(argc, argv, "page_scoring", "query_head");
   // Bytes one decode step reads once: bf16 weights (the embedding table only gathered)
   // and, per sequence, every KV byte of the context (dense).
   const double weight_bytes =
@@ -217,6 +223,7 @@ int Main(int argc, char** argv) {
       setup.options.attention.streaming_ratio = 0.5f;
       setup.options.attention.token_budget = 4096;
       setup.options.attention.reuse_interval = 4;
+      setup.options.attention.scoring = scoring;
     }
     absl::StatusOr<std::unique_ptr<Engine>> engine = MakeEngine(setup, 1);
     Check(engine.status(), "creating the engine");

@@ -125,7 +125,8 @@ class CudaBackend final : public Backend {
   absl::Status Synchronize() override {
     if (recording_) {
       recording_ = false;
-      if (!tape_.empty()) RETURN_IF_ERROR(RunSegment());
+      // Staged arrays reach the device even when no op followed them.
+      RETURN_IF_ERROR(tape_.empty() ? staging_.Upload(stream_) : RunSegment());
     }
     return SynchronizeStream(stream_);
   }
