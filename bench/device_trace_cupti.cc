@@ -86,6 +86,7 @@ class CuptiTrace final : public DeviceTrace {
       if (status.ok()) status = CuptiStatus(cuptiActivityEnable(kind), "cuptiActivityEnable");
     }
     if (!status.ok()) {
+      for (CUpti_ActivityKind kind : kKinds) cuptiActivityDisable(kind);
       Release();
       finished_ = true;
     }

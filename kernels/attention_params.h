@@ -48,9 +48,10 @@ struct PageTableView {
   const int32_t* stream_indices = nullptr;
   const int32_t* stream_sink_pages = nullptr;
   // Host values describing the batch, for sizing launches without reading device memory:
-  // the longest kv_len and the most rows of one sequence (0: unknown), and the number of
-  // leading sequences that have one row each and hold every sequence that reads selected
-  // pages (0: unknown), so a backend may run them apart from the multi-row ones.
+  // at least the longest kv_len (the engine rounds it up so launches recur across steps)
+  // and the most rows of one sequence (0: unknown), and the number of leading sequences
+  // that have one row each and hold every sequence that reads selected pages (0:
+  // unknown), so a backend may run them apart from the multi-row ones.
   int32_t max_kv_len = 0;
   int32_t max_queries = 0;
   int32_t single_row_prefix = 0;

@@ -33,10 +33,11 @@ absl::Status StepGraphCache::RunEagerly(const StepTape& tape, const OpLauncher& 
   return absl::OkStatus();
 }
 
-absl::StatusOr<void*> StepGraphCache::Capture(const StepTape& tape, void* stream,
-                                              const OpLauncher& launch) {
-  RETURN_IF_ERROR(CudaStatus(
-      cudaStreamBeginCapture(AsStream(stream), cudaStreamCaptureModeThreadLocal), "begin capture"));
+void* StepGraphCache::Capture(const StepTape& tape, void* stream, const OpLauncher& launch) {
+  if (cudaStreamBeginCapture(AsStream(stream), cudaStreamCaptureModeThreadLocal) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return nullptr;
+  }
   absl::Status launched = absl::OkStatus();
   for (const RecordedOp& op : tape) {
     launched = launch(op);
@@ -53,7 +54,10 @@ absl::StatusOr<void*> StepGraphCache::Capture(const StepTape& tape, void* stream
   cudaGraphExec_t exec = nullptr;
   const cudaError_t instantiated = cudaGraphInstantiate(&exec, graph, 0);
   cudaGraphDestroy(graph);
-  RETURN_IF_ERROR(CudaStatus(instantiated, "instantiating a step graph"));
+  if (instantiated != cudaSuccess) {
+    (void)cudaGetLastError();
+    return nullptr;
+  }
   return static_cast<void*>(exec);
 }
 
@@ -76,7 +80,7 @@ absl::Status StepGraphCache::Run(int segment, StepTape tape, void* stream,
     return absl::OkStatus();
   }
   recent_.erase(seen);
-  ASSIGN_OR_RETURN(void* exec, Capture(tape, stream, launch));
+  void* exec = Capture(tape, stream, launch);
   if (exec == nullptr) {
     ++counters_.capture_failures;
     return RunEagerly(tape, launch);

@@ -59,8 +59,9 @@ class StepGraphCache {
     uint64_t last_use = 0;
   };
   absl::Status RunEagerly(const StepTape& tape, const OpLauncher& launch);
-  // Captures and instantiates `tape`; null exec when capture is not possible.
-  absl::StatusOr<void*> Capture(const StepTape& tape, void* stream, const OpLauncher& launch);
+  // Captures and instantiates `tape` (cudaGraphExec_t); null when that fails for any
+  // reason (nothing has run then, and the segment runs op by op).
+  void* Capture(const StepTape& tape, void* stream, const OpLauncher& launch);
 
   int capacity_;
   uint64_t clock_ = 0;

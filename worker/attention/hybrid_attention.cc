@@ -232,7 +232,15 @@ absl::Status HybridAttention::Run(int layer, const AttentionPlan& plan, const vo
   if (q_row_stride < packed) {
     return absl::InvalidArgumentError("attention: q_row_stride is below a row's width");
   }
-  if (layer == 0) retired_scores_.clear();  // the previous step has finished
+  if (layer == 0) {
+    retired_scores_.clear();  // the previous step has finished
+    // Every selecting sequence gets its selection rows before any op of the step names
+    // the row buffers: growing them later would free buffers that ops recorded earlier in
+    // a replayable step still name.
+    for (size_t b = 0; device_rows_ != nullptr && b < plan.batch().size(); ++b) {
+      if (plan.selects(b)) RETURN_IF_ERROR(device_rows_->FirstRow(plan.batch()[b].seq).status());
+    }
+  }
   if (plan.any_selects()) RETURN_IF_ERROR(Select(layer, plan, {q, q_row_stride}));
   PagedAttentionParams params;
   params.kv = LayerView(layer);
