@@ -169,9 +169,9 @@ int Main(int argc, char** argv) {
   const int steps = std::stoi(FlagValue(argc, argv, "decode_steps", "16"));
   const int trace_steps = std::stoi(FlagValue(argc, argv, "trace_steps", "8"));
   const int warmup_steps = std::stoi(FlagValue(argc, argv, "warmup_steps", "8"));
+  const std::string scoring_name = FlagValue(argc, argv, "page_scoring", "query_head");
   PageScoring scoring = PageScoring::kPerQueryHead;
-  Check(ParsePageScoring(FlagValue(argc, argv, "page_scoring", "query_head"), &scoring),
-        "--page_scoring");
+  Check(ParsePageScoring(scoring_name, &scoring), "--page_scoring");
   const double bandwidth_gbs = std::stod(FlagValue(argc, argv, "bandwidth_gbs", "4800"));
   const int max_batch = static_cast<int>(*std::max_element(batches.begin(), batches.end()));
   // Sequence 0 decodes warm-up, timed and traced steps at every batch size after its prompt.
@@ -203,7 +203,7 @@ int Main(int argc, char** argv) {
   report["parameters"] = config.NumParameters();
   report["gates"] = gates;
   report["replay_decode_steps"] = setup.options.replay_decode_steps;
-  report["page_scoring"] = FlagValue(argc, argv, "page_scoring", "query_head");
+  report["page_scoring"] = scoring_name;
   // Bytes one decode step reads once: bf16 weights (the embedding table only gathered)
   // and, per sequence, every KV byte of the context (dense).
   const double weight_bytes =

@@ -1,6 +1,6 @@
 // The forward pass of one engine step, op by op through the Backend seam.
 #include <algorithm>
-#include <cstring>
+#include <bit>
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
@@ -185,10 +185,10 @@ absl::Status Engine::Forward(const std::vector<StepInput>& batch,
     sample_logit_rows.push_back(static_cast<int32_t>(first_out_row[b] + n_out - 1));
   }
   const int num_samples = static_cast<int>(sampling_rows.size());
-  std::vector<int32_t> tokens(num_samples);
-  std::vector<float> logprobs(num_samples);
-  std::vector<int32_t> top_ids(num_samples * 20);
-  std::vector<float> top_logprobs(num_samples * 20);
+  const int64_t n = num_samples;
+  // What Sample writes into samples_, 4-byte words: the n tokens, the n logprobs, then 20
+  // top ids and 20 top logprobs per row; one copy brings them to the host.
+  std::vector<int32_t> sampled(n * kSampleWords);
   MemorySpace* memory = be->memory();
   if (num_samples > 0) {
     // Gather the sampled rows' logits to the front of a contiguous block when they are
@@ -206,20 +206,12 @@ absl::Status Engine::Forward(const std::vector<StepInput>& batch,
       logits = gathered.as<float>();
     }
     ASSIGN_OR_RETURN(const SamplingRow* rows_device, StageVector(be, sampling_rows));
-    // Tokens, logprobs, top ids and top logprobs one after another in samples_, so one
-    // copy brings them to the host.
-    const int64_t n = num_samples;
     int32_t* words = samples_.as<int32_t>();
     RETURN_IF_ERROR(be->Sample({logits, num_samples, vocab, rows_device, words,
                                 reinterpret_cast<float*>(words + n), 20, words + 2 * n,
                                 reinterpret_cast<float*>(words + 22 * n)}));
     RETURN_IF_ERROR(be->Synchronize());
-    std::vector<int32_t> host(n * kSampleWords);
-    RETURN_IF_ERROR(memory->CopyToHost(host.data(), words, host.size() * sizeof(int32_t)));
-    std::memcpy(tokens.data(), host.data(), n * 4);
-    std::memcpy(logprobs.data(), host.data() + n, n * 4);
-    std::memcpy(top_ids.data(), host.data() + 2 * n, n * 20 * 4);
-    std::memcpy(top_logprobs.data(), host.data() + 22 * n, n * 20 * 4);
+    RETURN_IF_ERROR(memory->CopyToHost(sampled.data(), words, sampled.size() * sizeof(int32_t)));
   }
   RETURN_IF_ERROR(be->Synchronize());
   for (size_t b = 0; b < batch.size(); ++b) {
@@ -235,10 +227,11 @@ absl::Status Engine::Forward(const std::vector<StepInput>& batch,
     if (sample_row_of[b] < 0) continue;
     const int64_t s = sample_row_of[b];
     out.sampled = true;
-    out.token = tokens[s];
-    out.logprob = logprobs[s];
+    out.token = sampled[s];
+    out.logprob = std::bit_cast<float>(sampled[n + s]);
     for (int i = 0; i < std::min(input.sampling.top_logprobs, 20); ++i) {
-      out.top_logprobs.emplace_back(top_ids[s * 20 + i], top_logprobs[s * 20 + i]);
+      out.top_logprobs.emplace_back(sampled[2 * n + s * 20 + i],
+                                    std::bit_cast<float>(sampled[22 * n + s * 20 + i]));
     }
   }
   return absl::OkStatus();

@@ -210,9 +210,8 @@ class CudaBackend final : public Backend {
   // Buffers cannot grow while a graph is captured (that would synchronize): the capture
   // is abandoned and the step runs op by op.
   absl::Status RefuseUnderCapture(const char* what) {
-    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
-    RETURN_IF_ERROR(CudaStatus(cudaStreamIsCapturing(stream_, &capture), "capture status"));
-    if (capture == cudaStreamCaptureStatusNone) return absl::OkStatus();
+    ASSIGN_OR_RETURN(const bool capturing, StreamIsCapturing(stream_));
+    if (!capturing) return absl::OkStatus();
     return absl::FailedPreconditionError(absl::StrCat(what, " must grow outside a capture"));
   }
 

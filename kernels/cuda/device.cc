@@ -22,4 +22,11 @@ absl::Status SynchronizeStream(void* stream) {
                               "cudaStreamSynchronize");
 }
 
+absl::StatusOr<bool> StreamIsCapturing(void* stream) {
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  const cudaError_t error = cudaStreamIsCapturing(internal::AsStream(stream), &capture);
+  if (error != cudaSuccess) return internal::CudaStatus(error, "cudaStreamIsCapturing");
+  return capture != cudaStreamCaptureStatusNone;
+}
+
 }  // namespace lserve::cuda

@@ -4,6 +4,7 @@
 #define LSERVE_KERNELS_CUDA_DEVICE_H_
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 
 namespace lserve::cuda {
 
@@ -13,6 +14,9 @@ int DeviceCount();
 
 // Waits for all work queued on `stream` and reports any asynchronous kernel error.
 absl::Status SynchronizeStream(void* stream);
+
+// Whether work on `stream` is being captured into a CUDA graph (so nothing may synchronize).
+absl::StatusOr<bool> StreamIsCapturing(void* stream);
 
 }  // namespace lserve::cuda
 

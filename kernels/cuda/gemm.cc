@@ -15,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "kernels/cuda/cuda_status.h"
+#include "kernels/cuda/device.h"
 
 namespace lserve::cuda {
 namespace {
@@ -174,9 +175,8 @@ class LtGemmRunner final : public GemmRunner {
   // and keeps the fastest. Skipped while the stream is being captured into a graph, where
   // nothing may synchronize; the shape is then tuned on its next uncaptured call.
   absl::Status Tune(Plan& plan, const GemmParams& p, cudaStream_t stream) {
-    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
-    RETURN_IF_ERROR(internal::CudaStatus(cudaStreamIsCapturing(stream, &capture), "capture"));
-    if (capture != cudaStreamCaptureStatusNone) return absl::OkStatus();
+    ASSIGN_OR_RETURN(const bool capturing, StreamIsCapturing(stream));
+    if (capturing) return absl::OkStatus();
     plan.tuned = true;
     if (!TuningEnabled() || p.m > kMaxTunedRows ||
         (plan.candidates.size() < 2 && !SkinnyGemmSupported(p))) {
