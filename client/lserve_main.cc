@@ -5,13 +5,18 @@
 //   lserve health [--wait_s=N]                                  exit 0 once SERVING
 #include <google/protobuf/util/json_util.h>
 
+#include <chrono>
 #include <cstdio>
+#include <fstream>
 #include <iostream>
+#include <iterator>
+#include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "client/client.h"
 #include "common/token_ids.h"
@@ -22,6 +27,8 @@ ABSL_FLAG(std::string, tls_cert, "", "PEM client certificate (mTLS)");
 ABSL_FLAG(std::string, tls_key, "", "PEM client key (mTLS)");
 ABSL_FLAG(std::string, api_key, "", "API key; default: $LSERVE_API_KEY");
 ABSL_FLAG(std::string, prompt_ids, "", "Prompt token ids, comma-separated");
+ABSL_FLAG(std::string, prompt_ids_file, "",
+          "A file of prompt token ids, separated by commas or white space (long prompts)");
 ABSL_FLAG(int, max_tokens, 16, "Tokens to generate");
 ABSL_FLAG(float, temperature, 0.0f, "Sampling temperature; 0 is greedy");
 ABSL_FLAG(int, top_k, 0, "Keep the k most likely tokens; 0 keeps all");
@@ -93,7 +100,18 @@ int Main(const std::vector<char*>& args) {
     return 2;
   }
   v1::GenerateRequest request;
-  auto prompt = ParseTokenIds(absl::GetFlag(FLAGS_prompt_ids), "prompt_ids");
+  std::string prompt_ids = absl::GetFlag(FLAGS_prompt_ids);
+  if (!absl::GetFlag(FLAGS_prompt_ids_file).empty()) {
+    std::ifstream in(absl::GetFlag(FLAGS_prompt_ids_file));
+    if (!in) {
+      return Fail(
+          absl::NotFoundError(absl::StrCat("cannot read ", absl::GetFlag(FLAGS_prompt_ids_file))));
+    }
+    const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    prompt_ids =
+        absl::StrJoin(absl::StrSplit(text, absl::ByAnyChar(", \t\n"), absl::SkipEmpty()), ",");
+  }
+  auto prompt = ParseTokenIds(prompt_ids, "prompt_ids");
   if (!prompt.ok()) return Fail(prompt.status());
   auto stops = ParseTokenIds(absl::GetFlag(FLAGS_stop_ids), "stop_ids");
   if (!stops.ok()) return Fail(stops.status());
@@ -112,9 +130,16 @@ int Main(const std::vector<char*>& args) {
     s->set_top_logprobs(absl::GetFlag(FLAGS_logprobs));
   }
   const bool json = absl::GetFlag(FLAGS_json);
+  // Client-side latencies of the first and second tokens, printed with --json.
+  const auto start = std::chrono::steady_clock::now();
+  std::vector<double> token_times;
   auto result = (*client)->Generate(
       request,
-      [json](const v1::GenerateResponse& response) {
+      [json, start, &token_times](const v1::GenerateResponse& response) {
+        for (int i = 0; i < response.tokens_size() && token_times.size() < 2; ++i) {
+          token_times.push_back(
+              std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+        }
         if (json) return;
         for (const auto& token : response.tokens()) std::printf("%d ", token.token_id());
         std::fflush(stdout);
@@ -133,6 +158,10 @@ int Main(const std::vector<char*>& args) {
   summary.set_finish_reason(result->finish_reason);
   *summary.mutable_timings() = result->timings;
   summary.set_request_id(request.request_id());
+  std::fprintf(stderr, "client: first token %.4f s, second token %.4f s, total %.4f s\n",
+               token_times.empty() ? -1.0 : token_times[0],
+               token_times.size() < 2 ? -1.0 : token_times[1],
+               std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
   return PrintJson(summary);
 }
 

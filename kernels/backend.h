@@ -65,6 +65,10 @@ class Backend {
     return absl::UnimplementedError("this backend's memory is not sized from free memory");
   }
 
+  // Makes the calling thread use this backend's device (a GPU backend on another device
+  // than the thread's current one); engine threads call it before their first step.
+  virtual absl::Status BindCallingThread() { return absl::OkStatus(); }
+
   // Per-step staging of small host arrays (positions, page tables): the returned pointer
   // is backend memory valid until the next BeginStep.
   virtual void BeginStep() = 0;

@@ -46,6 +46,20 @@ struct KvSnapshot {
   }
 };
 
+// Where a sequence's KV lives in a store's pools: dense pages in page-index order, and
+// streaming pages in the order of KvSnapshot::streaming_indices.
+struct KvPlacement {
+  std::vector<int32_t> dense;
+  std::vector<int32_t> streaming;
+};
+
+// A sequence's KV by reference: the snapshot's description without its bytes, and the
+// pages holding them.
+struct KvPageExport {
+  KvSnapshot manifest;
+  KvPlacement pages;
+};
+
 // OK when a snapshot of `shape` can enter a store of `target`; else a message naming the
 // first difference.
 absl::Status CheckCompatible(const KvShape& shape, const KvShape& target);

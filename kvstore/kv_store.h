@@ -58,6 +58,12 @@ class KvStore {
   // Creates `seq` from a snapshot, all or nothing: RESOURCE_EXHAUSTED when its pages do
   // not fit, INVALID_ARGUMENT when the shapes differ or the snapshot is malformed.
   absl::Status ImportSequence(SeqId seq, const KvSnapshot& snapshot);
+  // The pages of a sequence's committed KV, for a transport that reads the pools itself.
+  absl::StatusOr<KvPageExport> ExportPages(SeqId seq) const;
+  // Creates `seq` from a manifest (a snapshot without bytes) on freshly allocated pages
+  // whose contents the caller then writes; errors as ImportSequence. Until written, the
+  // pages hold stale data: free the sequence if the writing fails.
+  absl::StatusOr<KvPlacement> ImportPages(SeqId seq, const KvSnapshot& manifest);
 
   // Every page's reference count equals its holders (sequences and the prefix cache);
   // INTERNAL naming the first page that differs.
@@ -65,6 +71,9 @@ class KvStore {
 
  private:
   KvStore(const KvStoreConfig& config) : tables_(config) {}
+  // INVALID_ARGUMENT unless the snapshot fits this store; `with_bytes`: it carries every
+  // page's bytes, else none.
+  absl::Status CheckManifest(const KvSnapshot& snapshot, bool with_bytes) const;
 
   KvPageTables tables_;
   KvPool dense_pool_;

@@ -25,13 +25,14 @@ ninja -C "$build" -j "${LSERVE_BUILD_JOBS:-$(nproc)}" "${targets[@]}"
 rm -rf "$libs"
 mkdir -p "$libs"
 # Everything a binary links from this machine's system except the C/C++ runtime and CUDA
-# (cudart, cuBLAS), which the GPU machine has in newer versions.
-find "$build" -type f -perm -u+x \( -name '*_test' -o -name '*_bench' -o -name 'lserve_*' \) |
+# (cudart, cuBLAS, NCCL), which the GPU machine has in newer versions.
+find "$build" -type f -perm -u+x \( -name '*_test' -o -name '*_bench' -o -name 'lserve[_-]*' \
+  -o -name lserve \) -not -path '*/CMakeFiles/*' |
   xargs -r ldd 2>/dev/null | awk '/=> \// {print $3}' | sort -u |
-  grep -v -E '/(libc|libm|libgcc_s|libstdc\+\+|libpthread|libdl|librt|ld-linux|libcuda|libcudart|libcublas|libcublasLt)[.-]' |
+  grep -v -E '/(libc|libm|libgcc_s|libstdc\+\+|libpthread|libdl|librt|ld-linux|libcuda|libcudart|libcublas|libcublasLt|libnccl)[.-]' |
   xargs -r -I{} cp -L {} "$libs"/
 mapfile -t binaries < <(find "$build" -type f -perm -u+x \( -name '*_test' -o -name '*_bench' -o \
-  -name 'lserve_*' \) -not -path '*/CMakeFiles/*')
+  -name 'lserve[_-]*' -o -name lserve \) -not -path '*/CMakeFiles/*')
 strip --strip-unneeded "${binaries[@]}"
 tar -cf - "${binaries[@]}" "$libs" | xz -9 -T2 >"$build/bundle.tar.xz"
 du -sh "$libs" "$build" "$build/bundle.tar.xz" | cat

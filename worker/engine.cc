@@ -214,4 +214,8 @@ absl::Status Engine::SwapIn(SeqId seq, const KvSnapshot& snapshot) {
   return kv_->ImportSequence(seq, snapshot);
 }
 
+absl::StatusOr<KvPlacement> Engine::ImportPages(SeqId seq, const KvSnapshot& manifest) {
+  return kv_->ImportPages(seq, manifest);
+}
+
 }  // namespace lserve

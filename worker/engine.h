@@ -98,6 +98,8 @@ class Engine {
   // Swapping: the sequence's KV and decode state leave the pools and come back intact.
   absl::StatusOr<KvSnapshot> SwapOut(SeqId seq);
   absl::Status SwapIn(SeqId seq, const KvSnapshot& snapshot);
+  // A sequence on fresh pages that a device transport fills (KvStore::ImportPages).
+  absl::StatusOr<KvPlacement> ImportPages(SeqId seq, const KvSnapshot& manifest);
   // Drops the decode state a swapped-out sequence left behind.
   void ForgetSwapped(SeqId seq);
 

@@ -16,16 +16,24 @@
 #include "common/metrics/http_exporter.h"
 #include "net/tls.h"
 #include "worker/service/grpc_kv_transport.h"
+#if LSERVE_HAVE_NCCL
+#include "worker/service/nccl_kv_transport.h"
+#endif
 #include "worker/service/router_registration.h"
 #include "worker/service/worker_config.h"
 #include "worker/service/worker_service.h"
 
 ABSL_FLAG(std::string, config, "", "WorkerConfig in text format; flags given too override it");
 ABSL_FLAG(std::string, model, "", "Hugging Face model folder; empty: the built-in model");
-ABSL_FLAG(std::string, builtin_model, "tiny", "Built-in synthetic model: tiny or 100m");
+ABSL_FLAG(std::string, builtin_model, "tiny",
+          "Built-in synthetic model: tiny, 100m or llama3-8b (random weights, that geometry)");
 ABSL_FLAG(std::string, model_name, "", "Served model name");
 ABSL_FLAG(std::string, backend, "cpu", "Compute backend: cpu or cuda");
 ABSL_FLAG(int, threads, 0, "CPU threads; 0: one per core");
+ABSL_FLAG(int, device, 0, "cuda: device ordinal (keep every GPU visible so NCCL can link them)");
+ABSL_FLAG(std::string, kv_transport, "",
+          "KV hand-off: grpc or nccl (GPU to GPU, gRPC when a peer cannot); default: nccl on "
+          "cuda, grpc on cpu");
 ABSL_FLAG(std::string, role, "unified", "unified, prefill or decode");
 ABSL_FLAG(std::string, listen, "127.0.0.1:50051", "gRPC address host:port (port 0: any)");
 ABSL_FLAG(std::string, metrics_listen, "", "Prometheus endpoint host:port; empty: none");
@@ -79,6 +87,8 @@ absl::StatusOr<v1::WorkerConfig> ConfigFromFlags() {
   if (Given("model_name")) config.set_model_name(absl::GetFlag(FLAGS_model_name));
   if (Given("backend")) config.set_backend(absl::GetFlag(FLAGS_backend));
   if (Given("threads")) config.set_threads(absl::GetFlag(FLAGS_threads));
+  if (Given("device")) config.set_device(absl::GetFlag(FLAGS_device));
+  if (Given("kv_transport")) config.set_kv_transport(absl::GetFlag(FLAGS_kv_transport));
   if (Given("role")) {
     const std::string role = absl::GetFlag(FLAGS_role);
     if (role == "unified") {
@@ -168,7 +178,23 @@ int Main() {
   auto peer_credentials =
       net::ChannelCredentials({peer.cert_file(), peer.key_file(), peer.ca_file(), false});
   if (!peer_credentials.ok()) return Fail(peer_credentials.status());
-  GrpcKvTransport transport(*peer_credentials, static_cast<int>(config->max_message_bytes()));
+  GrpcKvTransport grpc_transport(*peer_credentials, static_cast<int>(config->max_message_bytes()));
+  KvTransport* transport = &grpc_transport;
+  std::unique_ptr<KvTransport> nccl_transport;
+  std::unique_ptr<KvLinkReceiver> link_receiver;
+  if (config->kv_transport() == "nccl") {
+#if LSERVE_HAVE_NCCL
+    nccl_transport = std::make_unique<NcclKvTransport>(
+        *peer_credentials, static_cast<int>(config->max_message_bytes()),
+        NcclKvOptions{.device = config->device()}, &grpc_transport,
+        [m = metrics->get()](std::string_view reason) { m->KvTransportFallback(reason); });
+    transport = nccl_transport.get();
+    link_receiver = std::make_unique<NcclKvLinkReceiver>(config->device());
+#else
+    LOG(Warning) << "built without NCCL: KV hand-offs use gRPC";
+    (*metrics)->KvTransportFallback("not_built");
+#endif
+  }
   WorkerIdentity identity;
   identity.model_name = ServedModelName(*config);
   identity.role = config->role();
@@ -178,7 +204,8 @@ int Main() {
           ? std::min(config->max_context(), (*engine)->config().max_position_embeddings)
           : (*engine)->config().max_position_embeddings;
   identity.kv_lease = std::chrono::milliseconds(config->kv_lease_ms());
-  WorkerHandler handler(&loop, identity, &transport, metrics->get());
+  WorkerHandler handler(&loop, identity, transport, metrics->get());
+  if (config->role() != v1::WORKER_ROLE_PREFILL) handler.set_kv_link_receiver(link_receiver.get());
 
   const v1::TlsConfig& tls = config->tls();
   auto credentials = net::ServerCredentials(
@@ -223,6 +250,7 @@ int Main() {
   }
   // Streams still open past the drain timeout are cancelled by the shutdown.
   (*server)->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  link_receiver.reset();  // its waiting receives end on the engine thread
   loop.Stop();
   LOG(Info) << "drained; exiting";
   return 0;

@@ -56,7 +56,7 @@ class DeviceMemorySpace final : public MemorySpace {
 
 class CudaBackend final : public Backend {
  public:
-  explicit CudaBackend(int device) {
+  explicit CudaBackend(int device) : device_(device) {
     (void)cudaDeviceGetAttribute(&num_sms_, cudaDevAttrMultiProcessorCount, device);
   }
   ~CudaBackend() override {
@@ -68,6 +68,9 @@ class CudaBackend final : public Backend {
   absl::Status Init() { return CudaStatus(cudaStreamCreate(&stream_), "cudaStreamCreate"); }
 
   std::string_view name() const override { return "cuda"; }
+  absl::Status BindCallingThread() override {
+    return CudaStatus(cudaSetDevice(device_), "cudaSetDevice");
+  }
   DType compute_dtype() const override { return DType::kBF16; }
   MemorySpace* memory() override { return DeviceMemory(); }
   absl::Status CheckEngineSupport() const override { return absl::OkStatus(); }
@@ -216,6 +219,7 @@ class CudaBackend final : public Backend {
   }
 
   cudaStream_t stream_ = nullptr;
+  int device_ = 0;
   int num_sms_ = 132;
   Buffer workspace_;          // split-K partial results of decode attention
   Buffer prefill_workspace_;  // the prefill kernel's work counters

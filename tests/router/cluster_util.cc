@@ -1,5 +1,6 @@
 #include "tests/router/cluster_util.h"
 
+#include <cstdlib>
 #include <iostream>
 #include <thread>
 
@@ -7,6 +8,16 @@
 #include "tests/testing/http_get.h"
 
 namespace lserve::testing {
+namespace {
+
+// The binary built with the tests, unless the environment names another (a bundle run on
+// another machine, where the build's paths do not exist).
+std::string Binary(const char* variable, const char* built) {
+  const char* named = std::getenv(variable);
+  return named != nullptr && *named != '\0' ? named : built;
+}
+
+}  // namespace
 
 absl::StatusOr<std::unique_ptr<Cluster>> Cluster::Start(const ClusterOptions& options) {
   std::unique_ptr<Cluster> cluster(new Cluster());
@@ -16,7 +27,8 @@ absl::StatusOr<std::unique_ptr<Cluster>> Cluster::Start(const ClusterOptions& op
       "--health_interval_s=0.2", "--heartbeat_timeout_s=1.5",
       "--max_attempts=5",        "--disaggregation_min_prompt_tokens=16"};
   router_args.insert(router_args.end(), options.router_args.begin(), options.router_args.end());
-  auto router = ServerProcess::Start(LSERVE_ROUTER_BINARY, router_args);
+  auto router =
+      ServerProcess::Start(Binary("LSERVE_ROUTER_BINARY", LSERVE_ROUTER_BINARY), router_args);
   if (!router.ok()) return router.status();
   cluster->router_ = *std::move(router);
   for (int i = 0; i < options.prefill_workers; ++i) {
@@ -58,7 +70,11 @@ absl::StatusOr<std::unique_ptr<ServerProcess>> Cluster::StartWorker(const std::s
   // registers (and so is only reached) after it serves.
   if (proxy != nullptr) args.push_back(absl::StrCat("--advertise=127.0.0.1:", proxy->port()));
   args.insert(args.end(), options_.worker_args.begin(), options_.worker_args.end());
-  auto worker = ServerProcess::Start(LSERVE_WORKER_BINARY, args);
+  const std::vector<std::string>& role_args = role == "prefill"  ? options_.prefill_args
+                                              : role == "decode" ? options_.decode_args
+                                                                 : options_.reference_args;
+  args.insert(args.end(), role_args.begin(), role_args.end());
+  auto worker = ServerProcess::Start(Binary("LSERVE_WORKER_BINARY", LSERVE_WORKER_BINARY), args);
   if (worker.ok() && proxy != nullptr) proxy->SetTarget((*worker)->port("grpc_port"));
   return worker;
 }

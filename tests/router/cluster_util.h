@@ -19,6 +19,8 @@ namespace lserve::testing {
 
 struct ClusterOptions {
   std::vector<std::string> worker_args;  // model and attention flags of every worker
+  // Added for one role only (a GPU device, say).
+  std::vector<std::string> prefill_args, decode_args, reference_args;
   std::vector<std::string> router_args;  // on top of the test defaults
   int prefill_workers = 2;
   int decode_workers = 2;

@@ -38,7 +38,7 @@ Scheduler::Scheduler(Engine* engine, const SchedulerOptions& options, const KvCa
 Scheduler::~Scheduler() {
   for (State* state : running_) (void)engine_->FreeSequence(state->id);
   for (State* state : swapped_) engine_->ForgetSwapped(state->id);
-  for (const auto& [handle, expiry] : leased_) (void)engine_->FreeSequence(handle);
+  for (const auto& [handle, lease] : leased_) (void)engine_->FreeSequence(handle);
   for (const auto& [id, reservation] : reservations_) {
     if (reservation.filled) (void)engine_->FreeSequence(id);
   }
@@ -151,7 +151,7 @@ void Scheduler::Finish(State& state, FinishReason reason, absl::Status status) {
     case State::Where::kRunning:
       if (state.request.keep_kv && status.ok()) {
         // The hand-off reads the KV later; it stays until released or the lease ends.
-        leased_[state.id] = now + state.request.kv_lease;
+        leased_[state.id] = Lease{now + state.request.kv_lease};
         event.kv_leased = true;
       } else {
         CHECK(engine_->FreeSequence(state.id).ok());

@@ -89,9 +89,18 @@ class Scheduler {
   absl::Status SubmitReserved(RequestId reservation, GenerationRequest request,
                               const GeneratedToken& first);
   absl::Status CancelReservation(RequestId reservation);
+  // Decode side, for a device transport: the reservation takes pages for `manifest` (a
+  // snapshot without bytes) that the transport then writes; it neither expires nor frees
+  // them until EndReceive says whether the bytes arrived (a cancel meanwhile waits too).
+  absl::StatusOr<KvPlacement> ClaimReservation(RequestId reservation, const KvSnapshot& manifest);
+  absl::Status EndReceive(RequestId reservation, bool received);
   // Prefill side: the KV a keep_kv request left, and its release.
   absl::StatusOr<KvSnapshot> ExportLeased(RequestId handle) const;
   absl::Status ReleaseLeased(RequestId handle);
+  // Prefill side, for a device transport: the leased KV's pages, which neither expire
+  // nor are freed (a release meanwhile waits) until EndLeasedExport.
+  absl::StatusOr<KvPageExport> BeginLeasedExport(RequestId handle);
+  void EndLeasedExport(RequestId handle);
   int64_t num_leased() const { return static_cast<int64_t>(leased_.size()); }
   int64_t num_reservations() const { return static_cast<int64_t>(reservations_.size()); }
 
@@ -122,6 +131,10 @@ class Scheduler {
   void RunPosted();
   void ExpireLeases(SteadyClock::time_point now);
   PageCounts ReservedPages() const;
+  // Fills an unfilled reservation for `length` tokens through `import`, which takes the
+  // pages and says how many.
+  absl::Status ImportIntoReservation(RequestId id, int64_t length,
+                                     const std::function<absl::StatusOr<PageCounts>()>& import);
   // Pages admission may use: available minus those reservations hold back.
   PageCounts AvailableNow() const;
 
@@ -155,11 +168,18 @@ class Scheduler {
     PageCounts pages;  // still held back from admission
     int64_t prompt_tokens = 0;
     int max_tokens = 0;
-    bool filled = false;
+    bool filled = false;     // the store holds its sequence
+    bool receiving = false;  // a device transport is writing the sequence's pages
+    bool cancel_pending = false;
     SteadyClock::time_point expiry;
   };
   std::unordered_map<RequestId, Reservation> reservations_;
-  std::unordered_map<RequestId, SteadyClock::time_point> leased_;  // handle -> expiry
+  struct Lease {
+    SteadyClock::time_point expiry;
+    int exports = 0;  // device transfers reading the pages
+    bool release_pending = false;
+  };
+  std::unordered_map<RequestId, Lease> leased_;
   // Pages promised to the inputs planned so far in this step, and what was available.
   PageCounts planned_;
   PageCounts available_;

@@ -46,7 +46,7 @@ PageCounts Scheduler::AvailableNow() const {
 
 void Scheduler::ExpireLeases(SteadyClock::time_point now) {
   for (auto it = leased_.begin(); it != leased_.end();) {
-    if (it->second > now) {
+    if (it->second.expiry > now || it->second.exports > 0) {
       ++it;
       continue;
     }
@@ -55,7 +55,7 @@ void Scheduler::ExpireLeases(SteadyClock::time_point now) {
     it = leased_.erase(it);
   }
   for (auto it = reservations_.begin(); it != reservations_.end();) {
-    if (it->second.expiry > now) {
+    if (it->second.expiry > now || it->second.receiving) {
       ++it;
       continue;
     }
@@ -93,36 +93,79 @@ absl::StatusOr<RequestId> Scheduler::Reserve(int64_t prompt_tokens, int max_toke
   return id;
 }
 
-absl::Status Scheduler::FillReservation(RequestId id, const KvSnapshot& snapshot) {
+absl::Status Scheduler::ImportIntoReservation(
+    RequestId id, int64_t length, const std::function<absl::StatusOr<PageCounts>()>& import) {
   auto it = reservations_.find(id);
   if (it == reservations_.end()) {
     return absl::NotFoundError(absl::StrCat("no KV reservation ", id, " (expired or unknown)"));
   }
   Reservation& reservation = it->second;
   if (reservation.filled) return absl::AlreadyExistsError("the reservation is already filled");
-  if (snapshot.length != reservation.prompt_tokens) {
-    return absl::InvalidArgumentError(absl::StrCat("the KV holds ", snapshot.length,
-                                                   " tokens, the reservation is for ",
-                                                   reservation.prompt_tokens));
+  if (length != reservation.prompt_tokens) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the KV holds ", length, " tokens, the reservation is for ", reservation.prompt_tokens));
   }
   // The reservation's pages stand aside while the import takes real ones.
   const PageCounts held = reservation.pages;
   reservation.pages = {};
-  if (absl::Status status = engine_->SwapIn(id, snapshot); !status.ok()) {
+  absl::StatusOr<PageCounts> imported = import();
+  if (!imported.ok()) {
     reservation.pages = held;
-    return status;
+    return imported.status();
   }
-  const PageCounts imported{snapshot.num_dense_pages,
-                            static_cast<int64_t>(snapshot.streaming_indices.size())};
-  reservation.pages = {std::max<int64_t>(0, held.dense - imported.dense),
-                       std::max<int64_t>(0, held.streaming - imported.streaming)};
+  reservation.pages = {std::max<int64_t>(0, held.dense - imported->dense),
+                       std::max<int64_t>(0, held.streaming - imported->streaming)};
   reservation.filled = true;
   return absl::OkStatus();
+}
+
+absl::Status Scheduler::FillReservation(RequestId id, const KvSnapshot& snapshot) {
+  return ImportIntoReservation(id, snapshot.length, [&]() -> absl::StatusOr<PageCounts> {
+    if (absl::Status status = engine_->SwapIn(id, snapshot); !status.ok()) return status;
+    return PageCounts{snapshot.num_dense_pages,
+                      static_cast<int64_t>(snapshot.streaming_indices.size())};
+  });
+}
+
+absl::StatusOr<KvPlacement> Scheduler::ClaimReservation(RequestId id, const KvSnapshot& manifest) {
+  KvPlacement placement;
+  absl::Status status =
+      ImportIntoReservation(id, manifest.length, [&]() -> absl::StatusOr<PageCounts> {
+        absl::StatusOr<KvPlacement> claimed = engine_->ImportPages(id, manifest);
+        if (!claimed.ok()) return claimed.status();
+        placement = *std::move(claimed);
+        return PageCounts{static_cast<int64_t>(placement.dense.size()),
+                          static_cast<int64_t>(placement.streaming.size())};
+      });
+  if (!status.ok()) return status;
+  reservations_[id].receiving = true;
+  return placement;
+}
+
+absl::Status Scheduler::EndReceive(RequestId id, bool received) {
+  auto it = reservations_.find(id);
+  if (it == reservations_.end() || !it->second.receiving) {
+    return absl::FailedPreconditionError(absl::StrCat("KV reservation ", id, " is not receiving"));
+  }
+  Reservation& reservation = it->second;
+  reservation.receiving = false;
+  if (received && !reservation.cancel_pending) return absl::OkStatus();
+  // The pages go back; a failed receive leaves the reservation to be filled again.
+  CHECK(engine_->FreeSequence(id).ok());
+  reservation.filled = false;
+  reservation.pages = capacity_->MaxPagesFor(reservation.prompt_tokens + reservation.max_tokens);
+  if (reservation.cancel_pending) reservations_.erase(it);
+  return received ? absl::CancelledError(absl::StrCat("KV reservation ", id, " was cancelled"))
+                  : absl::OkStatus();
 }
 
 absl::Status Scheduler::CancelReservation(RequestId id) {
   auto it = reservations_.find(id);
   if (it == reservations_.end()) return absl::NotFoundError(absl::StrCat("no reservation ", id));
+  if (it->second.receiving) {
+    it->second.cancel_pending = true;  // the transport still writes its pages
+    return absl::OkStatus();
+  }
   if (it->second.filled) CHECK(engine_->FreeSequence(id).ok());
   reservations_.erase(it);
   return absl::OkStatus();
@@ -131,7 +174,7 @@ absl::Status Scheduler::CancelReservation(RequestId id) {
 absl::Status Scheduler::SubmitReserved(RequestId id, GenerationRequest request,
                                        const GeneratedToken& first) {
   auto it = reservations_.find(id);
-  if (it == reservations_.end() || !it->second.filled) {
+  if (it == reservations_.end() || !it->second.filled || it->second.receiving) {
     return absl::FailedPreconditionError(
         absl::StrCat("KV reservation ", id, " is unknown, expired or not filled yet"));
   }
@@ -177,16 +220,40 @@ absl::Status Scheduler::SubmitReserved(RequestId id, GenerationRequest request,
 }
 
 absl::StatusOr<KvSnapshot> Scheduler::ExportLeased(RequestId handle) const {
-  if (leased_.count(handle) == 0) {
+  auto it = leased_.find(handle);
+  if (it == leased_.end() || it->second.release_pending) {
     return absl::NotFoundError(absl::StrCat("no leased KV ", handle, " (released or expired)"));
   }
   return engine_->kv_store().ExportSequence(handle);
 }
 
+absl::StatusOr<KvPageExport> Scheduler::BeginLeasedExport(RequestId handle) {
+  auto it = leased_.find(handle);
+  if (it == leased_.end() || it->second.release_pending) {
+    return absl::NotFoundError(absl::StrCat("no leased KV ", handle, " (released or expired)"));
+  }
+  absl::StatusOr<KvPageExport> exported = engine_->kv_store().ExportPages(handle);
+  if (exported.ok()) ++it->second.exports;
+  return exported;
+}
+
+void Scheduler::EndLeasedExport(RequestId handle) {
+  auto it = leased_.find(handle);
+  if (it == leased_.end() || it->second.exports == 0) return;
+  if (--it->second.exports == 0 && it->second.release_pending) {
+    CHECK(engine_->FreeSequence(handle).ok());
+    leased_.erase(it);
+  }
+}
+
 absl::Status Scheduler::ReleaseLeased(RequestId handle) {
   auto it = leased_.find(handle);
-  if (it == leased_.end()) {
+  if (it == leased_.end() || it->second.release_pending) {
     return absl::NotFoundError(absl::StrCat("no leased KV ", handle, " (released or expired)"));
+  }
+  if (it->second.exports > 0) {
+    it->second.release_pending = true;  // freed when the last transfer ends
+    return absl::OkStatus();
   }
   CHECK(engine_->FreeSequence(handle).ok());
   leased_.erase(it);

@@ -3,6 +3,8 @@
 #include <chrono>
 #include <utility>
 
+#include "common/logging.h"
+
 namespace lserve {
 
 EngineLoop::EngineLoop(Engine* engine, Scheduler* scheduler, StepObserver observer)
@@ -78,6 +80,9 @@ LoopSnapshot EngineLoop::Snapshot() const {
 
 void EngineLoop::Loop() {
   using Clock = std::chrono::steady_clock;
+  if (absl::Status bound = engine_->backend().BindCallingThread(); !bound.ok()) {
+    LOG(Error) << "engine thread: " << bound;
+  }
   while (true) {
     {
       std::unique_lock<std::mutex> lock(wake_mu_);

@@ -8,32 +8,21 @@ namespace lserve {
 
 GrpcKvTransport::GrpcKvTransport(std::shared_ptr<grpc::ChannelCredentials> credentials,
                                  int max_message_bytes, size_t chunk_bytes)
-    : credentials_(std::move(credentials)),
-      max_message_bytes_(max_message_bytes),
-      chunk_bytes_(chunk_bytes) {}
+    : stubs_(std::move(credentials), max_message_bytes), chunk_bytes_(chunk_bytes) {}
 
-v1::Worker::Stub* GrpcKvTransport::StubFor(const std::string& target) {
-  std::lock_guard<std::mutex> lock(mu_);
-  auto& stub = stubs_[target];
-  if (stub == nullptr) {
-    grpc::ChannelArguments args;
-    args.SetMaxSendMessageSize(max_message_bytes_);
-    args.SetMaxReceiveMessageSize(max_message_bytes_);
-    stub = v1::Worker::NewStub(grpc::CreateCustomChannel(target, credentials_, args));
-  }
-  return stub.get();
-}
-
-absl::StatusOr<int64_t> GrpcKvTransport::Push(const std::string& target, uint64_t reservation_id,
-                                              const KvSnapshot& snapshot,
-                                              std::chrono::steady_clock::time_point deadline) {
+absl::StatusOr<KvPushResult> GrpcKvTransport::Push(const std::string& target,
+                                                   uint64_t reservation_id, KvSource& source,
+                                                   std::chrono::steady_clock::time_point deadline) {
+  absl::StatusOr<KvSnapshot> read = source.ReadSnapshot();
+  if (!read.ok()) return read.status();
+  const KvSnapshot& snapshot = *read;
   grpc::ClientContext context;
   // gRPC takes system-clock deadlines.
   context.set_deadline(std::chrono::system_clock::now() +
                        (deadline - std::chrono::steady_clock::now()));
   v1::PushKvResponse response;
   std::unique_ptr<grpc::ClientWriter<v1::KvChunk>> writer =
-      StubFor(target)->PushKv(&context, &response);
+      stubs_.For(target)->PushKv(&context, &response);
   v1::KvChunk chunk;
   *chunk.mutable_header() = KvHeaderFor(snapshot, reservation_id);
   bool open = writer->Write(chunk);
@@ -50,7 +39,7 @@ absl::StatusOr<int64_t> GrpcKvTransport::Push(const std::string& target, uint64_
     return absl::Status(net::FromGrpcStatus(status).code(),
                         absl::StrCat("KV push to ", target, ": ", status.error_message()));
   }
-  return response.bytes();
+  return KvPushResult{response.bytes(), "grpc"};
 }
 
 }  // namespace lserve

@@ -94,15 +94,9 @@ absl::Status ForEachKvChunk(const KvSnapshot& snapshot, size_t chunk_bytes,
   return absl::OkStatus();
 }
 
-absl::Status KvReceiver::OnHeader(const v1::KvHeader& h) {
-  if (have_header_) return absl::InvalidArgumentError("KV stream: a second header");
-  if (h.dense_bytes() < 0 || h.streaming_bytes() < 0 || h.length() < 0 || h.num_dense_pages() < 0 ||
-      h.dense_bytes() + h.streaming_bytes() > max_bytes_) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("KV stream: header announces ", h.dense_bytes() + h.streaming_bytes(),
-                     " bytes, at most ", max_bytes_, " are accepted"));
-  }
-  KvShape& shape = snapshot_.shape;
+absl::StatusOr<KvSnapshot> ManifestFromHeader(const v1::KvHeader& h) {
+  KvSnapshot snapshot;
+  KvShape& shape = snapshot.shape;
   shape.num_layers = h.num_layers();
   shape.num_kv_heads = h.num_kv_heads();
   shape.head_dim = h.head_dim();
@@ -116,10 +110,24 @@ absl::Status KvReceiver::OnHeader(const v1::KvHeader& h) {
   shape.prefill_local = h.prefill_local();
   shape.decode_local = h.decode_local();
   shape.max_chunk_tokens = h.max_chunk_tokens();
-  snapshot_.length = h.length();
-  snapshot_.decoding = h.decoding();
-  snapshot_.num_dense_pages = h.num_dense_pages();
-  snapshot_.streaming_indices.assign(h.streaming_indices().begin(), h.streaming_indices().end());
+  snapshot.length = h.length();
+  snapshot.decoding = h.decoding();
+  snapshot.num_dense_pages = h.num_dense_pages();
+  snapshot.streaming_indices.assign(h.streaming_indices().begin(), h.streaming_indices().end());
+  return snapshot;
+}
+
+absl::Status KvReceiver::OnHeader(const v1::KvHeader& h) {
+  if (have_header_) return absl::InvalidArgumentError("KV stream: a second header");
+  if (h.dense_bytes() < 0 || h.streaming_bytes() < 0 || h.length() < 0 || h.num_dense_pages() < 0 ||
+      h.dense_bytes() + h.streaming_bytes() > max_bytes_) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("KV stream: header announces ", h.dense_bytes() + h.streaming_bytes(),
+                     " bytes, at most ", max_bytes_, " are accepted"));
+  }
+  absl::StatusOr<KvSnapshot> manifest = ManifestFromHeader(h);
+  if (!manifest.ok()) return manifest.status();
+  snapshot_ = *std::move(manifest);
   snapshot_.dense_bytes.reserve(h.dense_bytes());
   snapshot_.streaming_bytes.reserve(h.streaming_bytes());
   reservation_id_ = h.reservation_id();

@@ -29,6 +29,8 @@ class KvChecksum {
 };
 
 v1::KvHeader KvHeaderFor(const KvSnapshot& snapshot, uint64_t reservation_id);
+// The snapshot a header describes, without bytes (sizes unchecked: the store checks).
+absl::StatusOr<KvSnapshot> ManifestFromHeader(const v1::KvHeader& header);
 
 // Calls fn with consecutive pieces of at most chunk_bytes of the snapshot's bytes (dense,
 // then streaming); stops at the first error.

@@ -49,6 +49,11 @@ absl::StatusOr<std::unique_ptr<WorkerMetrics>> WorkerMetrics::Create(metrics::Re
       m->handoff_seconds_,
       r->AddHistogram("lserve_kv_transfer_seconds", "Duration of one KV hand-off between workers.",
                       {"direction", "transport"}, latency));
+  ASSIGN_OR_RETURN(m->transport_fallbacks_,
+                   r->AddCounter("lserve_kv_transport_fallbacks_total",
+                                 "KV hand-offs sent over gRPC because NCCL could not carry them, "
+                                 "by reason.",
+                                 {"reason"}));
   // Engine counters, advanced by the deltas each step reports.
   auto counter = [&](std::string_view name, std::string_view help,
                      metrics::Counter** out) -> absl::Status {
@@ -158,6 +163,10 @@ void WorkerMetrics::KvHandoff(std::string_view direction, std::string_view trans
                               double seconds) {
   handoff_bytes_->LabelsOrDie({direction, transport}).Increment(static_cast<double>(bytes));
   handoff_seconds_->LabelsOrDie({direction, transport}).Observe(seconds);
+}
+
+void WorkerMetrics::KvTransportFallback(std::string_view reason) {
+  transport_fallbacks_->LabelsOrDie({reason}).Increment();
 }
 
 }  // namespace lserve

@@ -31,6 +31,7 @@ class WorkerMetrics {
   void Step(double seconds, const LoopSnapshot& before, const LoopSnapshot& after);
   void KvHandoff(std::string_view direction, std::string_view transport, int64_t bytes,
                  double seconds);
+  void KvTransportFallback(std::string_view reason);
 
  private:
   WorkerMetrics() = default;
@@ -54,6 +55,7 @@ class WorkerMetrics {
   metrics::Counter* tiles_skipped_ = nullptr;
   metrics::Family<metrics::Counter>* handoff_bytes_ = nullptr;
   metrics::Family<metrics::Histogram>* handoff_seconds_ = nullptr;
+  metrics::Family<metrics::Counter>* transport_fallbacks_ = nullptr;
 };
 
 }  // namespace lserve

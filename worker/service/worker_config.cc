@@ -21,6 +21,7 @@ void ApplyWorkerDefaults(v1::WorkerConfig* c) {
   if (c->model_path().empty() && c->builtin_model().empty()) c->set_builtin_model("tiny");
   if (c->model_seed() == 0) c->set_model_seed(1);
   if (c->backend().empty()) c->set_backend("cpu");
+  if (c->kv_transport().empty()) c->set_kv_transport(c->backend() == "cuda" ? "nccl" : "grpc");
   if (c->role() == v1::WORKER_ROLE_UNSPECIFIED) c->set_role(v1::WORKER_ROLE_UNIFIED);
   if (c->gpu_memory_utilization() == 0) c->set_gpu_memory_utilization(0.9);
   if (c->max_batch_tokens() == 0) c->set_max_batch_tokens(2048);
@@ -43,12 +44,23 @@ absl::Status ValidateWorkerConfig(const v1::WorkerConfig& c) {
   if (!c.model_path().empty() && !std::filesystem::is_directory(c.model_path())) {
     return Invalid("model_path", absl::StrCat("'", c.model_path(), "' is not a folder"));
   }
-  if (c.model_path().empty() && c.builtin_model() != "tiny" && c.builtin_model() != "100m") {
+  if (c.model_path().empty() && c.builtin_model() != "tiny" && c.builtin_model() != "100m" &&
+      c.builtin_model() != "llama3-8b") {
     return Invalid("builtin_model",
-                   absl::StrCat("must be tiny or 100m, got '", c.builtin_model(), "'"));
+                   absl::StrCat("must be tiny, 100m or llama3-8b, got '", c.builtin_model(), "'"));
   }
   if (c.backend() != "cpu" && c.backend() != "cuda") {
     return Invalid("backend", absl::StrCat("must be cpu or cuda, got '", c.backend(), "'"));
+  }
+  if (c.kv_transport() != "grpc" && c.kv_transport() != "nccl") {
+    return Invalid("kv_transport",
+                   absl::StrCat("must be grpc or nccl, got '", c.kv_transport(), "'"));
+  }
+  if (c.kv_transport() == "nccl" && c.backend() != "cuda") {
+    return Invalid("kv_transport", "nccl needs the cuda backend");
+  }
+  if (c.device() < 0) {
+    return Invalid("device", absl::StrCat("must be >= 0, got ", c.device()));
   }
   if (c.threads() < 0 || c.threads() > 1024) return Invalid("threads", "must be in [0, 1024]");
   if (!std::isfinite(c.gpu_memory_utilization()) || c.gpu_memory_utilization() <= 0 ||
@@ -140,8 +152,9 @@ absl::StatusOr<SchedulerOptions> SchedulerOptionsFor(const v1::WorkerConfig& c) 
 
 absl::StatusOr<ModelWeights> LoadWorkerModel(const v1::WorkerConfig& c) {
   if (!c.model_path().empty()) return LoadModelWeights(c.model_path());
-  const ModelConfig config =
-      c.builtin_model() == "100m" ? Synthetic100MConfig() : TinySyntheticConfig();
+  const ModelConfig config = c.builtin_model() == "100m"        ? Synthetic100MConfig()
+                             : c.builtin_model() == "llama3-8b" ? Llama3_8BConfig()
+                                                                : TinySyntheticConfig();
   return MakeSyntheticWeights(config, c.model_seed());
 }
 

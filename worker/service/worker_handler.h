@@ -5,6 +5,7 @@
 #define LSERVE_WORKER_SERVICE_WORKER_HANDLER_H_
 
 #include <chrono>
+#include <condition_variable>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -69,6 +70,16 @@ class WorkerHandler {
   absl::StatusOr<v1::TransferKvResponse> TransferKv(const v1::TransferKvRequest& request,
                                                     SteadyClock::time_point deadline);
   absl::Status ReleaseKv(const v1::ReleaseKvRequest& request);
+  // The device transport's receiving side (decode workers with a KvLinkReceiver, which
+  // must outlive the handler; without one these answer UNIMPLEMENTED).
+  void set_kv_link_receiver(KvLinkReceiver* receiver) { link_receiver_ = receiver; }
+  absl::StatusOr<v1::OpenKvLinkResponse> OpenKvLink(const v1::OpenKvLinkRequest& request,
+                                                    SteadyClock::time_point deadline);
+  // Claims pages for the reservation and posts the receives into them; returns the pages.
+  absl::StatusOr<v1::PostKvReceiveResponse> PostKvReceive(const v1::PostKvReceiveRequest& request);
+  // Blocks until the posted receive ends: OK once the reservation holds the KV.
+  absl::StatusOr<v1::PushKvResponse> FinishKvReceive(const v1::FinishKvReceiveRequest& request,
+                                                     SteadyClock::time_point deadline);
   absl::StatusOr<RequestId> StartDecode(const v1::DecodeRequest& request,
                                         std::optional<SteadyClock::time_point> deadline,
                                         ResponseSink sink);
@@ -87,10 +98,22 @@ class WorkerHandler {
   EngineLoop::EventSink StreamSink(std::string client_id, bool logprobs, ResponseSink sink);
   void Forget(const std::string& client_id);
 
+  // A receive posted by PostKvReceive, until FinishKvReceive reads its outcome.
+  struct PendingReceive {
+    std::mutex mu;
+    std::condition_variable done;
+    std::optional<absl::Status> outcome;
+    int64_t bytes = 0;
+  };
+  absl::Status CheckLinks() const;
+
   EngineLoop* loop_;
   WorkerIdentity identity_;
   KvTransport* transport_;
   WorkerMetrics* metrics_;
+  KvLinkReceiver* link_receiver_ = nullptr;
+  std::mutex receives_mu_;
+  std::unordered_map<uint64_t, std::shared_ptr<PendingReceive>> receives_;  // by reservation
   mutable std::mutex ids_mu_;
   std::unordered_map<std::string, RequestId> client_ids_;  // live requests by client id
 };

@@ -1,12 +1,53 @@
 // The handler's side of the disaggregated hand-off (DESIGN.md §1): the prefill worker
 // computes a prompt and keeps its KV under a lease; the decode worker reserves pages,
 // receives the KV and continues from the first token.
+#include <algorithm>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "common/logging.h"
 #include "worker/service/worker_handler.h"
 
 namespace lserve {
+namespace {
+
+// A leased handle's KV, read on the engine thread; pinned pages are unpinned (and freed,
+// when released meanwhile) with the source.
+class LeasedKvSource final : public KvSource {
+ public:
+  LeasedKvSource(EngineLoop* loop, RequestId handle) : loop_(loop), handle_(handle) {}
+  ~LeasedKvSource() override {
+    if (!pinned_) return;
+    (void)loop_->Run<absl::Status>([&] {
+      loop_->scheduler().EndLeasedExport(handle_);
+      return absl::OkStatus();
+    });
+  }
+  absl::StatusOr<KvSnapshot> ReadSnapshot() override {
+    return loop_->Run<absl::StatusOr<KvSnapshot>>(
+        [&] { return loop_->scheduler().ExportLeased(handle_); });
+  }
+  absl::StatusOr<KvPageExport> PinPages() override {
+    if (pinned_) return absl::FailedPreconditionError("the KV's pages are already pinned");
+    absl::StatusOr<KvPageExport> pages = loop_->Run<absl::StatusOr<KvPageExport>>(
+        [&] { return loop_->scheduler().BeginLeasedExport(handle_); });
+    pinned_ = pages.ok();
+    return pages;
+  }
+  const KvPool& dense_pool() const override { return loop_->engine().kv_store().dense_pool(); }
+  const KvPool& streaming_pool() const override {
+    return loop_->engine().kv_store().streaming_pool();
+  }
+
+ private:
+  EngineLoop* loop_;
+  RequestId handle_;
+  bool pinned_ = false;
+};
+
+constexpr int64_t kMaxReceiveTimeoutMs = 600'000;
+
+}  // namespace
 
 absl::Status WorkerHandler::CheckRole(bool prefill_side) const {
   const v1::WorkerRole wrong = prefill_side ? v1::WORKER_ROLE_DECODE : v1::WORKER_ROLE_PREFILL;
@@ -102,17 +143,146 @@ absl::StatusOr<v1::TransferKvResponse> WorkerHandler::TransferKv(const v1::Trans
   if (transport_ == nullptr) return absl::FailedPreconditionError("no KV transport configured");
   const RequestId handle = static_cast<RequestId>(r.kv_handle());
   const SteadyClock::time_point start = SteadyClock::now();
-  absl::StatusOr<KvSnapshot> snapshot = loop_->Run<absl::StatusOr<KvSnapshot>>(
-      [&] { return loop_->scheduler().ExportLeased(handle); });
-  if (!snapshot.ok()) return snapshot.status();
-  absl::StatusOr<int64_t> bytes =
-      transport_->Push(r.target(), r.reservation_id(), *snapshot, deadline);
-  if (!bytes.ok()) return bytes.status();
+  absl::StatusOr<KvPushResult> pushed;
+  {
+    LeasedKvSource source(loop_, handle);
+    pushed = transport_->Push(r.target(), r.reservation_id(), source, deadline);
+  }
+  if (!pushed.ok()) return pushed.status();
   const double seconds = std::chrono::duration<double>(SteadyClock::now() - start).count();
-  if (metrics_ != nullptr) metrics_->KvHandoff("out", transport_->name(), *bytes, seconds);
+  if (metrics_ != nullptr) metrics_->KvHandoff("out", pushed->transport, pushed->bytes, seconds);
   v1::TransferKvResponse response;
-  response.set_bytes(*bytes);
+  response.set_bytes(pushed->bytes);
   response.set_seconds(seconds);
+  response.set_transport(pushed->transport);
+  return response;
+}
+
+absl::Status WorkerHandler::CheckLinks() const {
+  if (absl::Status status = CheckRole(false); !status.ok()) return status;
+  if (link_receiver_ == nullptr) {
+    return absl::UnimplementedError("this worker has no device KV transport");
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<v1::OpenKvLinkResponse> WorkerHandler::OpenKvLink(const v1::OpenKvLinkRequest& r,
+                                                                 SteadyClock::time_point deadline) {
+  if (absl::Status status = CheckLinks(); !status.ok()) return status;
+  if (r.timeout_ms() > 0) {
+    deadline = std::min(deadline, SteadyClock::now() + std::chrono::milliseconds(std::min<int64_t>(
+                                                           r.timeout_ms(), kMaxReceiveTimeoutMs)));
+  }
+  absl::StatusOr<int64_t> bytes = link_receiver_->Open(r.link_id(), r.nccl_unique_id(), deadline);
+  if (!bytes.ok()) return bytes.status();
+  v1::OpenKvLinkResponse response;
+  response.set_device_bytes(*bytes);
+  return response;
+}
+
+absl::StatusOr<v1::PostKvReceiveResponse> WorkerHandler::PostKvReceive(
+    const v1::PostKvReceiveRequest& r) {
+  if (absl::Status status = CheckLinks(); !status.ok()) return status;
+  absl::StatusOr<KvSnapshot> manifest = ManifestFromHeader(r.header());
+  if (!manifest.ok()) return manifest.status();
+  if (r.src_dense_pages_size() != manifest->num_dense_pages ||
+      r.src_streaming_pages_size() != static_cast<int>(manifest->streaming_indices.size())) {
+    return absl::InvalidArgumentError("the sender's page lists do not match the KV header");
+  }
+  const RequestId reservation = static_cast<RequestId>(r.header().reservation_id());
+  const uint64_t key = r.header().reservation_id();
+  auto pending = std::make_shared<PendingReceive>();
+  {
+    std::lock_guard<std::mutex> lock(receives_mu_);
+    auto [it, inserted] = receives_.emplace(key, pending);
+    if (!inserted) {
+      // A failed receive's outcome gives way to a new attempt; a live one does not.
+      std::lock_guard<std::mutex> old(it->second->mu);
+      if (!it->second->outcome.has_value() || it->second->outcome->ok()) {
+        return absl::AlreadyExistsError(absl::StrCat("reservation ", key, " is already receiving"));
+      }
+      it->second = pending;
+    }
+  }
+  auto forget = [this, key] {
+    std::lock_guard<std::mutex> lock(receives_mu_);
+    receives_.erase(key);
+  };
+  absl::StatusOr<KvPlacement> placement = loop_->Run<absl::StatusOr<KvPlacement>>(
+      [&] { return loop_->scheduler().ClaimReservation(reservation, *manifest); });
+  if (!placement.ok()) {
+    forget();
+    return placement.status();
+  }
+  KvPlacement sender;
+  sender.dense.assign(r.src_dense_pages().begin(), r.src_dense_pages().end());
+  sender.streaming.assign(r.src_streaming_pages().begin(), r.src_streaming_pages().end());
+  const KvStore& kv = loop_->engine().kv_store();
+  std::vector<KvByteRange> ranges =
+      KvTransferRanges(kv.dense_pool(), kv.streaming_pool(), *placement, sender);
+  pending->bytes = TotalBytes(ranges);
+  const int64_t timeout_ms =
+      r.timeout_ms() > 0 ? std::min<int64_t>(r.timeout_ms(), kMaxReceiveTimeoutMs) : 60'000;
+  const SteadyClock::time_point start = SteadyClock::now();
+  auto done = [this, reservation, pending, start](absl::Status outcome) {
+    absl::Status ended = loop_->Run<absl::Status>(
+        [&] { return loop_->scheduler().EndReceive(reservation, outcome.ok()); });
+    if (outcome.ok()) outcome = ended;
+    if (outcome.ok() && metrics_ != nullptr) {
+      metrics_->KvHandoff("in", "nccl", pending->bytes,
+                          std::chrono::duration<double>(SteadyClock::now() - start).count());
+    }
+    if (!outcome.ok()) {
+      LOG(Warning) << "KV receive into reservation " << reservation << " failed: " << outcome;
+    }
+    std::lock_guard<std::mutex> lock(pending->mu);
+    pending->outcome = outcome;
+    pending->done.notify_all();
+  };
+  absl::Status posted =
+      link_receiver_->PostReceive(r.link_id(), std::move(ranges),
+                                  start + std::chrono::milliseconds(timeout_ms), std::move(done));
+  if (!posted.ok()) {
+    (void)loop_->Run<absl::Status>(
+        [&] { return loop_->scheduler().EndReceive(reservation, false); });
+    forget();
+    return posted;
+  }
+  v1::PostKvReceiveResponse response;
+  response.mutable_dst_dense_pages()->Assign(placement->dense.begin(), placement->dense.end());
+  response.mutable_dst_streaming_pages()->Assign(placement->streaming.begin(),
+                                                 placement->streaming.end());
+  return response;
+}
+
+absl::StatusOr<v1::PushKvResponse> WorkerHandler::FinishKvReceive(
+    const v1::FinishKvReceiveRequest& r, SteadyClock::time_point deadline) {
+  if (absl::Status status = CheckLinks(); !status.ok()) return status;
+  std::shared_ptr<PendingReceive> pending;
+  {
+    std::lock_guard<std::mutex> lock(receives_mu_);
+    auto it = receives_.find(r.reservation_id());
+    if (it == receives_.end()) {
+      return absl::NotFoundError(
+          absl::StrCat("no KV receive into reservation ", r.reservation_id()));
+    }
+    pending = it->second;
+  }
+  absl::Status outcome;
+  {
+    std::unique_lock<std::mutex> lock(pending->mu);
+    if (!pending->done.wait_until(lock, deadline, [&] { return pending->outcome.has_value(); })) {
+      return absl::DeadlineExceededError("the KV receive is still running");
+    }
+    outcome = *pending->outcome;
+  }
+  {
+    std::lock_guard<std::mutex> lock(receives_mu_);
+    receives_.erase(r.reservation_id());
+  }
+  if (!outcome.ok()) return outcome;
+  v1::PushKvResponse response;
+  response.set_bytes(pending->bytes);
   return response;
 }
 

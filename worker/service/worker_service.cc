@@ -161,19 +161,52 @@ grpc::ServerReadReactor<v1::KvChunk>* WorkerApiService::PushKv(grpc::CallbackSer
   return new PushKvReactor(handler_, response);
 }
 
-grpc::ServerUnaryReactor* WorkerApiService::TransferKv(grpc::CallbackServerContext* context,
-                                                       const v1::TransferKvRequest* request,
-                                                       v1::TransferKvResponse* response) {
+// Runs a call that blocks (a transfer, joining a communicator) off the gRPC callback
+// threads; `call` returns the response or an error.
+template <typename Response, typename Call>
+grpc::ServerUnaryReactor* OnOwnThread(grpc::CallbackServerContext* context, Response* response,
+                                      Call call) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   const SteadyClock::time_point deadline =
       DeadlineOf(context).value_or(SteadyClock::now() + std::chrono::minutes(5));
-  // The push blocks for the whole transfer: keep it off the gRPC callback threads.
-  std::thread([this, reactor, request, response, deadline] {
-    absl::StatusOr<v1::TransferKvResponse> result = handler_->TransferKv(*request, deadline);
+  std::thread([reactor, response, deadline, call = std::move(call)] {
+    absl::StatusOr<Response> result = call(deadline);
     if (result.ok()) *response = *result;
     reactor->Finish(ToGrpcStatus(result.status()));
   }).detach();
   return reactor;
+}
+
+grpc::ServerUnaryReactor* WorkerApiService::TransferKv(grpc::CallbackServerContext* context,
+                                                       const v1::TransferKvRequest* request,
+                                                       v1::TransferKvResponse* response) {
+  return OnOwnThread(context, response, [this, request](SteadyClock::time_point deadline) {
+    return handler_->TransferKv(*request, deadline);
+  });
+}
+
+grpc::ServerUnaryReactor* WorkerApiService::OpenKvLink(grpc::CallbackServerContext* context,
+                                                       const v1::OpenKvLinkRequest* request,
+                                                       v1::OpenKvLinkResponse* response) {
+  return OnOwnThread(context, response, [this, request](SteadyClock::time_point deadline) {
+    return handler_->OpenKvLink(*request, deadline);
+  });
+}
+
+grpc::ServerUnaryReactor* WorkerApiService::PostKvReceive(grpc::CallbackServerContext* context,
+                                                          const v1::PostKvReceiveRequest* request,
+                                                          v1::PostKvReceiveResponse* response) {
+  absl::StatusOr<v1::PostKvReceiveResponse> result = handler_->PostKvReceive(*request);
+  if (result.ok()) *response = *std::move(result);
+  return Done(context, result.status());
+}
+
+grpc::ServerUnaryReactor* WorkerApiService::FinishKvReceive(
+    grpc::CallbackServerContext* context, const v1::FinishKvReceiveRequest* request,
+    v1::PushKvResponse* response) {
+  return OnOwnThread(context, response, [this, request](SteadyClock::time_point deadline) {
+    return handler_->FinishKvReceive(*request, deadline);
+  });
 }
 
 grpc::ServerUnaryReactor* WorkerApiService::ReleaseKv(grpc::CallbackServerContext* context,

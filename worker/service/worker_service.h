@@ -49,6 +49,15 @@ class WorkerApiService final : public v1::Worker::CallbackService {
   grpc::ServerUnaryReactor* TransferKv(grpc::CallbackServerContext* context,
                                        const v1::TransferKvRequest* request,
                                        v1::TransferKvResponse* response) override;
+  grpc::ServerUnaryReactor* OpenKvLink(grpc::CallbackServerContext* context,
+                                       const v1::OpenKvLinkRequest* request,
+                                       v1::OpenKvLinkResponse* response) override;
+  grpc::ServerUnaryReactor* PostKvReceive(grpc::CallbackServerContext* context,
+                                          const v1::PostKvReceiveRequest* request,
+                                          v1::PostKvReceiveResponse* response) override;
+  grpc::ServerUnaryReactor* FinishKvReceive(grpc::CallbackServerContext* context,
+                                            const v1::FinishKvReceiveRequest* request,
+                                            v1::PushKvResponse* response) override;
   grpc::ServerUnaryReactor* ReleaseKv(grpc::CallbackServerContext* context,
                                       const v1::ReleaseKvRequest* request,
                                       v1::ReleaseKvResponse* response) override;

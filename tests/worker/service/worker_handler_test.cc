@@ -8,63 +8,16 @@
 
 #include "gtest/gtest.h"
 #include "tests/worker/engine_test_util.h"
+#include "tests/worker/service/worker_test_util.h"
 #include "worker/scheduler/offline.h"
 
 namespace lserve {
 namespace {
 
-struct Worker {
-  explicit Worker(v1::WorkerRole role, KvTransport* transport = nullptr) {
-    engine = testing::MakeTinyEngine();
-    scheduler = *Scheduler::Create(engine.get(), SchedulerOptions{});
-    loop = std::make_unique<EngineLoop>(engine.get(), scheduler.get());
-    WorkerIdentity identity;
-    identity.model_name = "tiny";
-    identity.role = role;
-    identity.backend = "cpu";
-    identity.max_context = 4096;
-    handler = std::make_unique<WorkerHandler>(loop.get(), identity, transport, nullptr);
-  }
-  std::unique_ptr<Engine> engine;
-  std::unique_ptr<Scheduler> scheduler;
-  std::unique_ptr<EngineLoop> loop;
-  std::unique_ptr<WorkerHandler> handler;
-};
-
-struct Collected {
-  std::vector<int32_t> tokens;
-  int responses = 0;
-  v1::FinishReason reason = v1::FINISH_REASON_UNSPECIFIED;
-  absl::Status status;
-};
-
-// Runs a stream to its end and returns what it produced.
-Collected Stream(const std::function<absl::StatusOr<RequestId>(ResponseSink)>& start) {
-  auto collected = std::make_shared<Collected>();
-  std::promise<void> done;
-  absl::StatusOr<RequestId> id =
-      start([&, collected](const v1::GenerateResponse& r, bool final, const absl::Status& s) {
-        ++collected->responses;
-        for (const auto& token : r.tokens()) collected->tokens.push_back(token.token_id());
-        if (!final) return;
-        collected->reason = r.finish_reason();
-        collected->status = s;
-        done.set_value();
-      });
-  if (!id.ok()) {
-    collected->status = id.status();
-    return *collected;
-  }
-  done.get_future().wait();
-  return *collected;
-}
-
-v1::GenerateRequest Request(std::vector<int32_t> prompt, int max_tokens) {
-  v1::GenerateRequest request;
-  for (int32_t id : prompt) request.add_prompt_token_ids(id);
-  request.mutable_sampling()->set_max_tokens(max_tokens);
-  return request;
-}
+using testing::Collected;
+using testing::Request;
+using testing::Stream;
+using testing::Worker;
 
 TEST(WorkerHandlerTest, RejectsBadRequestsWithClearStatuses) {
   Worker w(v1::WORKER_ROLE_UNIFIED);
@@ -154,8 +107,11 @@ class LoopbackTransport : public KvTransport {
  public:
   explicit LoopbackTransport(WorkerHandler** target) : target_(target) {}
   std::string_view name() const override { return "loopback"; }
-  absl::StatusOr<int64_t> Push(const std::string&, uint64_t reservation, const KvSnapshot& snapshot,
-                               std::chrono::steady_clock::time_point) override {
+  absl::StatusOr<KvPushResult> Push(const std::string&, uint64_t reservation, KvSource& source,
+                                    std::chrono::steady_clock::time_point) override {
+    absl::StatusOr<KvSnapshot> read = source.ReadSnapshot();
+    if (!read.ok()) return read.status();
+    const KvSnapshot& snapshot = *read;
     std::unique_ptr<KvReceiver> receiver = (*target_)->NewKvReceiver();
     if (absl::Status s = receiver->OnHeader(KvHeaderFor(snapshot, reservation)); !s.ok()) return s;
     absl::Status s = ForEachKvChunk(snapshot, 1000,
@@ -163,7 +119,7 @@ class LoopbackTransport : public KvTransport {
     if (!s.ok()) return s;
     absl::StatusOr<v1::PushKvResponse> response = (*target_)->FinishPush(*receiver);
     if (!response.ok()) return response.status();
-    return response->bytes();
+    return KvPushResult{response->bytes(), "loopback"};
   }
 
  private:

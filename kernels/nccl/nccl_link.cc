@@ -1,0 +1,259 @@
+#include "kernels/nccl/nccl_link.h"
+
+#include <cuda_runtime_api.h>
+#include <nccl.h>
+
+#include <algorithm>
+#include <cstring>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "common/logging.h"
+#include "common/status_macros.h"
+
+namespace lserve::nccl {
+namespace {
+
+constexpr auto kPollInterval = std::chrono::microseconds(20);
+constexpr size_t kGroupBytes = size_t{1} << 30;
+
+absl::Status CudaError(cudaError_t error, absl::string_view what) {
+  if (error == cudaSuccess) return absl::OkStatus();
+  return absl::InternalError(absl::StrCat(what, ": ", cudaGetErrorString(error)));
+}
+
+absl::Status NcclError(ncclResult_t result, ncclComm_t comm, absl::string_view what) {
+  if (result == ncclSuccess) return absl::OkStatus();
+  const char* detail = ncclGetLastError(comm);
+  const std::string message =
+      absl::StrCat(what, ": ", ncclGetErrorString(result), detail != nullptr && *detail ? " (" : "",
+                   detail != nullptr ? detail : "", detail != nullptr && *detail ? ")" : "");
+  switch (result) {
+    case ncclInvalidArgument:
+    case ncclInvalidUsage:
+      return absl::InvalidArgumentError(message);
+    case ncclSystemError:
+    case ncclRemoteError:
+      return absl::UnavailableError(message);
+    default:
+      return absl::InternalError(message);
+  }
+}
+
+int64_t FreeDeviceBytes() {
+  size_t free = 0, total = 0;
+  if (cudaMemGetInfo(&free, &total) != cudaSuccess) return 0;
+  return static_cast<int64_t>(free);
+}
+
+}  // namespace
+
+struct NcclLink::Impl {
+  mutable std::mutex mu;
+  ncclComm_t comm = nullptr;
+  cudaStream_t stream = nullptr;
+  int rank = 0;
+  int device = 0;
+  bool broken = false;
+  int64_t device_bytes = 0;
+
+  void AbortLocked(absl::string_view why) {
+    if (broken) return;
+    broken = true;
+    LOG(Warning) << "NCCL link (rank " << rank << ", device " << device << ") aborted: " << why;
+    (void)cudaSetDevice(device);
+    (void)ncclCommAbort(comm);
+  }
+
+  // Polls the communicator until its queued calls are done (non-blocking mode), with the
+  // lock held only while polling.
+  absl::Status WaitReady(Deadline deadline, absl::string_view what,
+                         const std::atomic<bool>* cancelled = nullptr) {
+    while (true) {
+      std::unique_lock<std::mutex> lock(mu);
+      if (broken) return absl::UnavailableError(absl::StrCat(what, ": the link was aborted"));
+      ncclResult_t state = ncclSuccess;
+      const ncclResult_t polled = ncclCommGetAsyncError(comm, &state);
+      if (polled != ncclSuccess) state = polled;
+      if (state == ncclSuccess) return absl::OkStatus();
+      if (state != ncclInProgress) {
+        absl::Status error = NcclError(state, comm, what);
+        AbortLocked(error.message());
+        return error;
+      }
+      if (std::chrono::steady_clock::now() > deadline) {
+        AbortLocked(absl::StrCat(what, ": timed out"));
+        return absl::DeadlineExceededError(absl::StrCat(what, ": timed out"));
+      }
+      if (cancelled != nullptr && cancelled->load()) {
+        AbortLocked(absl::StrCat(what, ": given up"));
+        return absl::CancelledError(absl::StrCat(what, ": given up"));
+      }
+      lock.unlock();
+      std::this_thread::sleep_for(kPollInterval);
+    }
+  }
+};
+
+NcclLink::NcclLink(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+NcclLink::~NcclLink() {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  (void)cudaSetDevice(impl_->device);
+  // Nothing is in flight once a link is dropped; aborting frees its resources without
+  // waiting for a peer that may be gone.
+  if (!impl_->broken && impl_->comm != nullptr) (void)ncclCommAbort(impl_->comm);
+  if (impl_->stream != nullptr) (void)cudaStreamDestroy(impl_->stream);
+}
+
+absl::StatusOr<std::string> NcclLink::NewUniqueId() {
+  ncclUniqueId id;
+  if (absl::Status s = NcclError(ncclGetUniqueId(&id), nullptr, "ncclGetUniqueId"); !s.ok()) {
+    return s;
+  }
+  return std::string(id.internal, sizeof(id.internal));
+}
+
+absl::StatusOr<std::unique_ptr<NcclLink>> NcclLink::Open(std::string_view unique_id, int rank,
+                                                         int device, Deadline deadline,
+                                                         const std::atomic<bool>* cancelled) {
+  ncclUniqueId id;
+  if (unique_id.size() != sizeof(id.internal)) {
+    return absl::InvalidArgumentError(absl::StrCat("an NCCL unique id has ", sizeof(id.internal),
+                                                   " bytes, not ", unique_id.size()));
+  }
+  if (rank != 0 && rank != 1) return absl::InvalidArgumentError("a link has ranks 0 and 1");
+  std::memcpy(id.internal, unique_id.data(), sizeof(id.internal));
+  auto impl = std::make_unique<Impl>();
+  impl->rank = rank;
+  impl->device = device;
+  if (absl::Status s = CudaError(cudaSetDevice(device), "cudaSetDevice"); !s.ok()) return s;
+  const int64_t free_before = FreeDeviceBytes();
+  ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
+  config.blocking = 0;
+  const ncclResult_t init = ncclCommInitRankConfig(&impl->comm, 2, id, rank, &config);
+  if (init != ncclSuccess && init != ncclInProgress) {
+    if (impl->comm != nullptr) (void)ncclCommAbort(impl->comm);
+    return NcclError(init, nullptr, "ncclCommInitRankConfig");
+  }
+  if (absl::Status s = impl->WaitReady(deadline, "joining the NCCL communicator", cancelled);
+      !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = CudaError(cudaStreamCreateWithFlags(&impl->stream, cudaStreamNonBlocking),
+                                 "cudaStreamCreate");
+      !s.ok()) {
+    std::lock_guard<std::mutex> lock(impl->mu);
+    impl->AbortLocked(s.message());
+    return s;
+  }
+  impl->device_bytes = std::max<int64_t>(0, free_before - FreeDeviceBytes());
+  return std::unique_ptr<NcclLink>(new NcclLink(std::move(impl)));
+}
+
+int NcclLink::rank() const { return impl_->rank; }
+int NcclLink::device() const { return impl_->device; }
+bool NcclLink::broken() const {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  return impl_->broken;
+}
+int64_t NcclLink::device_bytes() const { return impl_->device_bytes; }
+
+void NcclLink::Abort(std::string_view why) {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  impl_->AbortLocked(absl::string_view(why.data(), why.size()));
+}
+
+absl::Status NcclLink::Transfer(std::span<const ByteRange> ranges, Deadline deadline) {
+  // Pieces of at most kGroupBytes, grouped up to kGroupBytes: both ranks cut equal ranges
+  // equally.
+  std::vector<std::vector<ByteRange>> groups(1);
+  size_t group_bytes = 0;
+  for (const ByteRange& range : ranges) {
+    for (size_t offset = 0; offset < range.bytes; offset += kGroupBytes) {
+      const size_t bytes = std::min(kGroupBytes, range.bytes - offset);
+      if (group_bytes + bytes > kGroupBytes) {
+        groups.emplace_back();
+        group_bytes = 0;
+      }
+      groups.back().push_back({static_cast<uint8_t*>(range.data) + offset, bytes});
+      group_bytes += bytes;
+    }
+  }
+  cudaEvent_t done = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(impl_->mu);
+    if (impl_->broken) return absl::UnavailableError("the NCCL link is broken");
+    RETURN_IF_ERROR(CudaError(cudaSetDevice(impl_->device), "cudaSetDevice"));
+    RETURN_IF_ERROR(
+        CudaError(cudaEventCreateWithFlags(&done, cudaEventDisableTiming), "cudaEventCreate"));
+  }
+  struct EventGuard {
+    cudaEvent_t event;
+    ~EventGuard() { (void)cudaEventDestroy(event); }
+  } guard{done};
+  const int peer = 1 - impl_->rank;
+  for (const std::vector<ByteRange>& group : groups) {
+    {
+      std::lock_guard<std::mutex> lock(impl_->mu);
+      if (impl_->broken) return absl::UnavailableError("the NCCL link was aborted");
+      (void)cudaSetDevice(impl_->device);
+      ncclResult_t result = ncclGroupStart();
+      for (const ByteRange& range : group) {
+        if (result != ncclSuccess) break;
+        result =
+            impl_->rank == 0
+                ? ncclSend(range.data, range.bytes, ncclUint8, peer, impl_->comm, impl_->stream)
+                : ncclRecv(range.data, range.bytes, ncclUint8, peer, impl_->comm, impl_->stream);
+      }
+      const ncclResult_t ended = ncclGroupEnd();
+      if (result == ncclSuccess) result = ended;
+      if (result != ncclSuccess && result != ncclInProgress) {
+        absl::Status error = NcclError(result, impl_->comm, "posting transfers");
+        impl_->AbortLocked(error.message());
+        return error;
+      }
+    }
+    // A non-blocking group finishes enqueueing in the background (the first one also
+    // connects the peers, which takes the peer's matching group).
+    RETURN_IF_ERROR(impl_->WaitReady(deadline, "enqueueing transfers"));
+  }
+  {
+    std::lock_guard<std::mutex> lock(impl_->mu);
+    if (absl::Status s = CudaError(cudaEventRecord(done, impl_->stream), "cudaEventRecord");
+        !s.ok()) {
+      impl_->AbortLocked(s.message());
+      return s;
+    }
+  }
+  while (true) {
+    {
+      std::lock_guard<std::mutex> lock(impl_->mu);
+      if (impl_->broken) return absl::UnavailableError("the NCCL link was aborted");
+      (void)cudaSetDevice(impl_->device);
+      const cudaError_t query = cudaEventQuery(done);
+      if (query == cudaSuccess) return absl::OkStatus();
+      if (query != cudaErrorNotReady) {
+        absl::Status error = CudaError(query, "NCCL transfer");
+        impl_->AbortLocked(error.message());
+        return error;
+      }
+      ncclResult_t state = ncclSuccess;
+      (void)ncclCommGetAsyncError(impl_->comm, &state);
+      if (state != ncclSuccess && state != ncclInProgress) {
+        absl::Status error = NcclError(state, impl_->comm, "NCCL transfer");
+        impl_->AbortLocked(error.message());
+        return error;
+      }
+      if (std::chrono::steady_clock::now() > deadline) {
+        impl_->AbortLocked("transfer timed out");
+        return absl::DeadlineExceededError("the NCCL transfer timed out: is the peer alive?");
+      }
+    }
+    std::this_thread::sleep_for(kPollInterval);
+  }
+}
+
+}  // namespace lserve::nccl

@@ -1,0 +1,70 @@
+// A two-rank NCCL communicator that moves byte ranges from one GPU to another: rank 0
+// sends, rank 1 receives. No NCCL or CUDA types here, so code without the toolkit's
+// headers can hold a link.
+//
+// The communicator is non-blocking: joining, posting and waiting all poll against a
+// deadline, and a link whose peer fails or stops answering aborts its communicator
+// (ncclCommAbort) instead of hanging; it is broken from then on.
+#ifndef LSERVE_KERNELS_NCCL_NCCL_LINK_H_
+#define LSERVE_KERNELS_NCCL_NCCL_LINK_H_
+
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+
+namespace lserve::nccl {
+
+using Deadline = std::chrono::steady_clock::time_point;
+
+struct ByteRange {
+  void* data = nullptr;  // device memory of the link's device
+  size_t bytes = 0;
+};
+
+class NcclLink {
+ public:
+  // A fresh communicator id (ncclGetUniqueId), to be sent to the peer.
+  static absl::StatusOr<std::string> NewUniqueId();
+  // Joins the communicator `unique_id` as `rank` (0 or 1) on `device`; the peer joins at
+  // the same time. DEADLINE_EXCEEDED when the peer does not join in time; CANCELLED
+  // when `cancelled` (if given) turns true first.
+  static absl::StatusOr<std::unique_ptr<NcclLink>> Open(
+      std::string_view unique_id, int rank, int device, Deadline deadline,
+      const std::atomic<bool>* cancelled = nullptr);
+  ~NcclLink();
+  NcclLink(const NcclLink&) = delete;
+  NcclLink& operator=(const NcclLink&) = delete;
+
+  int rank() const;
+  int device() const;
+  bool broken() const;
+  // Device memory the communicator took when it was created.
+  int64_t device_bytes() const;
+
+  // Sends (rank 0) or receives (rank 1) `ranges`, in order, on the link's stream and
+  // waits until they are done; the peer transfers ranges of the same sizes at the same
+  // time (the first transfer also connects the two). Groups of at most 1 GiB, posted one
+  // after another. On an error or at the deadline it aborts the communicator.
+  // Transfers on one link must not overlap.
+  absl::Status Transfer(std::span<const ByteRange> ranges, Deadline deadline);
+  // Aborts the communicator (a peer is known dead); the link is broken.
+  void Abort(std::string_view why);
+
+  struct Impl;
+
+ private:
+  explicit NcclLink(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace lserve::nccl
+
+#endif  // LSERVE_KERNELS_NCCL_NCCL_LINK_H_

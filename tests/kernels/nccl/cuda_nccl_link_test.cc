@@ -1,0 +1,112 @@
+// NcclLink between GPU 0 and GPU 1 of this process (one thread per rank): byte ranges of
+// odd sizes arrive intact, in order; a peer that never joins or never sends makes Open or
+// Wait give up at the deadline and leaves the link broken, instead of hanging. Skipped
+// without two GPUs.
+#include <cuda_runtime.h>
+
+#include <thread>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "kernels/nccl/nccl_link.h"
+
+namespace lserve::nccl {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+int Devices() {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess) return 0;
+  return count;
+}
+
+// Opens both ranks of one link at once.
+void OpenPair(std::unique_ptr<NcclLink>* rank0, std::unique_ptr<NcclLink>* rank1) {
+  absl::StatusOr<std::string> id = NcclLink::NewUniqueId();
+  ASSERT_TRUE(id.ok()) << id.status();
+  const auto deadline = Clock::now() + std::chrono::seconds(60);
+  absl::StatusOr<std::unique_ptr<NcclLink>> second;
+  std::thread peer([&] { second = NcclLink::Open(*id, 1, 1, deadline); });
+  absl::StatusOr<std::unique_ptr<NcclLink>> first = NcclLink::Open(*id, 0, 0, deadline);
+  peer.join();
+  ASSERT_TRUE(first.ok()) << first.status();
+  ASSERT_TRUE(second.ok()) << second.status();
+  *rank0 = *std::move(first);
+  *rank1 = *std::move(second);
+}
+
+TEST(NcclLinkTest, RangesOfOddSizesArriveInOrder) {
+  if (Devices() < 2) GTEST_SKIP() << "needs two GPUs";
+  std::unique_ptr<NcclLink> sender, receiver;
+  OpenPair(&sender, &receiver);
+  const std::vector<size_t> sizes = {1, 4097, 3, 1 << 20, 777777, 0, 64};
+  size_t total = 0;
+  for (size_t size : sizes) total += size;
+  std::vector<uint8_t> host(total);
+  for (size_t i = 0; i < total; ++i) host[i] = static_cast<uint8_t>(i * 131 + 7);
+  uint8_t *src = nullptr, *dst = nullptr;
+  cudaSetDevice(0);
+  ASSERT_EQ(cudaMalloc(&src, total), cudaSuccess);
+  cudaMemcpy(src, host.data(), total, cudaMemcpyHostToDevice);
+  cudaSetDevice(1);
+  ASSERT_EQ(cudaMalloc(&dst, total), cudaSuccess);
+  cudaMemset(dst, 0, total);
+  // The receiver's ranges lie in reverse order in its buffer: order, not address, pairs.
+  std::vector<ByteRange> sends, receives;
+  size_t offset = 0;
+  for (size_t size : sizes) {
+    sends.push_back({src + offset, size});
+    receives.push_back({dst + (total - offset - size), size});
+    offset += size;
+  }
+  const auto deadline = Clock::now() + std::chrono::seconds(30);
+  absl::Status received;
+  std::thread peer([&] { received = receiver->Transfer(receives, deadline); });
+  const absl::Status sent = sender->Transfer(sends, deadline);
+  peer.join();
+  ASSERT_TRUE(sent.ok()) << sent;
+  ASSERT_TRUE(received.ok()) << received;
+  std::vector<uint8_t> back(total);
+  cudaSetDevice(1);
+  cudaMemcpy(back.data(), dst, total, cudaMemcpyDeviceToHost);
+  offset = 0;
+  for (size_t size : sizes) {
+    for (size_t i = 0; i < size; ++i) {
+      ASSERT_EQ(back[total - offset - size + i], host[offset + i]) << "range at " << offset;
+    }
+    offset += size;
+  }
+  cudaFree(dst);
+  cudaSetDevice(0);
+  cudaFree(src);
+}
+
+TEST(NcclLinkTest, APeerThatNeverJoinsOrNeverSendsTimesOut) {
+  if (Devices() < 2) GTEST_SKIP() << "needs two GPUs";
+  absl::StatusOr<std::string> id = NcclLink::NewUniqueId();
+  ASSERT_TRUE(id.ok());
+  const auto start = Clock::now();
+  auto lonely = NcclLink::Open(*id, 0, 0, start + std::chrono::seconds(3));
+  EXPECT_EQ(lonely.status().code(), absl::StatusCode::kDeadlineExceeded) << lonely.status();
+  EXPECT_LT(Clock::now() - start, std::chrono::seconds(20));
+
+  std::unique_ptr<NcclLink> sender, receiver;
+  OpenPair(&sender, &receiver);
+  uint8_t* dst = nullptr;
+  cudaSetDevice(1);
+  ASSERT_EQ(cudaMalloc(&dst, 1 << 20), cudaSuccess);
+  const ByteRange range{dst, 1 << 20};
+  const auto waited = Clock::now();
+  const absl::Status status = receiver->Transfer({&range, 1}, waited + std::chrono::seconds(2));
+  EXPECT_EQ(status.code(), absl::StatusCode::kDeadlineExceeded) << status;
+  EXPECT_LT(Clock::now() - waited, std::chrono::seconds(20));
+  EXPECT_TRUE(receiver->broken());
+  EXPECT_EQ(receiver->Transfer({&range, 1}, Clock::now() + std::chrono::seconds(1)).code(),
+            absl::StatusCode::kUnavailable);
+  sender->Abort("the test is done");
+  cudaFree(dst);
+}
+
+}  // namespace
+}  // namespace lserve::nccl

@@ -1,0 +1,307 @@
+#include "worker/service/nccl_kv_transport.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <random>
+
+#include "absl/strings/str_cat.h"
+#include "common/logging.h"
+#include "common/status_macros.h"
+#include "net/grpc_status.h"
+#include "worker/service/kv_wire.h"
+
+namespace lserve {
+namespace {
+
+using SteadyClock = std::chrono::steady_clock;
+
+std::vector<nccl::ByteRange> ToNccl(const std::vector<KvByteRange>& ranges) {
+  std::vector<nccl::ByteRange> out;
+  out.reserve(ranges.size());
+  for (const KvByteRange& range : ranges) out.push_back({range.data, range.bytes});
+  return out;
+}
+
+void SetDeadline(grpc::ClientContext& context, SteadyClock::time_point deadline) {
+  context.set_deadline(std::chrono::system_clock::now() + (deadline - SteadyClock::now()));
+}
+
+absl::Status FromGrpc(const grpc::Status& status, const std::string& what) {
+  if (status.ok()) return absl::OkStatus();
+  return absl::Status(net::FromGrpcStatus(status).code(),
+                      absl::StrCat(what, ": ", status.error_message()));
+}
+
+uint64_t NewLinkId() {
+  static std::mutex mu;
+  static std::mt19937_64 generator{std::random_device{}()};
+  std::lock_guard<std::mutex> lock(mu);
+  uint64_t id = 0;
+  while (id == 0) id = generator();
+  return id;
+}
+
+// Fault injection for tests (LSERVE_FAULT_KV_SEND_DELAY_MS): a pause between posting
+// the receive and sending, so a test can kill a peer while a transfer is under way.
+std::chrono::milliseconds FaultSendDelay() {
+  const char* value = std::getenv("LSERVE_FAULT_KV_SEND_DELAY_MS");
+  return std::chrono::milliseconds(value != nullptr ? std::atoll(value) : 0);
+}
+
+int64_t MillisLeft(SteadyClock::time_point deadline) {
+  return std::max<int64_t>(
+      1,
+      std::chrono::duration_cast<std::chrono::milliseconds>(deadline - SteadyClock::now()).count());
+}
+
+}  // namespace
+
+NcclKvTransport::NcclKvTransport(std::shared_ptr<grpc::ChannelCredentials> credentials,
+                                 int max_message_bytes, NcclKvOptions options,
+                                 KvTransport* fallback,
+                                 std::function<void(std::string_view)> on_fallback)
+    : stubs_(std::move(credentials), max_message_bytes),
+      options_(options),
+      fallback_(fallback),
+      on_fallback_(std::move(on_fallback)) {}
+
+NcclKvTransport::~NcclKvTransport() = default;
+
+absl::StatusOr<std::shared_ptr<NcclKvTransport::Link>> NcclKvTransport::LinkFor(
+    const std::string& target, SteadyClock::time_point deadline) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = links_.find(target);
+    if (it != links_.end() && !it->second->nccl->broken()) {
+      link_order_.remove(target);
+      link_order_.push_back(target);
+      return it->second;
+    }
+  }
+  absl::StatusOr<std::string> unique_id = nccl::NcclLink::NewUniqueId();
+  if (!unique_id.ok()) return unique_id.status();
+  auto link = std::make_shared<Link>();
+  link->id = NewLinkId();
+  const SteadyClock::time_point open_deadline =
+      std::min(deadline, SteadyClock::now() + options_.open_timeout);
+  // Both ranks join at once: the peer in its OpenKvLink handler, this one here.
+  std::atomic<bool> peer_failed{false};
+  absl::Status peer_status;
+  v1::Worker::Stub* stub = stubs_.For(target);
+  std::thread peer([&] {
+    grpc::ClientContext context;
+    SetDeadline(context, open_deadline);
+    v1::OpenKvLinkRequest request;
+    request.set_link_id(link->id);
+    request.set_nccl_unique_id(*unique_id);
+    request.set_timeout_ms(MillisLeft(open_deadline));
+    v1::OpenKvLinkResponse response;
+    peer_status = FromGrpc(stub->OpenKvLink(&context, request, &response),
+                           absl::StrCat("opening an NCCL link to ", target));
+    if (!peer_status.ok()) peer_failed = true;
+  });
+  absl::StatusOr<std::unique_ptr<nccl::NcclLink>> opened =
+      nccl::NcclLink::Open(*unique_id, 0, options_.device, open_deadline, &peer_failed);
+  peer.join();
+  if (!peer_status.ok()) return peer_status;
+  if (!opened.ok()) return opened.status();
+  link->nccl = *std::move(opened);
+  LOG(Info) << "NCCL KV link to " << target << " open (device memory "
+            << link->nccl->device_bytes() / (1 << 20) << " MiB)";
+  std::shared_ptr<Link> evicted;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    links_[target] = link;
+    link_order_.remove(target);
+    link_order_.push_back(target);
+    if (links_.size() > options_.max_links) {
+      const std::string oldest = link_order_.front();
+      link_order_.pop_front();
+      evicted = links_[oldest];
+      links_.erase(oldest);
+    }
+  }
+  // An evicted link closes once a hand-off still using it lets go of it.
+  return link;
+}
+
+void NcclKvTransport::DropLink(const std::string& target, const std::shared_ptr<Link>& link) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = links_.find(target);
+  if (it != links_.end() && it->second == link) {
+    links_.erase(it);
+    link_order_.remove(target);
+  }
+}
+
+absl::StatusOr<KvPushResult> NcclKvTransport::Fallback(const std::string& target,
+                                                       uint64_t reservation_id, KvSource& source,
+                                                       SteadyClock::time_point deadline,
+                                                       const absl::Status& why) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    refused_until_[target] = SteadyClock::now() + options_.retry_link_after;
+  }
+  LOG(Warning) << "KV hand-off to " << target << " falls back to " << fallback_->name() << ": "
+               << why;
+  if (on_fallback_) on_fallback_(absl::StatusCodeToString(why.code()));
+  return fallback_->Push(target, reservation_id, source, deadline);
+}
+
+absl::StatusOr<KvPushResult> NcclKvTransport::Push(const std::string& target,
+                                                   uint64_t reservation_id, KvSource& source,
+                                                   SteadyClock::time_point deadline) {
+  bool refused = false;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = refused_until_.find(target);
+    refused = it != refused_until_.end() && it->second > SteadyClock::now();
+  }
+  if (refused) {
+    if (on_fallback_) on_fallback_("refused_recently");
+    return fallback_->Push(target, reservation_id, source, deadline);
+  }
+  absl::StatusOr<std::shared_ptr<Link>> link = LinkFor(target, deadline);
+  if (!link.ok()) return Fallback(target, reservation_id, source, deadline, link.status());
+  absl::StatusOr<KvPushResult> pushed;
+  {
+    std::lock_guard<std::mutex> lock((*link)->mu);
+    pushed = PushOverLink(target, **link, reservation_id, source, deadline);
+  }
+  if ((*link)->nccl->broken()) DropLink(target, *link);
+  if (!pushed.ok() && pushed.status().code() == absl::StatusCode::kUnimplemented) {
+    return Fallback(target, reservation_id, source, deadline, pushed.status());
+  }
+  return pushed;
+}
+
+absl::StatusOr<KvPushResult> NcclKvTransport::PushOverLink(const std::string& target, Link& link,
+                                                           uint64_t reservation_id,
+                                                           KvSource& source,
+                                                           SteadyClock::time_point deadline) {
+  absl::StatusOr<KvPageExport> pages = source.PinPages();
+  if (!pages.ok()) return pages.status();
+  const int64_t page_bytes = static_cast<int64_t>(
+      pages->pages.dense.size() * source.dense_pool().PageBytesAllLayers() +
+      pages->pages.streaming.size() * source.streaming_pool().PageBytesAllLayers());
+  const std::chrono::milliseconds delay = FaultSendDelay();
+  deadline = std::min(deadline, SteadyClock::now() + options_.transfer_timeout + delay +
+                                    std::chrono::milliseconds(page_bytes / 1'000'000));
+  v1::Worker::Stub* stub = stubs_.For(target);
+  v1::PostKvReceiveRequest post;
+  post.set_link_id(link.id);
+  *post.mutable_header() = KvHeaderFor(pages->manifest, reservation_id);
+  post.mutable_src_dense_pages()->Assign(pages->pages.dense.begin(), pages->pages.dense.end());
+  post.mutable_src_streaming_pages()->Assign(pages->pages.streaming.begin(),
+                                             pages->pages.streaming.end());
+  post.set_timeout_ms(MillisLeft(deadline));
+  v1::PostKvReceiveResponse posted;
+  {
+    grpc::ClientContext context;
+    SetDeadline(context, deadline);
+    RETURN_IF_ERROR(FromGrpc(stub->PostKvReceive(&context, post, &posted),
+                             absl::StrCat("posting the KV receive on ", target)));
+  }
+  KvPlacement receiver;
+  receiver.dense.assign(posted.dst_dense_pages().begin(), posted.dst_dense_pages().end());
+  receiver.streaming.assign(posted.dst_streaming_pages().begin(),
+                            posted.dst_streaming_pages().end());
+  if (receiver.dense.size() != pages->pages.dense.size() ||
+      receiver.streaming.size() != pages->pages.streaming.size()) {
+    link.nccl->Abort("the receiver's page lists do not match");
+    return absl::InternalError("the receiver claimed a different number of pages");
+  }
+  const std::vector<KvByteRange> ranges =
+      KvTransferRanges(source.dense_pool(), source.streaming_pool(), pages->pages, receiver);
+  const std::vector<nccl::ByteRange> sends = ToNccl(ranges);
+  if (delay.count() > 0) {
+    LOG(Warning) << "fault injection: waiting " << delay.count() << " ms before sending KV to "
+                 << target;
+    std::this_thread::sleep_for(delay);
+  }
+  if (absl::Status sent = link.nccl->Transfer(sends, deadline); !sent.ok()) {
+    return absl::UnavailableError(
+        absl::StrCat("KV transfer to ", target, " over NCCL failed: ", sent.message()));
+  }
+  v1::FinishKvReceiveRequest finish;
+  finish.set_link_id(link.id);
+  finish.set_reservation_id(reservation_id);
+  v1::PushKvResponse finished;
+  grpc::ClientContext context;
+  SetDeadline(context, deadline);
+  RETURN_IF_ERROR(FromGrpc(stub->FinishKvReceive(&context, finish, &finished),
+                           absl::StrCat("finishing the KV receive on ", target)));
+  return KvPushResult{finished.bytes(), "nccl"};
+}
+
+NcclKvLinkReceiver::~NcclKvLinkReceiver() {
+  std::vector<Waiter> waiters;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto& [id, link] : links_) link->Abort("the worker is shutting down");
+    waiters.swap(waiters_);
+  }
+  for (Waiter& waiter : waiters) waiter.thread.join();
+}
+
+absl::StatusOr<int64_t> NcclKvLinkReceiver::Open(uint64_t link_id, std::string_view unique_id,
+                                                 SteadyClock::time_point deadline) {
+  absl::StatusOr<std::unique_ptr<nccl::NcclLink>> opened =
+      nccl::NcclLink::Open(unique_id, 1, device_, deadline);
+  if (!opened.ok()) return opened.status();
+  std::shared_ptr<nccl::NcclLink> link = *std::move(opened);
+  const int64_t bytes = link->device_bytes();
+  std::lock_guard<std::mutex> lock(mu_);
+  links_[link_id] = link;
+  link_order_.remove(link_id);
+  link_order_.push_back(link_id);
+  while (links_.size() > max_links_) {
+    links_.erase(link_order_.front());  // a receive still waiting keeps its link alive
+    link_order_.pop_front();
+  }
+  return bytes;
+}
+
+void NcclKvLinkReceiver::ReapWaiters() {
+  for (auto it = waiters_.begin(); it != waiters_.end();) {
+    if (!it->finished->load()) {
+      ++it;
+      continue;
+    }
+    it->thread.join();
+    it = waiters_.erase(it);
+  }
+}
+
+absl::Status NcclKvLinkReceiver::PostReceive(uint64_t link_id, std::vector<KvByteRange> ranges,
+                                             SteadyClock::time_point deadline,
+                                             std::function<void(absl::Status)> done) {
+  std::lock_guard<std::mutex> lock(mu_);
+  ReapWaiters();
+  auto it = links_.find(link_id);
+  if (it == links_.end() || it->second->broken()) {
+    return absl::FailedPreconditionError(absl::StrCat("no open NCCL link ", link_id));
+  }
+  std::shared_ptr<nccl::NcclLink> link = it->second;
+  // The receives are posted and waited for on a thread of their own: the sender posts
+  // its sends only once this call has answered.
+  auto finished = std::make_shared<std::atomic<bool>>(false);
+  std::thread waiter([this, link, link_id, deadline, finished, done = std::move(done),
+                      receives = ToNccl(ranges)]() mutable {
+    absl::Status outcome = link->Transfer(receives, deadline);
+    if (!outcome.ok()) {
+      std::lock_guard<std::mutex> lock(mu_);
+      auto found = links_.find(link_id);
+      if (found != links_.end() && found->second == link) {
+        links_.erase(found);
+        link_order_.remove(link_id);
+      }
+    }
+    done(outcome);
+    finished->store(true);
+  });
+  waiters_.push_back({std::move(waiter), finished});
+  return absl::OkStatus();
+}
+
+}  // namespace lserve
