@@ -99,6 +99,37 @@ TEST(ClusterGpuTest, NcclHandOffGivesTheUnifiedWorkersGreedyTokens) {
   }
 }
 
+TEST(ClusterGpuTest, ADecodeWorkerWithoutNcclGetsTheGrpcStreamAndTheFallbackIsCounted) {
+  if (!HaveTwoGpus()) GTEST_SKIP() << "needs two GPUs (LSERVE_TEST_GPUS)";
+  ClusterOptions options = GpuCluster(1, 1, /*dense=*/true);
+  options.decode_args.push_back("--kv_transport=grpc");  // no NCCL receiving end
+  auto cluster = Cluster::Start(options);
+  ASSERT_TRUE(cluster.ok()) << cluster.status();
+  Cluster& c = **cluster;
+  const v1::GenerateRequest request = Request(500, 9, 12, 0.0f);
+  for (int i = 0; i < 2; ++i) {
+    auto got = c.ConnectRouter()->Generate(request, nullptr, std::chrono::seconds(120));
+    ASSERT_TRUE(got.ok()) << got.status();
+    auto expected = c.Connect(c.reference())->Generate(request);
+    ASSERT_TRUE(expected.ok());
+    EXPECT_EQ(Ids(*got), Ids(*expected));
+  }
+  EXPECT_GT(Metric(c, c.decode(0), "lserve_kv_transfer_bytes_total",
+                   "direction=\"in\",transport=\"grpc\""),
+            0);
+  EXPECT_EQ(Metric(c, c.prefill(0), "lserve_kv_transfer_bytes_total",
+                   "direction=\"out\",transport=\"nccl\""),
+            0);
+  // The first hand-off learns that the peer refuses links; the second does not ask again.
+  EXPECT_EQ(Metric(c, c.prefill(0), "lserve_kv_transport_fallbacks_total"), 2);
+  EXPECT_EQ(
+      Metric(c, c.prefill(0), "lserve_kv_transport_fallbacks_total", "reason=\"refused_recently\""),
+      1);
+  EXPECT_NE(c.prefill(0).Log().find("falls back to grpc"), std::string::npos);
+  EXPECT_TRUE(c.KvReturnsToZero(c.prefill(0)));
+  EXPECT_TRUE(c.KvReturnsToZero(c.decode(0)));
+}
+
 // The sender pauses between posting the receive and sending (fault injection), so a
 // test can kill a peer while the KV is under way.
 class FaultDelay {
