@@ -7,13 +7,17 @@
 // device memory one communicator takes, and what a per-pair scheme costs at 128 GPUs.
 //
 // Usage: cuda_kv_handoff_bench [--lengths=8192,...] [--modes=dense,hybrid] [--repeats=3]
-//   [--raw_mib=16,64,256,1024,4096] [--gates=PATH] [--json=PATH]
+//   [--raw_mib=16,64,256,1024,4096] [--layouts=fresh,scattered] [--gates=PATH] [--json=PATH]
+// "fresh": stores with nothing else in them (pages consecutive on both sides); "scattered":
+// each store's free pages shuffled first, as on a server that has run for a while.
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
 #include <barrier>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <random>
 #include <thread>
 
 #include "absl/strings/str_split.h"
@@ -102,6 +106,18 @@ std::vector<uint8_t> Sample(const KvStore& store, const KvPlacement& pages) {
   return bytes;
 }
 
+// Shuffles the order in which `store` hands out free pages (both pools).
+void ScatterFreePages(KvStore& store, uint64_t seed) {
+  std::mt19937_64 random(seed);
+  for (KvPoolKind kind : {KvPoolKind::kDense, KvPoolKind::kStreaming}) {
+    PageAllocator& allocator = store.tables().allocator(kind);
+    absl::StatusOr<std::vector<PageId>> all = allocator.AllocateMany(allocator.num_free());
+    Check(all.status(), "AllocateMany");
+    std::shuffle(all->begin(), all->end(), random);
+    for (PageId page : *all) Check(allocator.Release(page), "Release");
+  }
+}
+
 int Main(int argc, char** argv) {
   using bench::FlagValue;
   const std::vector<int64_t> lengths =
@@ -112,6 +128,8 @@ int Main(int argc, char** argv) {
   const std::vector<int64_t> raw_mib =
       IntList(FlagValue(argc, argv, "raw_mib", "16,64,256,1024,4096"));
   const std::string gates = FlagValue(argc, argv, "gates");
+  const std::vector<std::string> layouts =
+      absl::StrSplit(FlagValue(argc, argv, "layouts", "fresh,scattered"), ',', absl::SkipEmpty());
   int devices = 0;
   cudaGetDeviceCount(&devices);
   if (devices < 2) {
@@ -188,89 +206,97 @@ int Main(int argc, char** argv) {
 
   nlohmann::json rows = nlohmann::json::array();
   std::printf(
-      "\nKV hand-off, Llama-3-8B KV geometry, page 64, bf16\n%8s %7s %9s %9s %9s %8s %6s %6s\n",
-      "mode", "tokens", "MiB", "ms", "GB/s", "raw GB/s", "ratio", "ranges");
-  for (const std::string& mode : modes) {
-    SparseAttentionConfig attention;
-    attention.streaming_heads = mode == "hybrid";
-    attention.streaming_ratio = 0.5f;
-    attention.gate_file = gates;
-    absl::StatusOr<HeadLayout> layout = HeadLayoutFor(attention, 32, 8);
-    Check(layout.status(), "head layout");
-    for (int64_t tokens : lengths) {
-      const KvStoreConfig config = StoreConfig(*layout, tokens);
-      cudaSetDevice(0);
-      auto sender = KvStore::Create(config, cuda::DeviceMemory());
-      Check(sender.status(), "sender store");
-      cudaSetDevice(1);
-      auto receiver = KvStore::Create(config, cuda::DeviceMemory());
-      Check(receiver.status(), "receiver store");
-      // The sender's sequence, built as prefill chunks build it; a pattern in its pages.
-      cudaSetDevice(0);
-      KvPageTables& tables = (*sender)->tables();
-      Check(tables.AddSequence(1), "AddSequence");
-      for (int64_t done = 0; done < tokens; done += config.max_chunk_tokens) {
-        const int64_t chunk = std::min<int64_t>(config.max_chunk_tokens, tokens - done);
-        Check(tables.Extend(1, chunk, false), "Extend");
-        Check(tables.Commit(1, chunk), "Commit");
-      }
-      absl::StatusOr<KvPageExport> exported = (*sender)->ExportPages(1);
-      Check(exported.status(), "ExportPages");
-      for (const KvPool* pool : {&(*sender)->dense_pool(), &(*sender)->streaming_pool()}) {
-        for (int layer = 0; layer < pool->num_layers(); ++layer) {
-          const size_t bytes = pool->PageBytes(layer) * pool->num_pages();
-          if (bytes > 0) cudaMemset(pool->LayerBase(layer), (layer * 7 + 3) & 0xff, bytes);
-        }
-      }
-      // The link's stream does not wait for the default stream's memsets.
-      cudaDeviceSynchronize();
-      std::vector<double> times;
-      std::vector<KvByteRange> sends, receives;
-      bool equal = false;
-      for (int r = 0; r < repeats; ++r) {
+      "\nKV hand-off, Llama-3-8B KV geometry, page 64, bf16\n%9s %8s %7s %9s %9s %9s %8s "
+      "%6s %6s\n",
+      "pages", "mode", "tokens", "MiB", "ms", "GB/s", "raw GB/s", "ratio", "ranges");
+  for (const std::string& page_layout : layouts) {
+    for (const std::string& mode : modes) {
+      SparseAttentionConfig attention;
+      attention.streaming_heads = mode == "hybrid";
+      attention.streaming_ratio = 0.5f;
+      attention.gate_file = gates;
+      absl::StatusOr<HeadLayout> layout = HeadLayoutFor(attention, 32, 8);
+      Check(layout.status(), "head layout");
+      for (int64_t tokens : lengths) {
+        const KvStoreConfig config = StoreConfig(*layout, tokens);
+        cudaSetDevice(0);
+        auto sender = KvStore::Create(config, cuda::DeviceMemory());
+        Check(sender.status(), "sender store");
         cudaSetDevice(1);
-        absl::StatusOr<KvPlacement> claimed = (*receiver)->ImportPages(2, exported->manifest);
-        Check(claimed.status(), "ImportPages");
-        sends = KvTransferRanges((*sender)->dense_pool(), (*sender)->streaming_pool(),
-                                 exported->pages, *claimed);
-        receives = KvTransferRanges((*receiver)->dense_pool(), (*receiver)->streaming_pool(),
-                                    *claimed, exported->pages);
-        std::vector<nccl::ByteRange> s, d;
-        for (const KvByteRange& x : sends) s.push_back({x.data, x.bytes});
-        for (const KvByteRange& x : receives) d.push_back({x.data, x.bytes});
-        times.push_back(RunPair([&] { Check(link0->Transfer(s, deadline()), "send KV"); },
-                                [&] { Check(link1->Transfer(d, deadline()), "receive KV"); }));
-        if (r == 0) {
-          cudaSetDevice(0);
-          const std::vector<uint8_t> a = Sample(**sender, exported->pages);
+        auto receiver = KvStore::Create(config, cuda::DeviceMemory());
+        Check(receiver.status(), "receiver store");
+        if (page_layout == "scattered") {
+          ScatterFreePages(**sender, 1);
+          ScatterFreePages(**receiver, 2);
+        }
+        // The sender's sequence, built as prefill chunks build it; a pattern in its pages.
+        cudaSetDevice(0);
+        KvPageTables& tables = (*sender)->tables();
+        Check(tables.AddSequence(1), "AddSequence");
+        for (int64_t done = 0; done < tokens; done += config.max_chunk_tokens) {
+          const int64_t chunk = std::min<int64_t>(config.max_chunk_tokens, tokens - done);
+          Check(tables.Extend(1, chunk, false), "Extend");
+          Check(tables.Commit(1, chunk), "Commit");
+        }
+        absl::StatusOr<KvPageExport> exported = (*sender)->ExportPages(1);
+        Check(exported.status(), "ExportPages");
+        for (const KvPool* pool : {&(*sender)->dense_pool(), &(*sender)->streaming_pool()}) {
+          for (int layer = 0; layer < pool->num_layers(); ++layer) {
+            const size_t bytes = pool->PageBytes(layer) * pool->num_pages();
+            if (bytes > 0) cudaMemset(pool->LayerBase(layer), (layer * 7 + 3) & 0xff, bytes);
+          }
+        }
+        // The link's stream does not wait for the default stream's memsets.
+        cudaDeviceSynchronize();
+        std::vector<double> times;
+        std::vector<KvByteRange> sends, receives;
+        bool equal = false;
+        for (int r = 0; r < repeats; ++r) {
           cudaSetDevice(1);
-          equal = a == Sample(**receiver, *claimed);
+          absl::StatusOr<KvPlacement> claimed = (*receiver)->ImportPages(2, exported->manifest);
+          Check(claimed.status(), "ImportPages");
+          sends = KvTransferRanges((*sender)->dense_pool(), (*sender)->streaming_pool(),
+                                   exported->pages, *claimed);
+          receives = KvTransferRanges((*receiver)->dense_pool(), (*receiver)->streaming_pool(),
+                                      *claimed, exported->pages);
+          std::vector<nccl::ByteRange> s, d;
+          for (const KvByteRange& x : sends) s.push_back({x.data, x.bytes});
+          for (const KvByteRange& x : receives) d.push_back({x.data, x.bytes});
+          times.push_back(RunPair([&] { Check(link0->Transfer(s, deadline()), "send KV"); },
+                                  [&] { Check(link1->Transfer(d, deadline()), "receive KV"); }));
+          if (r == 0) {
+            cudaSetDevice(0);
+            const std::vector<uint8_t> a = Sample(**sender, exported->pages);
+            cudaSetDevice(1);
+            equal = a == Sample(**receiver, *claimed);
+          }
+          cudaSetDevice(1);
+          Check((*receiver)->FreeSequence(2), "FreeSequence");
         }
-        cudaSetDevice(1);
-        Check((*receiver)->FreeSequence(2), "FreeSequence");
+        const int64_t bytes = TotalBytes(sends);
+        const double best = *std::min_element(times.begin(), times.end());
+        // Raw bandwidth at the nearest measured size at or below the hand-off's bytes.
+        double raw_gbs = 0;
+        for (const auto& row : raw) {
+          if ((row["mib"].get<int64_t>() << 20) <= bytes) raw_gbs = row["gbs"].get<double>();
+        }
+        const double gbs = bytes / best / 1e9;
+        std::printf("%9s %8s %7lld %9.0f %9.2f %9.1f %8.1f %6.2f %6zu %s\n", page_layout.c_str(),
+                    mode.c_str(), static_cast<long long>(tokens), bytes / 1048576.0, best * 1e3,
+                    gbs, raw_gbs, raw_gbs > 0 ? gbs / raw_gbs : 0.0, sends.size(),
+                    equal ? "" : "MISMATCH");
+        rows.push_back({{"mode", mode},
+                        {"tokens", tokens},
+                        {"bytes", bytes},
+                        {"seconds", best},
+                        {"all_seconds", times},
+                        {"gbs", gbs},
+                        {"raw_gbs_at_or_below", raw_gbs},
+                        {"ratio_to_raw", raw_gbs > 0 ? gbs / raw_gbs : 0.0},
+                        {"ranges", sends.size()},
+                        {"sampled_pages_equal", equal}});
+        if (!equal) report["mismatch"] = true;
       }
-      const int64_t bytes = TotalBytes(sends);
-      const double best = *std::min_element(times.begin(), times.end());
-      // Raw bandwidth at the nearest measured size at or below the hand-off's bytes.
-      double raw_gbs = 0;
-      for (const auto& row : raw) {
-        if ((row["mib"].get<int64_t>() << 20) <= bytes) raw_gbs = row["gbs"].get<double>();
-      }
-      const double gbs = bytes / best / 1e9;
-      std::printf("%8s %7lld %9.0f %9.2f %9.1f %8.1f %6.2f %6zu %s\n", mode.c_str(),
-                  static_cast<long long>(tokens), bytes / 1048576.0, best * 1e3, gbs, raw_gbs,
-                  raw_gbs > 0 ? gbs / raw_gbs : 0.0, sends.size(), equal ? "" : "MISMATCH");
-      rows.push_back({{"mode", mode},
-                      {"tokens", tokens},
-                      {"bytes", bytes},
-                      {"seconds", best},
-                      {"all_seconds", times},
-                      {"gbs", gbs},
-                      {"raw_gbs_at_or_below", raw_gbs},
-                      {"ratio_to_raw", raw_gbs > 0 ? gbs / raw_gbs : 0.0},
-                      {"ranges", sends.size()},
-                      {"sampled_pages_equal", equal}});
-      if (!equal) report["mismatch"] = true;
     }
   }
   report["handoff"] = rows;

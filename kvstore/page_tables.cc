@@ -40,7 +40,12 @@ absl::Status KvPageTables::AddSequence(SeqId seq) {
 absl::Status KvPageTables::FreeSequence(SeqId seq) {
   auto it = sequences_.find(seq);
   if (it == sequences_.end()) return NoSequence(seq);
-  for (PageId page : it->second.dense_pages) CHECK(dense_allocator_.Release(page).ok());
+  // Last page first: the free list hands pages out last in, first out, so the next
+  // sequence gets them back in ascending runs (fewer, longer ranges for a KV transfer).
+  const std::vector<PageId>& dense = it->second.dense_pages;
+  for (auto page = dense.rbegin(); page != dense.rend(); ++page) {
+    CHECK(dense_allocator_.Release(*page).ok());
+  }
   it->second.ring.Release(streaming_allocator_);
   sequences_.erase(it);
   return absl::OkStatus();

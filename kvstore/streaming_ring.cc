@@ -176,9 +176,12 @@ void StreamingRing::Grow(PageAllocator& allocator, int64_t length, int64_t new_l
 }
 
 void StreamingRing::Release(PageAllocator& allocator) {
-  for (PageId page : sink_) CHECK(allocator.Release(page).ok());
-  for (PageId page : slots_) {
-    if (page != kNoPage) CHECK(allocator.Release(page).ok());
+  // In reverse, as KvPageTables::FreeSequence does, so pages come back in ascending runs.
+  for (auto page = slots_.rbegin(); page != slots_.rend(); ++page) {
+    if (*page != kNoPage) CHECK(allocator.Release(*page).ok());
+  }
+  for (auto page = sink_.rbegin(); page != sink_.rend(); ++page) {
+    CHECK(allocator.Release(*page).ok());
   }
   sink_.clear();
   slots_.clear();

@@ -2,7 +2,8 @@
 # Builds the CPU code with sanitizers and runs tests under them:
 #  * build-asan/: ASan + UBSan, the whole CPU test suite;
 #  * build-tsan/: TSan, the tests whose code runs on several threads (the scheduler's
-#    Submit/Abort against Step, the worker's engine loop and handler, the thread pool, the
+#    Submit/Abort against Step, the worker's engine loop and handler (and its device hand-off
+#    protocol, whose receives end on other threads), the thread pool, the
 #    metrics registry and its HTTP endpoint, and the router's handler, registry and
 #    breakers).
 # Any report fails the run (sanitizers halt on the first error).
@@ -20,8 +21,8 @@ ninja -C build-asan -j "${jobs}"
 
 cmake -S . -B build-tsan "${common[@]}" -DLSERVE_SANITIZE=thread >/dev/null
 ninja -C build-tsan -j "${jobs}" scheduler_test thread_pool_test offline_test \
-  worker_handler_test registry_concurrency_test http_exporter_test router_handler_test \
+  worker_handler_test device_handoff_test registry_concurrency_test http_exporter_test router_handler_test \
   router_parts_test
 (cd build-tsan && TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
   ctest --output-on-failure -j "${jobs}" \
-  -R '^(SchedulerTest|ThreadPoolTest|GeneratorTest|WorkerHandlerTest|KvWireTest|MetricsConcurrencyTest|HttpExporterTest|RouterHandlerTest|CircuitBreakerTest|RoutingPolicyTest|WorkerRegistryTest)\.')
+  -R '^(SchedulerTest|ThreadPoolTest|GeneratorTest|WorkerHandlerTest|KvWireTest|DeviceHandOffTest|KvPageRunsTest|MetricsConcurrencyTest|HttpExporterTest|RouterHandlerTest|CircuitBreakerTest|RoutingPolicyTest|WorkerRegistryTest)\.')

@@ -12,12 +12,17 @@
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
+#include "kernels/nccl/copy_ranges.h"
 
 namespace lserve::nccl {
 namespace {
 
 constexpr auto kPollInterval = std::chrono::microseconds(20);
 constexpr size_t kGroupBytes = size_t{1} << 30;
+// Ranges averaging less than this go through the staging buffer: NCCL costs about 7 us
+// per send/recv pair, so 256 KiB pages one by one run at a tenth of the link's speed.
+constexpr size_t kStageBelowBytes = size_t{8} << 20;
+constexpr size_t kStagingBytes = size_t{256} << 20;
 
 absl::Status CudaError(cudaError_t error, absl::string_view what) {
   if (error == cudaSuccess) return absl::OkStatus();
@@ -58,6 +63,9 @@ struct NcclLink::Impl {
   int device = 0;
   bool broken = false;
   int64_t device_bytes = 0;
+  void* staging = nullptr;  // kStagingBytes, for scattered ranges
+  RangeCopy* descriptors = nullptr;
+  size_t descriptor_capacity = 0;
 
   void AbortLocked(absl::string_view why) {
     if (broken) return;
@@ -65,6 +73,9 @@ struct NcclLink::Impl {
     LOG(Warning) << "NCCL link (rank " << rank << ", device " << device << ") aborted: " << why;
     (void)cudaSetDevice(device);
     (void)ncclCommAbort(comm);
+    // Aborted kernels exit; once the stream is idle no NCCL kernel touches the buffers,
+    // which their owners may then free.
+    if (stream != nullptr) (void)cudaStreamSynchronize(stream);
   }
 
   // Polls the communicator until its queued calls are done (non-blocking mode), with the
@@ -106,6 +117,8 @@ NcclLink::~NcclLink() {
   // waiting for a peer that may be gone.
   if (!impl_->broken && impl_->comm != nullptr) (void)ncclCommAbort(impl_->comm);
   if (impl_->stream != nullptr) (void)cudaStreamDestroy(impl_->stream);
+  if (impl_->staging != nullptr) (void)cudaFree(impl_->staging);
+  if (impl_->descriptors != nullptr) (void)cudaFree(impl_->descriptors);
 }
 
 absl::StatusOr<std::string> NcclLink::NewUniqueId() {
@@ -166,68 +179,51 @@ void NcclLink::Abort(std::string_view why) {
   impl_->AbortLocked(absl::string_view(why.data(), why.size()));
 }
 
-absl::Status NcclLink::Transfer(std::span<const ByteRange> ranges, Deadline deadline) {
-  // Pieces of at most kGroupBytes, grouped up to kGroupBytes: both ranks cut equal ranges
-  // equally.
-  std::vector<std::vector<ByteRange>> groups(1);
-  size_t group_bytes = 0;
-  for (const ByteRange& range : ranges) {
-    for (size_t offset = 0; offset < range.bytes; offset += kGroupBytes) {
-      const size_t bytes = std::min(kGroupBytes, range.bytes - offset);
-      if (group_bytes + bytes > kGroupBytes) {
-        groups.emplace_back();
-        group_bytes = 0;
-      }
-      groups.back().push_back({static_cast<uint8_t*>(range.data) + offset, bytes});
-      group_bytes += bytes;
+absl::Status NcclLink::PostGroup(std::span<const ByteRange> group, Deadline deadline) {
+  {
+    std::lock_guard<std::mutex> lock(impl_->mu);
+    if (impl_->broken) return absl::UnavailableError("the NCCL link was aborted");
+    (void)cudaSetDevice(impl_->device);
+    const int peer = 1 - impl_->rank;
+    ncclResult_t result = ncclGroupStart();
+    for (const ByteRange& range : group) {
+      if (result != ncclSuccess) break;
+      result = impl_->rank == 0
+                   ? ncclSend(range.data, range.bytes, ncclUint8, peer, impl_->comm, impl_->stream)
+                   : ncclRecv(range.data, range.bytes, ncclUint8, peer, impl_->comm, impl_->stream);
+    }
+    const ncclResult_t ended = ncclGroupEnd();
+    if (result == ncclSuccess) result = ended;
+    if (result != ncclSuccess && result != ncclInProgress) {
+      absl::Status error = NcclError(result, impl_->comm, "posting transfers");
+      impl_->AbortLocked(error.message());
+      return error;
     }
   }
+  // A non-blocking group finishes enqueueing in the background (the first one also
+  // connects the peers, which takes the peer's matching group).
+  return impl_->WaitReady(deadline, "enqueueing transfers");
+}
+
+absl::Status NcclLink::WaitStream(Deadline deadline) {
   cudaEvent_t done = nullptr;
   {
     std::lock_guard<std::mutex> lock(impl_->mu);
-    if (impl_->broken) return absl::UnavailableError("the NCCL link is broken");
-    RETURN_IF_ERROR(CudaError(cudaSetDevice(impl_->device), "cudaSetDevice"));
+    if (impl_->broken) return absl::UnavailableError("the NCCL link was aborted");
+    (void)cudaSetDevice(impl_->device);
     RETURN_IF_ERROR(
         CudaError(cudaEventCreateWithFlags(&done, cudaEventDisableTiming), "cudaEventCreate"));
+    if (absl::Status s = CudaError(cudaEventRecord(done, impl_->stream), "cudaEventRecord");
+        !s.ok()) {
+      (void)cudaEventDestroy(done);
+      impl_->AbortLocked(s.message());
+      return s;
+    }
   }
   struct EventGuard {
     cudaEvent_t event;
     ~EventGuard() { (void)cudaEventDestroy(event); }
   } guard{done};
-  const int peer = 1 - impl_->rank;
-  for (const std::vector<ByteRange>& group : groups) {
-    {
-      std::lock_guard<std::mutex> lock(impl_->mu);
-      if (impl_->broken) return absl::UnavailableError("the NCCL link was aborted");
-      (void)cudaSetDevice(impl_->device);
-      ncclResult_t result = ncclGroupStart();
-      for (const ByteRange& range : group) {
-        if (result != ncclSuccess) break;
-        result =
-            impl_->rank == 0
-                ? ncclSend(range.data, range.bytes, ncclUint8, peer, impl_->comm, impl_->stream)
-                : ncclRecv(range.data, range.bytes, ncclUint8, peer, impl_->comm, impl_->stream);
-      }
-      const ncclResult_t ended = ncclGroupEnd();
-      if (result == ncclSuccess) result = ended;
-      if (result != ncclSuccess && result != ncclInProgress) {
-        absl::Status error = NcclError(result, impl_->comm, "posting transfers");
-        impl_->AbortLocked(error.message());
-        return error;
-      }
-    }
-    // A non-blocking group finishes enqueueing in the background (the first one also
-    // connects the peers, which takes the peer's matching group).
-    RETURN_IF_ERROR(impl_->WaitReady(deadline, "enqueueing transfers"));
-  }
-  {
-    std::lock_guard<std::mutex> lock(impl_->mu);
-    if (absl::Status s = CudaError(cudaEventRecord(done, impl_->stream), "cudaEventRecord");
-        !s.ok()) {
-      impl_->AbortLocked(s.message());
-      return s;
-    }
-  }
   while (true) {
     {
       std::lock_guard<std::mutex> lock(impl_->mu);
@@ -254,6 +250,113 @@ absl::Status NcclLink::Transfer(std::span<const ByteRange> ranges, Deadline dead
     }
     std::this_thread::sleep_for(kPollInterval);
   }
+}
+
+bool NcclLink::Staged(std::span<const ByteRange> ranges) {
+  size_t total = 0;
+  for (const ByteRange& range : ranges) total += range.bytes;
+  return ranges.size() > 1 && total / ranges.size() < kStageBelowBytes;
+}
+
+absl::Status NcclLink::Transfer(std::span<const ByteRange> ranges, Deadline deadline) {
+  if (Staged(ranges)) return TransferStaged(ranges, deadline);
+  // Pieces of at most kGroupBytes, grouped up to kGroupBytes: both ranks cut equal ranges
+  // equally.
+  std::vector<std::vector<ByteRange>> groups(1);
+  size_t group_bytes = 0;
+  for (const ByteRange& range : ranges) {
+    for (size_t offset = 0; offset < range.bytes; offset += kGroupBytes) {
+      const size_t bytes = std::min(kGroupBytes, range.bytes - offset);
+      if (group_bytes + bytes > kGroupBytes) {
+        groups.emplace_back();
+        group_bytes = 0;
+      }
+      groups.back().push_back({static_cast<uint8_t*>(range.data) + offset, bytes});
+      group_bytes += bytes;
+    }
+  }
+  for (const std::vector<ByteRange>& group : groups) RETURN_IF_ERROR(PostGroup(group, deadline));
+  return WaitStream(deadline);
+}
+
+absl::Status NcclLink::TransferStaged(std::span<const ByteRange> ranges, Deadline deadline) {
+  // Chunks of the staging buffer's size, cut identically on both ranks; each chunk's
+  // pieces are gathered into the buffer before its send, or scattered after its receive.
+  std::vector<RangeCopy> copies;
+  std::vector<size_t> chunk_first = {0}, chunk_bytes = {0};
+  for (const ByteRange& range : ranges) {
+    for (size_t offset = 0; offset < range.bytes;) {
+      const size_t bytes = std::min(range.bytes - offset, kStagingBytes - chunk_bytes.back());
+      uint8_t* pool = static_cast<uint8_t*>(range.data) + offset;
+      copies.push_back(impl_->rank == 0 ? RangeCopy{pool, nullptr, bytes}
+                                        : RangeCopy{nullptr, pool, bytes});
+      chunk_bytes.back() += bytes;
+      offset += bytes;
+      if (chunk_bytes.back() == kStagingBytes) {
+        chunk_first.push_back(copies.size());
+        chunk_bytes.push_back(0);
+      }
+    }
+  }
+  if (chunk_bytes.back() == 0) {
+    chunk_first.pop_back();
+    chunk_bytes.pop_back();
+  }
+  {
+    std::lock_guard<std::mutex> lock(impl_->mu);
+    if (impl_->broken) return absl::UnavailableError("the NCCL link is broken");
+    RETURN_IF_ERROR(CudaError(cudaSetDevice(impl_->device), "cudaSetDevice"));
+    if (impl_->staging == nullptr) {
+      RETURN_IF_ERROR(CudaError(cudaMalloc(&impl_->staging, kStagingBytes), "staging buffer"));
+    }
+    if (impl_->descriptor_capacity < copies.size()) {
+      if (impl_->descriptors != nullptr) (void)cudaFree(impl_->descriptors);
+      impl_->descriptors = nullptr;
+      impl_->descriptor_capacity = 0;
+      RETURN_IF_ERROR(CudaError(cudaMalloc(&impl_->descriptors, copies.size() * sizeof(RangeCopy)),
+                                "copy descriptors"));
+      impl_->descriptor_capacity = copies.size();
+    }
+    // The staging side of each copy: its offset in its chunk.
+    for (size_t c = 0; c < chunk_first.size(); ++c) {
+      const size_t end = c + 1 < chunk_first.size() ? chunk_first[c + 1] : copies.size();
+      size_t at = 0;
+      for (size_t i = chunk_first[c]; i < end; ++i) {
+        void* staged = static_cast<uint8_t*>(impl_->staging) + at;
+        if (impl_->rank == 0) {
+          copies[i].dst = staged;
+        } else {
+          copies[i].src = staged;
+        }
+        at += copies[i].bytes;
+      }
+    }
+    // From pageable memory: the call returns once the bytes are taken.
+    RETURN_IF_ERROR(CudaError(
+        cudaMemcpyAsync(impl_->descriptors, copies.data(), copies.size() * sizeof(RangeCopy),
+                        cudaMemcpyHostToDevice, impl_->stream),
+        "uploading copy descriptors"));
+  }
+  for (size_t c = 0; c < chunk_first.size(); ++c) {
+    const size_t end = c + 1 < chunk_first.size() ? chunk_first[c + 1] : copies.size();
+    const int count = static_cast<int>(end - chunk_first[c]);
+    const ByteRange staged{impl_->staging, chunk_bytes[c]};
+    if (impl_->rank == 0) {
+      {
+        std::lock_guard<std::mutex> lock(impl_->mu);
+        (void)cudaSetDevice(impl_->device);
+        RETURN_IF_ERROR(
+            LaunchCopyRanges(impl_->descriptors + chunk_first[c], count, impl_->stream));
+      }
+      RETURN_IF_ERROR(PostGroup({&staged, 1}, deadline));
+    } else {
+      RETURN_IF_ERROR(PostGroup({&staged, 1}, deadline));
+      std::lock_guard<std::mutex> lock(impl_->mu);
+      (void)cudaSetDevice(impl_->device);
+      RETURN_IF_ERROR(LaunchCopyRanges(impl_->descriptors + chunk_first[c], count, impl_->stream));
+    }
+  }
+  return WaitStream(deadline);
 }
 
 }  // namespace lserve::nccl

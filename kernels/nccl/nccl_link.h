@@ -51,10 +51,13 @@ class NcclLink {
 
   // Sends (rank 0) or receives (rank 1) `ranges`, in order, on the link's stream and
   // waits until they are done; the peer transfers ranges of the same sizes at the same
-  // time (the first transfer also connects the two). Groups of at most 1 GiB, posted one
-  // after another. On an error or at the deadline it aborts the communicator.
-  // Transfers on one link must not overlap.
+  // time (the first transfer also connects the two). Large ranges go as they are, in
+  // groups of at most 1 GiB; small ones (scattered pages) are gathered into a 256 MiB
+  // staging buffer and sent chunk by chunk, and scattered on the other side. On an error
+  // or at the deadline it aborts the communicator. Transfers on one link must not overlap.
   absl::Status Transfer(std::span<const ByteRange> ranges, Deadline deadline);
+  // Whether Transfer stages these ranges (both ranks decide alike).
+  static bool Staged(std::span<const ByteRange> ranges);
   // Aborts the communicator (a peer is known dead); the link is broken.
   void Abort(std::string_view why);
 
@@ -62,6 +65,9 @@ class NcclLink {
 
  private:
   explicit NcclLink(std::unique_ptr<Impl> impl);
+  absl::Status PostGroup(std::span<const ByteRange> group, Deadline deadline);
+  absl::Status WaitStream(Deadline deadline);
+  absl::Status TransferStaged(std::span<const ByteRange> ranges, Deadline deadline);
   std::unique_ptr<Impl> impl_;
 };
 

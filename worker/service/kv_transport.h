@@ -59,9 +59,12 @@ class KvLinkReceiver {
   // Starts receiving `ranges`, in order, on the link and returns at once (the sender
   // sends once it has the answer). `done` runs once, on another thread, when they
   // finish, fail or pass `deadline`; a link that fails closes.
+  // NOT_FOUND when the link is unknown (closed, or never opened here).
   virtual absl::Status PostReceive(uint64_t link_id, std::vector<KvByteRange> ranges,
                                    std::chrono::steady_clock::time_point deadline,
                                    std::function<void(absl::Status)> done) = 0;
+  // Closes the link; a receive still running on it fails.
+  virtual void Close(uint64_t link_id) = 0;
 };
 
 }  // namespace lserve

@@ -69,15 +69,25 @@ NcclKvTransport::~NcclKvTransport() = default;
 
 absl::StatusOr<std::shared_ptr<NcclKvTransport::Link>> NcclKvTransport::LinkFor(
     const std::string& target, SteadyClock::time_point deadline) {
-  {
+  auto cached = [&]() -> std::shared_ptr<Link> {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = links_.find(target);
-    if (it != links_.end() && !it->second->nccl->broken()) {
-      link_order_.remove(target);
-      link_order_.push_back(target);
-      return it->second;
-    }
+    if (it == links_.end() || it->second->nccl->broken()) return nullptr;
+    link_order_.remove(target);
+    link_order_.push_back(target);
+    return it->second;
+  };
+  if (std::shared_ptr<Link> link = cached()) return link;
+  // One opening per target at a time: hand-offs arriving meanwhile share its link.
+  std::shared_ptr<std::mutex> opening;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto& slot = opening_[target];
+    if (slot == nullptr) slot = std::make_shared<std::mutex>();
+    opening = slot;
   }
+  std::lock_guard<std::mutex> one_at_a_time(*opening);
+  if (std::shared_ptr<Link> link = cached()) return link;
   absl::StatusOr<std::string> unique_id = nccl::NcclLink::NewUniqueId();
   if (!unique_id.ok()) return unique_id.status();
   auto link = std::make_shared<Link>();
@@ -88,9 +98,9 @@ absl::StatusOr<std::shared_ptr<NcclKvTransport::Link>> NcclKvTransport::LinkFor(
   std::atomic<bool> peer_failed{false};
   absl::Status peer_status;
   v1::Worker::Stub* stub = stubs_.For(target);
+  grpc::ClientContext context;
+  SetDeadline(context, open_deadline);
   std::thread peer([&] {
-    grpc::ClientContext context;
-    SetDeadline(context, open_deadline);
     v1::OpenKvLinkRequest request;
     request.set_link_id(link->id);
     request.set_nccl_unique_id(*unique_id);
@@ -102,36 +112,57 @@ absl::StatusOr<std::shared_ptr<NcclKvTransport::Link>> NcclKvTransport::LinkFor(
   });
   absl::StatusOr<std::unique_ptr<nccl::NcclLink>> opened =
       nccl::NcclLink::Open(*unique_id, 0, options_.device, open_deadline, &peer_failed);
+  if (!opened.ok()) context.TryCancel();  // the peer would wait for this rank in vain
   peer.join();
   if (!peer_status.ok()) return peer_status;
-  if (!opened.ok()) return opened.status();
+  if (!opened.ok()) {
+    CloseOnPeer(target, link->id);
+    return opened.status();
+  }
   link->nccl = *std::move(opened);
   LOG(Info) << "NCCL KV link to " << target << " open (device memory "
             << link->nccl->device_bytes() / (1 << 20) << " MiB)";
   std::shared_ptr<Link> evicted;
+  std::string evicted_target;
   {
     std::lock_guard<std::mutex> lock(mu_);
     links_[target] = link;
     link_order_.remove(target);
     link_order_.push_back(target);
     if (links_.size() > options_.max_links) {
-      const std::string oldest = link_order_.front();
+      evicted_target = link_order_.front();
       link_order_.pop_front();
-      evicted = links_[oldest];
-      links_.erase(oldest);
+      evicted = links_[evicted_target];
+      links_.erase(evicted_target);
     }
   }
-  // An evicted link closes once a hand-off still using it lets go of it.
+  // An evicted link closes here once a hand-off still using it lets go of it; the peer
+  // closes its end now.
+  if (evicted != nullptr) CloseOnPeer(evicted_target, evicted->id);
   return link;
 }
 
-void NcclKvTransport::DropLink(const std::string& target, const std::shared_ptr<Link>& link) {
-  std::lock_guard<std::mutex> lock(mu_);
-  auto it = links_.find(target);
-  if (it != links_.end() && it->second == link) {
-    links_.erase(it);
-    link_order_.remove(target);
+void NcclKvTransport::DropLink(const std::string& target, const std::shared_ptr<Link>& link,
+                               std::string_view why) {
+  link->nccl->Abort(why);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = links_.find(target);
+    if (it != links_.end() && it->second == link) {
+      links_.erase(it);
+      link_order_.remove(target);
+    }
   }
+  CloseOnPeer(target, link->id);
+}
+
+void NcclKvTransport::CloseOnPeer(const std::string& target, uint64_t link_id) {
+  grpc::ClientContext context;
+  SetDeadline(context, SteadyClock::now() + std::chrono::seconds(1));
+  v1::CloseKvLinkRequest request;
+  request.set_link_id(link_id);
+  v1::CloseKvLinkResponse response;
+  (void)stubs_.For(target)->CloseKvLink(&context, request, &response);  // best effort
 }
 
 absl::StatusOr<KvPushResult> NcclKvTransport::Fallback(const std::string& target,
@@ -161,26 +192,44 @@ absl::StatusOr<KvPushResult> NcclKvTransport::Push(const std::string& target,
     if (on_fallback_) on_fallback_("refused_recently");
     return fallback_->Push(target, reservation_id, source, deadline);
   }
-  absl::StatusOr<std::shared_ptr<Link>> link = LinkFor(target, deadline);
-  if (!link.ok()) return Fallback(target, reservation_id, source, deadline, link.status());
+  absl::StatusOr<KvPageExport> pages = source.PinPages();
+  if (!pages.ok()) return pages.status();
   absl::StatusOr<KvPushResult> pushed;
-  {
-    std::lock_guard<std::mutex> lock((*link)->mu);
-    pushed = PushOverLink(target, **link, reservation_id, source, deadline);
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    absl::StatusOr<std::shared_ptr<Link>> link = LinkFor(target, deadline);
+    if (!link.ok()) return Fallback(target, reservation_id, source, deadline, link.status());
+    {
+      std::unique_lock<std::timed_mutex> lock((*link)->mu, std::defer_lock);
+      if (!lock.try_lock_until(deadline)) {
+        return absl::UnavailableError(
+            absl::StrCat("KV transfer to ", target, ": the link stayed busy past the deadline"));
+      }
+      pushed = PushOverLink(target, **link, reservation_id, &*pages, source, deadline);
+    }
+    if (pushed.ok()) return pushed;
+    const absl::StatusCode code = pushed.status().code();
+    if (code == absl::StatusCode::kResourceExhausted ||
+        code == absl::StatusCode::kInvalidArgument) {
+      return pushed.status();  // refused before any receive was posted: the link is fine
+    }
+    // Whatever failed after the receive may have been posted, the link is not trusted
+    // again: both ends close it, and the next hand-off opens a fresh one.
+    DropLink(target, *link, std::string(pushed.status().message()));
+    if (pushed.status().code() == absl::StatusCode::kUnimplemented) {
+      return Fallback(target, reservation_id, source, deadline, pushed.status());
+    }
+    // The peer no longer knows the link (it restarted, or closed it): once more, anew.
+    if (pushed.status().code() != absl::StatusCode::kNotFound) break;
   }
-  if ((*link)->nccl->broken()) DropLink(target, *link);
-  if (!pushed.ok() && pushed.status().code() == absl::StatusCode::kUnimplemented) {
-    return Fallback(target, reservation_id, source, deadline, pushed.status());
-  }
-  return pushed;
+  // The peer's other codes are not the request's fault.
+  return absl::UnavailableError(pushed.status().message());
 }
 
 absl::StatusOr<KvPushResult> NcclKvTransport::PushOverLink(const std::string& target, Link& link,
                                                            uint64_t reservation_id,
+                                                           const KvPageExport* pages,
                                                            KvSource& source,
                                                            SteadyClock::time_point deadline) {
-  absl::StatusOr<KvPageExport> pages = source.PinPages();
-  if (!pages.ok()) return pages.status();
   const int64_t page_bytes = static_cast<int64_t>(
       pages->pages.dense.size() * source.dense_pool().PageBytesAllLayers() +
       pages->pages.streaming.size() * source.streaming_pool().PageBytesAllLayers());
@@ -223,6 +272,7 @@ absl::StatusOr<KvPushResult> NcclKvTransport::PushOverLink(const std::string& ta
     return absl::UnavailableError(
         absl::StrCat("KV transfer to ", target, " over NCCL failed: ", sent.message()));
   }
+  // From here the bytes are there; a failed confirmation still drops the link.
   v1::FinishKvReceiveRequest finish;
   finish.set_link_id(link.id);
   finish.set_reservation_id(reservation_id);
@@ -239,6 +289,7 @@ NcclKvLinkReceiver::~NcclKvLinkReceiver() {
   {
     std::lock_guard<std::mutex> lock(mu_);
     for (auto& [id, link] : links_) link->Abort("the worker is shutting down");
+    for (Waiter& waiter : waiters_) waiter.link->Abort("the worker is shutting down");
     waiters.swap(waiters_);
   }
   for (Waiter& waiter : waiters) waiter.thread.join();
@@ -280,7 +331,10 @@ absl::Status NcclKvLinkReceiver::PostReceive(uint64_t link_id, std::vector<KvByt
   ReapWaiters();
   auto it = links_.find(link_id);
   if (it == links_.end() || it->second->broken()) {
-    return absl::FailedPreconditionError(absl::StrCat("no open NCCL link ", link_id));
+    return absl::NotFoundError(absl::StrCat("no open NCCL link ", link_id));
+  }
+  if (!receiving_.insert(link_id).second) {
+    return absl::AlreadyExistsError(absl::StrCat("NCCL link ", link_id, " is still receiving"));
   }
   std::shared_ptr<nccl::NcclLink> link = it->second;
   // The receives are posted and waited for on a thread of their own: the sender posts
@@ -289,10 +343,11 @@ absl::Status NcclKvLinkReceiver::PostReceive(uint64_t link_id, std::vector<KvByt
   std::thread waiter([this, link, link_id, deadline, finished, done = std::move(done),
                       receives = ToNccl(ranges)]() mutable {
     absl::Status outcome = link->Transfer(receives, deadline);
-    if (!outcome.ok()) {
+    {
       std::lock_guard<std::mutex> lock(mu_);
+      receiving_.erase(link_id);
       auto found = links_.find(link_id);
-      if (found != links_.end() && found->second == link) {
+      if (!outcome.ok() && found != links_.end() && found->second == link) {
         links_.erase(found);
         link_order_.remove(link_id);
       }
@@ -300,8 +355,21 @@ absl::Status NcclKvLinkReceiver::PostReceive(uint64_t link_id, std::vector<KvByt
     done(outcome);
     finished->store(true);
   });
-  waiters_.push_back({std::move(waiter), finished});
+  waiters_.push_back({std::move(waiter), finished, link});
   return absl::OkStatus();
+}
+
+void NcclKvLinkReceiver::Close(uint64_t link_id) {
+  std::shared_ptr<nccl::NcclLink> link;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = links_.find(link_id);
+    if (it == links_.end()) return;
+    link = it->second;
+    links_.erase(it);
+    link_order_.remove(link_id);
+  }
+  link->Abort("the sender closed the link");
 }
 
 }  // namespace lserve

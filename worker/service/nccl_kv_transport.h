@@ -16,6 +16,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -53,19 +54,22 @@ class NcclKvTransport final : public KvTransport {
 
  private:
   struct Link {
-    std::mutex mu;  // one hand-off at a time per link
+    std::timed_mutex mu;  // one hand-off at a time per link
     uint64_t id = 0;
     std::unique_ptr<nccl::NcclLink> nccl;
   };
   absl::StatusOr<std::shared_ptr<Link>> LinkFor(const std::string& target,
                                                 std::chrono::steady_clock::time_point deadline);
-  void DropLink(const std::string& target, const std::shared_ptr<Link>& link);
+  // Aborts the link, forgets it, and asks the peer to close its end.
+  void DropLink(const std::string& target, const std::shared_ptr<Link>& link, std::string_view why);
+  void CloseOnPeer(const std::string& target, uint64_t link_id);
   absl::StatusOr<KvPushResult> Fallback(const std::string& target, uint64_t reservation_id,
                                         KvSource& source,
                                         std::chrono::steady_clock::time_point deadline,
                                         const absl::Status& why);
   absl::StatusOr<KvPushResult> PushOverLink(const std::string& target, Link& link,
-                                            uint64_t reservation_id, KvSource& source,
+                                            uint64_t reservation_id, const KvPageExport* pages,
+                                            KvSource& source,
                                             std::chrono::steady_clock::time_point deadline);
 
   WorkerStubs stubs_;
@@ -74,7 +78,8 @@ class NcclKvTransport final : public KvTransport {
   std::function<void(std::string_view)> on_fallback_;
   std::mutex mu_;
   std::map<std::string, std::shared_ptr<Link>> links_;
-  std::list<std::string> link_order_;  // least recently used first
+  std::list<std::string> link_order_;                           // least recently used first
+  std::map<std::string, std::shared_ptr<std::mutex>> opening_;  // one opening per target
   std::map<std::string, std::chrono::steady_clock::time_point> refused_until_;
 };
 
@@ -82,7 +87,7 @@ class NcclKvTransport final : public KvTransport {
 // used dropped first), and one waiting thread per posted receive.
 class NcclKvLinkReceiver final : public KvLinkReceiver {
  public:
-  explicit NcclKvLinkReceiver(int device, size_t max_links = 64)
+  explicit NcclKvLinkReceiver(int device, size_t max_links = 16)
       : device_(device), max_links_(max_links) {}
   ~NcclKvLinkReceiver() override;
   absl::StatusOr<int64_t> Open(uint64_t link_id, std::string_view unique_id,
@@ -90,11 +95,13 @@ class NcclKvLinkReceiver final : public KvLinkReceiver {
   absl::Status PostReceive(uint64_t link_id, std::vector<KvByteRange> ranges,
                            std::chrono::steady_clock::time_point deadline,
                            std::function<void(absl::Status)> done) override;
+  void Close(uint64_t link_id) override;
 
  private:
   struct Waiter {
     std::thread thread;
     std::shared_ptr<std::atomic<bool>> finished;
+    std::shared_ptr<nccl::NcclLink> link;  // aborted at shutdown, even if closed meanwhile
   };
   void ReapWaiters();
 
@@ -103,6 +110,7 @@ class NcclKvLinkReceiver final : public KvLinkReceiver {
   std::mutex mu_;
   std::map<uint64_t, std::shared_ptr<nccl::NcclLink>> links_;
   std::list<uint64_t> link_order_;
+  std::set<uint64_t> receiving_;  // links with a receive running
   std::vector<Waiter> waiters_;
 };
 

@@ -80,6 +80,7 @@ class WorkerHandler {
   // Blocks until the posted receive ends: OK once the reservation holds the KV.
   absl::StatusOr<v1::PushKvResponse> FinishKvReceive(const v1::FinishKvReceiveRequest& request,
                                                      SteadyClock::time_point deadline);
+  absl::Status CloseKvLink(const v1::CloseKvLinkRequest& request);
   absl::StatusOr<RequestId> StartDecode(const v1::DecodeRequest& request,
                                         std::optional<SteadyClock::time_point> deadline,
                                         ResponseSink sink);
@@ -106,6 +107,8 @@ class WorkerHandler {
     int64_t bytes = 0;
   };
   absl::Status CheckLinks() const;
+  // Forgets the receive into `reservation` if it is `pending` (no other attempt's).
+  void ForgetReceive(uint64_t reservation, const std::shared_ptr<PendingReceive>& pending);
 
   EngineLoop* loop_;
   WorkerIdentity identity_;

@@ -204,10 +204,7 @@ absl::StatusOr<v1::PostKvReceiveResponse> WorkerHandler::PostKvReceive(
       it->second = pending;
     }
   }
-  auto forget = [this, key] {
-    std::lock_guard<std::mutex> lock(receives_mu_);
-    receives_.erase(key);
-  };
+  auto forget = [this, key, pending] { ForgetReceive(key, pending); };
   absl::StatusOr<KvPlacement> placement = loop_->Run<absl::StatusOr<KvPlacement>>(
       [&] { return loop_->scheduler().ClaimReservation(reservation, *manifest); });
   if (!placement.ok()) {
@@ -276,18 +273,37 @@ absl::StatusOr<v1::PushKvResponse> WorkerHandler::FinishKvReceive(
     }
     outcome = *pending->outcome;
   }
-  {
-    std::lock_guard<std::mutex> lock(receives_mu_);
-    receives_.erase(r.reservation_id());
-  }
+  ForgetReceive(r.reservation_id(), pending);
   if (!outcome.ok()) return outcome;
   v1::PushKvResponse response;
   response.set_bytes(pending->bytes);
   return response;
 }
 
+void WorkerHandler::ForgetReceive(uint64_t reservation,
+                                  const std::shared_ptr<PendingReceive>& pending) {
+  std::lock_guard<std::mutex> lock(receives_mu_);
+  auto it = receives_.find(reservation);
+  if (it != receives_.end() && it->second == pending) receives_.erase(it);
+}
+
+absl::Status WorkerHandler::CloseKvLink(const v1::CloseKvLinkRequest& r) {
+  if (absl::Status status = CheckLinks(); !status.ok()) return status;
+  link_receiver_->Close(r.link_id());
+  return absl::OkStatus();
+}
+
 absl::Status WorkerHandler::ReleaseKv(const v1::ReleaseKvRequest& r) {
   if (r.reservation_id() != 0) {
+    {
+      // A receive whose outcome nobody will ask for any more.
+      std::lock_guard<std::mutex> lock(receives_mu_);
+      auto it = receives_.find(r.reservation_id());
+      if (it != receives_.end()) {
+        std::lock_guard<std::mutex> outcome(it->second->mu);
+        if (it->second->outcome.has_value()) receives_.erase(it);
+      }
+    }
     const RequestId reservation = static_cast<RequestId>(r.reservation_id());
     return loop_->Run<absl::Status>(
         [&] { return loop_->scheduler().CancelReservation(reservation); });

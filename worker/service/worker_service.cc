@@ -209,6 +209,12 @@ grpc::ServerUnaryReactor* WorkerApiService::FinishKvReceive(
   });
 }
 
+grpc::ServerUnaryReactor* WorkerApiService::CloseKvLink(grpc::CallbackServerContext* context,
+                                                        const v1::CloseKvLinkRequest* request,
+                                                        v1::CloseKvLinkResponse*) {
+  return Done(context, handler_->CloseKvLink(*request));
+}
+
 grpc::ServerUnaryReactor* WorkerApiService::ReleaseKv(grpc::CallbackServerContext* context,
                                                       const v1::ReleaseKvRequest* request,
                                                       v1::ReleaseKvResponse*) {

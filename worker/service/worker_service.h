@@ -58,6 +58,9 @@ class WorkerApiService final : public v1::Worker::CallbackService {
   grpc::ServerUnaryReactor* FinishKvReceive(grpc::CallbackServerContext* context,
                                             const v1::FinishKvReceiveRequest* request,
                                             v1::PushKvResponse* response) override;
+  grpc::ServerUnaryReactor* CloseKvLink(grpc::CallbackServerContext* context,
+                                        const v1::CloseKvLinkRequest* request,
+                                        v1::CloseKvLinkResponse* response) override;
   grpc::ServerUnaryReactor* ReleaseKv(grpc::CallbackServerContext* context,
                                       const v1::ReleaseKvRequest* request,
                                       v1::ReleaseKvResponse* response) override;

@@ -45,6 +45,10 @@ class FakeLinkReceiver : public KvLinkReceiver {
     posted.push_back({std::move(ranges), std::move(done)});
     return absl::OkStatus();
   }
+  void Close(uint64_t link_id) override {
+    std::lock_guard<std::mutex> lock(mu);
+    links.erase(std::remove(links.begin(), links.end(), link_id), links.end());
+  }
   Posted TakeLast() {
     std::lock_guard<std::mutex> lock(mu);
     Posted last = std::move(posted.back());
