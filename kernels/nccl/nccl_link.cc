@@ -13,6 +13,7 @@
 #include "common/logging.h"
 #include "common/status_macros.h"
 #include "kernels/nccl/copy_ranges.h"
+#include "kernels/nccl/staging_plan.h"
 
 namespace lserve::nccl {
 namespace {
@@ -280,28 +281,9 @@ absl::Status NcclLink::Transfer(std::span<const ByteRange> ranges, Deadline dead
 }
 
 absl::Status NcclLink::TransferStaged(std::span<const ByteRange> ranges, Deadline deadline) {
-  // Chunks of the staging buffer's size, cut identically on both ranks; each chunk's
-  // pieces are gathered into the buffer before its send, or scattered after its receive.
-  std::vector<RangeCopy> copies;
-  std::vector<size_t> chunk_first = {0}, chunk_bytes = {0};
-  for (const ByteRange& range : ranges) {
-    for (size_t offset = 0; offset < range.bytes;) {
-      const size_t bytes = std::min(range.bytes - offset, kStagingBytes - chunk_bytes.back());
-      uint8_t* pool = static_cast<uint8_t*>(range.data) + offset;
-      copies.push_back(impl_->rank == 0 ? RangeCopy{pool, nullptr, bytes}
-                                        : RangeCopy{nullptr, pool, bytes});
-      chunk_bytes.back() += bytes;
-      offset += bytes;
-      if (chunk_bytes.back() == kStagingBytes) {
-        chunk_first.push_back(copies.size());
-        chunk_bytes.push_back(0);
-      }
-    }
-  }
-  if (chunk_bytes.back() == 0) {
-    chunk_first.pop_back();
-    chunk_bytes.pop_back();
-  }
+  // Each chunk is gathered into the staging buffer before its send, or scattered from it
+  // after its receive.
+  StagingPlan plan;
   {
     std::lock_guard<std::mutex> lock(impl_->mu);
     if (impl_->broken) return absl::UnavailableError("the NCCL link is broken");
@@ -309,51 +291,38 @@ absl::Status NcclLink::TransferStaged(std::span<const ByteRange> ranges, Deadlin
     if (impl_->staging == nullptr) {
       RETURN_IF_ERROR(CudaError(cudaMalloc(&impl_->staging, kStagingBytes), "staging buffer"));
     }
-    if (impl_->descriptor_capacity < copies.size()) {
+    plan = PlanStaging(ranges, impl_->rank == 0, impl_->staging, kStagingBytes);
+    if (impl_->descriptor_capacity < plan.copies.size()) {
       if (impl_->descriptors != nullptr) (void)cudaFree(impl_->descriptors);
       impl_->descriptors = nullptr;
       impl_->descriptor_capacity = 0;
-      RETURN_IF_ERROR(CudaError(cudaMalloc(&impl_->descriptors, copies.size() * sizeof(RangeCopy)),
-                                "copy descriptors"));
-      impl_->descriptor_capacity = copies.size();
-    }
-    // The staging side of each copy: its offset in its chunk.
-    for (size_t c = 0; c < chunk_first.size(); ++c) {
-      const size_t end = c + 1 < chunk_first.size() ? chunk_first[c + 1] : copies.size();
-      size_t at = 0;
-      for (size_t i = chunk_first[c]; i < end; ++i) {
-        void* staged = static_cast<uint8_t*>(impl_->staging) + at;
-        if (impl_->rank == 0) {
-          copies[i].dst = staged;
-        } else {
-          copies[i].src = staged;
-        }
-        at += copies[i].bytes;
-      }
+      RETURN_IF_ERROR(
+          CudaError(cudaMalloc(&impl_->descriptors, plan.copies.size() * sizeof(RangeCopy)),
+                    "copy descriptors"));
+      impl_->descriptor_capacity = plan.copies.size();
     }
     // From pageable memory: the call returns once the bytes are taken.
-    RETURN_IF_ERROR(CudaError(
-        cudaMemcpyAsync(impl_->descriptors, copies.data(), copies.size() * sizeof(RangeCopy),
-                        cudaMemcpyHostToDevice, impl_->stream),
-        "uploading copy descriptors"));
+    RETURN_IF_ERROR(CudaError(cudaMemcpyAsync(impl_->descriptors, plan.copies.data(),
+                                              plan.copies.size() * sizeof(RangeCopy),
+                                              cudaMemcpyHostToDevice, impl_->stream),
+                              "uploading copy descriptors"));
   }
-  for (size_t c = 0; c < chunk_first.size(); ++c) {
-    const size_t end = c + 1 < chunk_first.size() ? chunk_first[c + 1] : copies.size();
-    const int count = static_cast<int>(end - chunk_first[c]);
-    const ByteRange staged{impl_->staging, chunk_bytes[c]};
+  for (size_t c = 0; c < plan.chunk_first.size(); ++c) {
+    const int count = static_cast<int>(plan.chunk_end(c) - plan.chunk_first[c]);
+    const RangeCopy* chunk = impl_->descriptors + plan.chunk_first[c];
+    const ByteRange staged{impl_->staging, plan.chunk_bytes[c]};
     if (impl_->rank == 0) {
       {
         std::lock_guard<std::mutex> lock(impl_->mu);
         (void)cudaSetDevice(impl_->device);
-        RETURN_IF_ERROR(
-            LaunchCopyRanges(impl_->descriptors + chunk_first[c], count, impl_->stream));
+        RETURN_IF_ERROR(LaunchCopyRanges(chunk, count, impl_->stream));
       }
       RETURN_IF_ERROR(PostGroup({&staged, 1}, deadline));
     } else {
       RETURN_IF_ERROR(PostGroup({&staged, 1}, deadline));
       std::lock_guard<std::mutex> lock(impl_->mu);
       (void)cudaSetDevice(impl_->device);
-      RETURN_IF_ERROR(LaunchCopyRanges(impl_->descriptors + chunk_first[c], count, impl_->stream));
+      RETURN_IF_ERROR(LaunchCopyRanges(chunk, count, impl_->stream));
     }
   }
   return WaitStream(deadline);

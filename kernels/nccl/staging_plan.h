@@ -1,0 +1,34 @@
+// How a staged transfer cuts scattered ranges into chunks of the staging buffer: each
+// range is split where a chunk fills, and each piece gets its offset in its chunk. Both
+// ranks cut ranges of equal sizes identically, so chunk c of the sender's gather is
+// chunk c of the receiver's scatter.
+#ifndef LSERVE_KERNELS_NCCL_STAGING_PLAN_H_
+#define LSERVE_KERNELS_NCCL_STAGING_PLAN_H_
+
+#include <cstddef>
+#include <span>
+#include <vector>
+
+#include "kernels/nccl/copy_ranges.h"
+#include "kernels/nccl/nccl_link.h"
+
+namespace lserve::nccl {
+
+struct StagingPlan {
+  std::vector<RangeCopy> copies;    // chunk after chunk
+  std::vector<size_t> chunk_first;  // index of each chunk's first copy
+  std::vector<size_t> chunk_bytes;  // bytes of each chunk (the last may be short)
+
+  size_t chunk_end(size_t chunk) const {
+    return chunk + 1 < chunk_first.size() ? chunk_first[chunk + 1] : copies.size();
+  }
+};
+
+// `gather`: copies from the ranges into `staging` (the sender); else from `staging` into
+// the ranges (the receiver). Empty ranges are skipped.
+StagingPlan PlanStaging(std::span<const ByteRange> ranges, bool gather, void* staging,
+                        size_t staging_bytes);
+
+}  // namespace lserve::nccl
+
+#endif  // LSERVE_KERNELS_NCCL_STAGING_PLAN_H_

@@ -1,0 +1,72 @@
+// The staging plan of a scattered transfer, played out on host memory: the sender's plan
+// gathers its ranges chunk by chunk, the chunks travel as they are, and the receiver's
+// plan scatters them into ranges of the same sizes elsewhere; every byte lands where it
+// belongs, chunks are full but the last, and no piece crosses a chunk.
+#include "kernels/nccl/staging_plan.h"
+
+#include <cstring>
+#include <numeric>
+#include <random>
+
+#include "gtest/gtest.h"
+
+namespace lserve::nccl {
+namespace {
+
+void PlayOut(const StagingPlan& plan) {
+  for (const RangeCopy& copy : plan.copies) std::memcpy(copy.dst, copy.src, copy.bytes);
+}
+
+TEST(StagingPlanTest, GatheredChunksScatterIntoTheReceiversRanges) {
+  std::mt19937 random(5);
+  for (size_t staging_bytes : {size_t{64}, size_t{1000}, size_t{4096}}) {
+    std::vector<size_t> sizes;
+    for (int i = 0; i < 300; ++i) sizes.push_back(i % 17 == 0 ? 0 : random() % 700 + 1);
+    const size_t total = std::accumulate(sizes.begin(), sizes.end(), size_t{0});
+    std::vector<uint8_t> source(total), target(total, 0);
+    for (size_t i = 0; i < total; ++i) source[i] = static_cast<uint8_t>(random());
+    // The receiver's ranges lie in reverse order in its memory.
+    std::vector<ByteRange> sends, receives;
+    size_t offset = 0;
+    for (size_t size : sizes) {
+      sends.push_back({source.data() + offset, size});
+      receives.push_back({target.data() + (total - offset - size), size});
+      offset += size;
+    }
+    std::vector<uint8_t> sender_buffer(staging_bytes), receiver_buffer(staging_bytes);
+    const StagingPlan gather = PlanStaging(sends, true, sender_buffer.data(), staging_bytes);
+    const StagingPlan scatter = PlanStaging(receives, false, receiver_buffer.data(), staging_bytes);
+    ASSERT_EQ(gather.chunk_bytes, scatter.chunk_bytes);
+    ASSERT_EQ(gather.chunk_first, scatter.chunk_first);
+    EXPECT_EQ(std::accumulate(gather.chunk_bytes.begin(), gather.chunk_bytes.end(), size_t{0}),
+              total);
+    for (size_t c = 0; c < gather.chunk_first.size(); ++c) {
+      if (c + 1 < gather.chunk_first.size()) {
+        EXPECT_EQ(gather.chunk_bytes[c], staging_bytes);
+      }
+      StagingPlan one_chunk;
+      one_chunk.copies.assign(gather.copies.begin() + gather.chunk_first[c],
+                              gather.copies.begin() + gather.chunk_end(c));
+      PlayOut(one_chunk);  // gather chunk c
+      std::memcpy(receiver_buffer.data(), sender_buffer.data(), gather.chunk_bytes[c]);  // "send"
+      one_chunk.copies.assign(scatter.copies.begin() + scatter.chunk_first[c],
+                              scatter.copies.begin() + scatter.chunk_end(c));
+      for (const RangeCopy& copy : one_chunk.copies) {
+        const auto* staged = static_cast<const uint8_t*>(copy.src);
+        ASSERT_GE(staged, receiver_buffer.data());
+        ASSERT_LE(staged + copy.bytes, receiver_buffer.data() + staging_bytes);
+      }
+      PlayOut(one_chunk);  // scatter chunk c
+    }
+    offset = 0;
+    for (size_t size : sizes) {
+      ASSERT_EQ(std::memcmp(target.data() + (total - offset - size), source.data() + offset, size),
+                0)
+          << "staging " << staging_bytes << ", range at " << offset;
+      offset += size;
+    }
+  }
+}
+
+}  // namespace
+}  // namespace lserve::nccl
