@@ -31,7 +31,7 @@ namespace lserve {
 struct NcclKvOptions {
   int device = 0;  // the worker's CUDA device, where its pools are
   std::chrono::milliseconds open_timeout{30000};
-  size_t max_links = 64;
+  size_t max_links = 16;  // each takes 0.4-1 GiB of device memory on both GPUs
   // How long a peer that refused a link gets the fallback before NCCL is tried again.
   std::chrono::milliseconds retry_link_after{60000};
   // A transfer (and the peer's receive) gives up after this plus a second per GB, or at
