@@ -173,7 +173,9 @@ struct HandOff {
     auto moved =
         prefill.handler->TransferKv(transfer, SteadyClock::now() + std::chrono::seconds(30));
     *transferred = moved.status();
-    if (moved.ok()) EXPECT_EQ(moved->transport(), "copy");
+    if (moved.ok()) {
+      EXPECT_EQ(moved->transport(), "copy");
+    }
     v1::ReleaseKvRequest release;
     release.set_kv_handle(first->kv_handle());
     (void)prefill.handler->ReleaseKv(release);
