@@ -1,7 +1,6 @@
 #include "worker/service/grpc_kv_transport.h"
 
 #include "absl/strings/str_cat.h"
-#include "net/grpc_status.h"
 #include "worker/service/kv_wire.h"
 
 namespace lserve {
@@ -17,9 +16,7 @@ absl::StatusOr<KvPushResult> GrpcKvTransport::Push(const std::string& target,
   if (!read.ok()) return read.status();
   const KvSnapshot& snapshot = *read;
   grpc::ClientContext context;
-  // gRPC takes system-clock deadlines.
-  context.set_deadline(std::chrono::system_clock::now() +
-                       (deadline - std::chrono::steady_clock::now()));
+  SetDeadline(context, deadline);
   v1::PushKvResponse response;
   std::unique_ptr<grpc::ClientWriter<v1::KvChunk>> writer =
       stubs_.For(target)->PushKv(&context, &response);
@@ -34,10 +31,9 @@ absl::StatusOr<KvPushResult> GrpcKvTransport::Push(const std::string& target,
     });
   }
   if (open) writer->WritesDone();
-  const grpc::Status status = writer->Finish();
-  if (!status.ok()) {
-    return absl::Status(net::FromGrpcStatus(status).code(),
-                        absl::StrCat("KV push to ", target, ": ", status.error_message()));
+  if (absl::Status status = FromGrpc(writer->Finish(), absl::StrCat("KV push to ", target));
+      !status.ok()) {
+    return status;
   }
   return KvPushResult{response.bytes(), "grpc"};
 }

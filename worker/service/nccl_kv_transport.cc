@@ -7,7 +7,6 @@
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
-#include "net/grpc_status.h"
 #include "worker/service/kv_wire.h"
 
 namespace lserve {
@@ -20,16 +19,6 @@ std::vector<nccl::ByteRange> ToNccl(const std::vector<KvByteRange>& ranges) {
   out.reserve(ranges.size());
   for (const KvByteRange& range : ranges) out.push_back({range.data, range.bytes});
   return out;
-}
-
-void SetDeadline(grpc::ClientContext& context, SteadyClock::time_point deadline) {
-  context.set_deadline(std::chrono::system_clock::now() + (deadline - SteadyClock::now()));
-}
-
-absl::Status FromGrpc(const grpc::Status& status, const std::string& what) {
-  if (status.ok()) return absl::OkStatus();
-  return absl::Status(net::FromGrpcStatus(status).code(),
-                      absl::StrCat(what, ": ", status.error_message()));
 }
 
 uint64_t NewLinkId() {
