@@ -7,6 +7,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string_view>
 #include <vector>
 
@@ -16,6 +17,7 @@
 #include "kernels/attention_params.h"
 #include "kernels/dtype.h"
 #include "kernels/layer_params.h"
+#include "kernels/queue_marks.h"
 #include "kernels/sampling_params.h"
 
 namespace lserve {
@@ -82,6 +84,11 @@ class Backend {
   virtual absl::StatusOr<BackendTensor> UploadWeights(const float* host, int64_t elements) = 0;
   // Waits for queued work and reports asynchronous errors.
   virtual absl::Status Synchronize() = 0;
+  // Marks for the layers of a step (QueueMarks); the default suits a backend whose ops
+  // have finished when they return.
+  virtual absl::StatusOr<std::unique_ptr<QueueMarks>> NewQueueMarks(int count) {
+    return std::make_unique<QueueMarks>(count);
+  }
 
   virtual absl::Status Embedding(const EmbeddingParams& params) = 0;
   virtual absl::Status RmsNorm(const RmsNormParams& params) = 0;

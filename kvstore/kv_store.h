@@ -58,8 +58,10 @@ class KvStore {
   // Creates `seq` from a snapshot, all or nothing: RESOURCE_EXHAUSTED when its pages do
   // not fit, INVALID_ARGUMENT when the shapes differ or the snapshot is malformed.
   absl::Status ImportSequence(SeqId seq, const KvSnapshot& snapshot);
-  // The pages of a sequence's committed KV, for a transport that reads the pools itself.
-  absl::StatusOr<KvPageExport> ExportPages(SeqId seq) const;
+  // The pages of a sequence's committed KV, for a transport that reads the pools itself;
+  // with `pending_tokens`, as it will be once that many tokens extended (and being
+  // computed) are committed.
+  absl::StatusOr<KvPageExport> ExportPages(SeqId seq, int64_t pending_tokens = 0) const;
   // Creates `seq` from a manifest (a snapshot without bytes) on freshly allocated pages
   // whose contents the caller then writes; errors as ImportSequence. Until written, the
   // pages hold stale data: free the sequence if the writing fails.

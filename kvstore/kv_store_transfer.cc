@@ -10,9 +10,10 @@
 
 namespace lserve {
 
-absl::StatusOr<KvPageExport> KvStore::ExportPages(SeqId seq) const {
+absl::StatusOr<KvPageExport> KvStore::ExportPages(SeqId seq, int64_t pending_tokens) const {
   absl::StatusOr<int64_t> length = tables_.Length(seq);
   if (!length.ok()) return length.status();
+  *length += pending_tokens;
   KvPageExport out;
   KvSnapshot& manifest = out.manifest;
   manifest.shape = shape();
@@ -23,6 +24,10 @@ absl::StatusOr<KvPageExport> KvStore::ExportPages(SeqId seq) const {
   if (tables_.has_dense()) {
     manifest.num_dense_pages = (*length + p - 1) / p;
     const auto& pages = tables_.DensePages(seq);
+    if (manifest.num_dense_pages > static_cast<int64_t>(pages.size())) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("sequence ", seq, " has no pages for ", pending_tokens, " more tokens"));
+    }
     out.pages.dense.assign(pages.begin(), pages.begin() + manifest.num_dense_pages);
   }
   if (tables_.has_streaming()) {

@@ -83,6 +83,11 @@ absl::Status RouterHandler::Disaggregated(Run& run, WorkerState& decode, WorkerS
   v1::PrefillRequest prefill_request;
   *prefill_request.mutable_request() = request;
   prefill_request.set_lease_ms(options_.kv_lease.count());
+  // A worker with a device transport sends the KV to D while its last chunk computes.
+  if (request.sampling().max_tokens() > 1) {
+    prefill_request.set_handoff_target(decode.address);
+    prefill_request.set_handoff_reservation_id(*reservation);
+  }
   absl::StatusOr<v1::PrefillResponse> prefilled = absl::UnknownError("");
   {
     AttemptCancellation attempt(run, prefill);

@@ -3,9 +3,11 @@
 # over NCCL. Runs the link test, the hand-off bandwidth bench (against raw NCCL), the
 # two-GPU cluster tests (equivalence and faults), and time to first and second token at
 # ~128K prompt tokens on the synthetic Llama-3-8B model (hybrid), unified worker against
-# prefill on GPU 0 -> NCCL -> decode on GPU 1. Logs, JSON and summary.txt go to $OUT
+# prefill on GPU 0 -> NCCL -> decode on GPU 1, with the KV sent during the prefill's last
+# chunk and only after it. Logs, JSON and summary.txt go to $OUT
 # (default ./gpu-out). GATES names the streaming-head gate file (default build-gpu/gates.tsv);
-# TTFT_TOKENS the long prompt's length (default 130000; 0 skips that part).
+# TTFT_TOKENS the long prompt's length (default 130000; 0 skips that part); TTFT_ONLY=1
+# runs only that part.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-gpu-out}
@@ -27,6 +29,7 @@ nvidia-smi topo -m >"$out/topo.txt" 2>&1
 summary=$out/summary.txt
 find_bin() { find "$build" -name "$1" -type f -perm -u+x | head -1; }
 
+if [ -z "${TTFT_ONLY:-}" ]; then
 bin=$(find_bin cuda_nccl_link_test)
 timeout 120 "$bin" >"$out/nccl_link_test.log" 2>&1
 echo "cuda_nccl_link_test: rc=$? $(grep -E '^\[  (PASSED|FAILED|SKIPPED)' "$out/nccl_link_test.log" | tr '\n' ' ')" | tee -a "$summary"
@@ -40,6 +43,7 @@ grep -E 'via|P2P|SHM' "$out/handoff_bench.err" | head -4 | tee -a "$summary"
 bin=$(find_bin cluster_gpu_test)
 timeout 400 "$bin" >"$out/cluster_gpu_test.log" 2>&1
 echo "cluster_gpu_test: rc=$? $(grep -E '^\[  (PASSED|FAILED|SKIPPED)|^\[       OK|^\[  FAILED' "$out/cluster_gpu_test.log" | tr '\n' ' ')" | tee -a "$summary"
+fi
 
 tokens=${TTFT_TOKENS:-130000}
 [ "$tokens" -gt 0 ] || exit 0
@@ -79,20 +83,28 @@ ask() {  # ask NAME TARGET: the warm-up, then the long prompt (4 greedy tokens)
 }
 start unified "${worker[@]}" --device=0 && ask unified "127.0.0.1:$(port unified grpc_port)"
 stop_all
-start router "$build/router/lserve-router" --listen=127.0.0.1:0 --metrics_listen=127.0.0.1:0 \
-  --disaggregation_min_prompt_tokens=256 --health_interval_s=0.2 &&
-  start prefill "${worker[@]}" --device=0 --role=prefill --router="127.0.0.1:$(port router grpc_port)" &&
-  start decode "${worker[@]}" --device=1 --role=decode --router="127.0.0.1:$(port router grpc_port)" &&
-  "$build/client/lserve" health --target="127.0.0.1:$(port router grpc_port)" --wait_s=60 &&
-  ask disaggregated "127.0.0.1:$(port router grpc_port)"
-for name in prefill decode; do
-  python3 - "$name" "$(port $name metrics_port)" <<'PY' | tee -a "$summary"
+# disaggregated: the KV goes layer by layer while the prefill's last chunk computes it;
+# disaggregated_after: only once the prefill is done (--kv_send_during_prefill=false).
+for mode in disaggregated disaggregated_after; do
+  extra=()
+  [ "$mode" = disaggregated_after ] && extra=(--kv_send_during_prefill=false)
+  start router "$build/router/lserve-router" --listen=127.0.0.1:0 --metrics_listen=127.0.0.1:0 \
+    --disaggregation_min_prompt_tokens=256 --health_interval_s=0.2 &&
+    start prefill "${worker[@]}" "${extra[@]}" --device=0 --role=prefill --router="127.0.0.1:$(port router grpc_port)" &&
+    start decode "${worker[@]}" --device=1 --role=decode --router="127.0.0.1:$(port router grpc_port)" &&
+    "$build/client/lserve" health --target="127.0.0.1:$(port router grpc_port)" --wait_s=60 &&
+    ask "$mode" "127.0.0.1:$(port router grpc_port)"
+  for name in prefill decode; do
+    python3 - "$mode $name" "$(port $name metrics_port)" <<'PY' | tee -a "$summary"
 import sys, urllib.request
 name, port = sys.argv[1], sys.argv[2]
 text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-keep = [l for l in text.splitlines() if l.startswith(("lserve_kv_transfer_bytes_total", "lserve_kv_transfer_seconds_sum", "lserve_kv_transport_fallbacks_total"))]
+keep = [l for l in text.splitlines() if l.startswith(("lserve_kv_transfer_bytes_total", "lserve_kv_transfer_seconds_sum", "lserve_kv_transport_fallbacks_total", "lserve_kv_handoffs_during_prefill_total"))]
 print(name, "metrics:", "; ".join(keep) or "none")
 PY
+  done
+  grep -h "NCCL KV link\|falls back\|aborted\|during its prefill failed" "$out/prefill.log" "$out/decode.log" | head -5 | tee -a "$summary"
+  cp "$out/prefill.log" "$out/${mode}_prefill.log"
+  cp "$out/decode.log" "$out/${mode}_decode.log"
+  stop_all
 done
-grep -h "NCCL KV link\|falls back\|aborted" "$out/prefill.log" "$out/decode.log" | head -5 | tee -a "$summary"
-stop_all

@@ -21,8 +21,8 @@ ninja -C build-asan -j "${jobs}"
 
 cmake -S . -B build-tsan "${common[@]}" -DLSERVE_SANITIZE=thread >/dev/null
 ninja -C build-tsan -j "${jobs}" scheduler_test thread_pool_test offline_test \
-  worker_handler_test device_handoff_test registry_concurrency_test http_exporter_test router_handler_test \
-  router_parts_test
+  worker_handler_test device_handoff_test early_handoff_test kv_stream_out_test queue_marks_test \
+  registry_concurrency_test http_exporter_test router_handler_test router_parts_test
 (cd build-tsan && TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
   ctest --output-on-failure -j "${jobs}" \
-  -R '^(SchedulerTest|ThreadPoolTest|GeneratorTest|WorkerHandlerTest|KvWireTest|DeviceHandOffTest|KvPageRunsTest|MetricsConcurrencyTest|HttpExporterTest|RouterHandlerTest|CircuitBreakerTest|RoutingPolicyTest|WorkerRegistryTest)\.')
+  -R '^(SchedulerTest|ThreadPoolTest|GeneratorTest|WorkerHandlerTest|KvWireTest|DeviceHandOffTest|EarlyHandOffTest|KvStreamOutTest|QueueMarksTest|KvPageRunsTest|MetricsConcurrencyTest|HttpExporterTest|RouterHandlerTest|CircuitBreakerTest|RoutingPolicyTest|WorkerRegistryTest)\.')

@@ -165,7 +165,8 @@ absl::StatusOr<PageCounts> Engine::PagesNeeded(const std::vector<StepInput>& bat
   return total;
 }
 
-absl::StatusOr<std::vector<StepOutput>> Engine::Step(const std::vector<StepInput>& batch) {
+absl::StatusOr<std::vector<StepOutput>> Engine::Step(const std::vector<StepInput>& batch,
+                                                     const StepStarted& started) {
   RETURN_IF_ERROR(ValidateBatch(batch));
   ASSIGN_OR_RETURN(const PageCounts needed, PagesNeeded(batch));
   const PageCounts available = kv_->tables().Available();
@@ -178,8 +179,24 @@ absl::StatusOr<std::vector<StepOutput>> Engine::Step(const std::vector<StepInput
     RETURN_IF_ERROR(kv_->tables().Extend(input.seq, static_cast<int64_t>(input.tokens.size()),
                                          input.phase == StepPhase::kDecode));
   }
+  std::shared_ptr<QueueMarks> marks;
+  const bool has_prefill = std::any_of(batch.begin(), batch.end(), [](const StepInput& input) {
+    return input.phase == StepPhase::kPrefill;
+  });
+  if (started && has_prefill) {
+    absl::StatusOr<std::unique_ptr<QueueMarks>> made = backend_->NewQueueMarks(config().num_layers);
+    if (made.ok()) {
+      marks = *std::move(made);
+      started(marks);
+    } else {
+      LOG(Warning) << "no queue marks for this step: " << made.status();
+    }
+  }
   std::vector<StepOutput> outputs;
-  RETURN_IF_ERROR(Forward(batch, &outputs));
+  if (absl::Status forward = Forward(batch, &outputs, marks.get()); !forward.ok()) {
+    if (marks != nullptr) marks->Abandon(forward);
+    return forward;
+  }
   for (const StepInput& input : batch) {
     RETURN_IF_ERROR(kv_->tables().Commit(input.seq, static_cast<int64_t>(input.tokens.size())));
     if (input.phase == StepPhase::kDecode) ++decode_steps_[input.seq];

@@ -5,6 +5,7 @@
 #define LSERVE_WORKER_ENGINE_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -68,6 +69,11 @@ struct StepOutput {
   std::vector<float> logits;                            // num_rows x vocab
 };
 
+// Called inside Engine::Step once the batch's pages are placed and before its work is
+// queued: the step places mark l once layer l's KV appends are queued, so the pages of
+// layer l are final when mark l has passed (a device transport sends them meanwhile).
+using StepStarted = std::function<void(std::shared_ptr<QueueMarks> marks)>;
+
 class Engine {
  public:
   // The backend named by options.backend.
@@ -84,8 +90,10 @@ class Engine {
   absl::StatusOr<int64_t> SequenceLength(SeqId seq) const { return kv_->tables().Length(seq); }
 
   // Runs one forward step; on error no sequence advances. RESOURCE_EXHAUSTED when the
-  // step's tokens do not fit in the KV pools (checked before anything changes).
-  absl::StatusOr<std::vector<StepOutput>> Step(const std::vector<StepInput>& batch);
+  // step's tokens do not fit in the KV pools (checked before anything changes). With
+  // `started`, a step with prefill inputs places queue marks (StepStarted).
+  absl::StatusOr<std::vector<StepOutput>> Step(const std::vector<StepInput>& batch,
+                                               const StepStarted& started = nullptr);
   // Pages of each pool the step's inputs would newly take (what Step checks).
   absl::StatusOr<PageCounts> PagesNeeded(const std::vector<StepInput>& batch) const;
 
@@ -118,7 +126,8 @@ class Engine {
   // The byte budget of the KV pools (see EngineOptions::max_kv_cache_bytes).
   absl::StatusOr<int64_t> KvCacheBytes(const EngineOptions& options) const;
   absl::Status ValidateBatch(const std::vector<StepInput>& batch) const;
-  absl::Status Forward(const std::vector<StepInput>& batch, std::vector<StepOutput>* outputs);
+  absl::Status Forward(const std::vector<StepInput>& batch, std::vector<StepOutput>* outputs,
+                       QueueMarks* marks);
   absl::Status EnsureActivations(int64_t rows, int64_t out_rows);
 
   ModelWeights weights_;

@@ -42,8 +42,8 @@ absl::Status Engine::EnsureActivations(int64_t rows, int64_t out_rows) {
   return absl::OkStatus();
 }
 
-absl::Status Engine::Forward(const std::vector<StepInput>& batch,
-                             std::vector<StepOutput>* outputs) {
+absl::Status Engine::Forward(const std::vector<StepInput>& batch, std::vector<StepOutput>* outputs,
+                             QueueMarks* marks) {
   const ModelConfig& c = weights_.config;
   Backend* be = backend_.get();
   const DType dt = be->compute_dtype();
@@ -138,6 +138,7 @@ absl::Status Engine::Forward(const std::vector<StepInput>& batch,
     RETURN_IF_ERROR(attention_->RopeAppend(
         layer, plan_, {q, positions_device, inv_freq, rows, c.num_heads, d, q_stride, dt},
         {k, positions_device, inv_freq, rows, c.num_kv_heads, d, kv_stride, dt}, v, kv_stride));
+    if (marks != nullptr) RETURN_IF_ERROR(marks->Place(layer));
     RETURN_IF_ERROR(attention_->Run(layer, plan_, q, attn_.data(), q_stride));
     RETURN_IF_ERROR(gemm(attn_.data(), lw.o_proj, lw.o_bias, proj_.data(), hidden, q_dim));
     RETURN_IF_ERROR(be->RmsNorm({proj_.data(), lw.post_attention_norm.data, xn_.data(), rows,

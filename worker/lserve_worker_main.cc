@@ -34,6 +34,9 @@ ABSL_FLAG(int, device, 0, "cuda: device ordinal (keep every GPU visible so NCCL 
 ABSL_FLAG(std::string, kv_transport, "",
           "KV hand-off: grpc or nccl (GPU to GPU, gRPC when a peer cannot); default: nccl on "
           "cuda, grpc on cpu");
+ABSL_FLAG(bool, kv_send_during_prefill, true,
+          "nccl: send a hand-off's KV layer by layer while the prefill's last chunk computes "
+          "it (false: once the prefill is done)");
 ABSL_FLAG(std::string, role, "unified", "unified, prefill or decode");
 ABSL_FLAG(std::string, listen, "127.0.0.1:50051", "gRPC address host:port (port 0: any)");
 ABSL_FLAG(std::string, metrics_listen, "", "Prometheus endpoint host:port; empty: none");
@@ -186,7 +189,9 @@ int Main() {
 #if LSERVE_HAVE_NCCL
     nccl_transport = std::make_unique<NcclKvTransport>(
         *peer_credentials, static_cast<int>(config->max_message_bytes()),
-        NcclKvOptions{.device = config->device()}, &grpc_transport,
+        NcclKvOptions{.device = config->device(),
+                      .send_during_prefill = absl::GetFlag(FLAGS_kv_send_during_prefill)},
+        &grpc_transport,
         [m = metrics->get()](std::string_view reason) { m->KvTransportFallback(reason); });
     transport = nccl_transport.get();
     link_receiver = std::make_unique<NcclKvLinkReceiver>(config->device());

@@ -54,6 +54,32 @@ class DeviceMemorySpace final : public MemorySpace {
   }
 };
 
+// One event per mark, recorded on the backend's stream.
+class EventMarks final : public QueueMarks {
+ public:
+  EventMarks(int count, cudaStream_t stream) : QueueMarks(count), stream_(stream) {}
+  ~EventMarks() override {
+    for (cudaEvent_t event : events_) (void)cudaEventDestroy(event);
+  }
+  absl::Status Init() {
+    events_.resize(size(), nullptr);
+    for (cudaEvent_t& event : events_) {
+      RETURN_IF_ERROR(
+          CudaStatus(cudaEventCreateWithFlags(&event, cudaEventDisableTiming), "cudaEventCreate"));
+    }
+    return absl::OkStatus();
+  }
+
+ private:
+  absl::Status PlaceOnQueue(int i) override {
+    return CudaStatus(cudaEventRecord(events_[i], stream_), "cudaEventRecord");
+  }
+  void* native(int i) const override { return events_[i]; }
+
+  cudaStream_t stream_;
+  std::vector<cudaEvent_t> events_;
+};
+
 class CudaBackend final : public Backend {
  public:
   explicit CudaBackend(int device) : device_(device) {
@@ -132,6 +158,14 @@ class CudaBackend final : public Backend {
       RETURN_IF_ERROR(tape_.empty() ? staging_.Upload(stream_) : RunSegment());
     }
     return SynchronizeStream(stream_);
+  }
+
+  absl::StatusOr<std::unique_ptr<QueueMarks>> NewQueueMarks(int count) override {
+    // Marks sit between launches: a replayable step's ops run later, as graphs.
+    if (recording_) return absl::FailedPreconditionError("no queue marks in a replayable step");
+    auto marks = std::make_unique<EventMarks>(count, stream_);
+    RETURN_IF_ERROR(marks->Init());
+    return marks;
   }
 
   absl::Status Embedding(const EmbeddingParams& params) override { return Submit(params); }

@@ -20,6 +20,9 @@ namespace {
 
 constexpr auto kPollInterval = std::chrono::microseconds(20);
 constexpr size_t kGroupBytes = size_t{1} << 30;
+// A group ends between layers once it holds this much, so a sender whose layers are
+// still being computed sends each part as soon as it is written.
+constexpr size_t kMinLayerGroupBytes = size_t{64} << 20;
 // Ranges averaging less than this go through the staging buffer: NCCL costs about 7 us
 // per send/recv pair, so 256 KiB pages one by one run at a tenth of the link's speed.
 constexpr size_t kStageBelowBytes = size_t{8} << 20;
@@ -109,6 +112,42 @@ struct NcclLink::Impl {
   }
 };
 
+namespace {
+
+// Polls until `event` has passed (no lock held while sleeping), watching the link for
+// errors; at the deadline the link aborts.
+absl::Status PollEvent(NcclLink::Impl& impl, cudaEvent_t event, Deadline deadline,
+                       absl::string_view what) {
+  while (true) {
+    {
+      std::lock_guard<std::mutex> lock(impl.mu);
+      if (impl.broken) return absl::UnavailableError("the NCCL link was aborted");
+      (void)cudaSetDevice(impl.device);
+      const cudaError_t query = cudaEventQuery(event);
+      if (query == cudaSuccess) return absl::OkStatus();
+      if (query != cudaErrorNotReady) {
+        absl::Status error = CudaError(query, what);
+        impl.AbortLocked(error.message());
+        return error;
+      }
+      ncclResult_t state = ncclSuccess;
+      (void)ncclCommGetAsyncError(impl.comm, &state);
+      if (state != ncclSuccess && state != ncclInProgress) {
+        absl::Status error = NcclError(state, impl.comm, what);
+        impl.AbortLocked(error.message());
+        return error;
+      }
+      if (std::chrono::steady_clock::now() > deadline) {
+        impl.AbortLocked(absl::StrCat(what, " timed out"));
+        return absl::DeadlineExceededError(absl::StrCat(what, " timed out: is the peer alive?"));
+      }
+    }
+    std::this_thread::sleep_for(kPollInterval);
+  }
+}
+
+}  // namespace
+
 NcclLink::NcclLink(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
 NcclLink::~NcclLink() {
@@ -156,8 +195,12 @@ absl::StatusOr<std::unique_ptr<NcclLink>> NcclLink::Open(std::string_view unique
       !s.ok()) {
     return s;
   }
-  if (absl::Status s = CudaError(cudaStreamCreateWithFlags(&impl->stream, cudaStreamNonBlocking),
-                                 "cudaStreamCreate");
+  // The highest priority: a transfer that overlaps a prefill gets SMs as they free up.
+  int lowest = 0, highest = 0;
+  (void)cudaDeviceGetStreamPriorityRange(&lowest, &highest);
+  if (absl::Status s =
+          CudaError(cudaStreamCreateWithPriority(&impl->stream, cudaStreamNonBlocking, highest),
+                    "cudaStreamCreate");
       !s.ok()) {
     std::lock_guard<std::mutex> lock(impl->mu);
     impl->AbortLocked(s.message());
@@ -225,32 +268,37 @@ absl::Status NcclLink::WaitStream(Deadline deadline) {
     cudaEvent_t event;
     ~EventGuard() { (void)cudaEventDestroy(event); }
   } guard{done};
-  while (true) {
-    {
-      std::lock_guard<std::mutex> lock(impl_->mu);
-      if (impl_->broken) return absl::UnavailableError("the NCCL link was aborted");
-      (void)cudaSetDevice(impl_->device);
-      const cudaError_t query = cudaEventQuery(done);
-      if (query == cudaSuccess) return absl::OkStatus();
-      if (query != cudaErrorNotReady) {
-        absl::Status error = CudaError(query, "NCCL transfer");
-        impl_->AbortLocked(error.message());
-        return error;
-      }
-      ncclResult_t state = ncclSuccess;
-      (void)ncclCommGetAsyncError(impl_->comm, &state);
-      if (state != ncclSuccess && state != ncclInProgress) {
-        absl::Status error = NcclError(state, impl_->comm, "NCCL transfer");
-        impl_->AbortLocked(error.message());
-        return error;
-      }
-      if (std::chrono::steady_clock::now() > deadline) {
-        impl_->AbortLocked("transfer timed out");
-        return absl::DeadlineExceededError("the NCCL transfer timed out: is the peer alive?");
-      }
-    }
-    std::this_thread::sleep_for(kPollInterval);
+  return PollEvent(*impl_, done, deadline, "the NCCL transfer");
+}
+
+absl::StatusOr<void*> NcclLink::WaitForLayer(const LayerGates& gates, int layer) {
+  absl::StatusOr<void*> event = gates.placed(layer);
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  if (!event.ok()) {
+    // The peer's receives can no longer be matched: the link goes.
+    impl_->AbortLocked(event.status().message());
+    return event.status();
   }
+  if (impl_->broken) return absl::UnavailableError("the NCCL link was aborted");
+  if (*event == nullptr) return nullptr;  // the data was written when the call returned
+  (void)cudaSetDevice(impl_->device);
+  if (absl::Status s =
+          CudaError(cudaStreamWaitEvent(impl_->stream, static_cast<cudaEvent_t>(*event), 0),
+                    "cudaStreamWaitEvent");
+      !s.ok()) {
+    impl_->AbortLocked(s.message());
+    return s;
+  }
+  return event;
+}
+
+absl::Status NcclLink::Finish(const LayerGates* gates, void* last_gate, Deadline deadline) {
+  if (gates == nullptr) return WaitStream(deadline);
+  if (last_gate != nullptr) {
+    RETURN_IF_ERROR(PollEvent(*impl_, static_cast<cudaEvent_t>(last_gate), deadline,
+                              "computing the KV to send"));
+  }
+  return WaitStream(std::min(deadline, std::chrono::steady_clock::now() + gates->transfer_time));
 }
 
 bool NcclLink::Staged(std::span<const ByteRange> ranges) {
@@ -259,28 +307,41 @@ bool NcclLink::Staged(std::span<const ByteRange> ranges) {
   return ranges.size() > 1 && total / ranges.size() < kStageBelowBytes;
 }
 
-absl::Status NcclLink::Transfer(std::span<const ByteRange> ranges, Deadline deadline) {
-  if (Staged(ranges)) return TransferStaged(ranges, deadline);
-  // Pieces of at most kGroupBytes, grouped up to kGroupBytes: both ranks cut equal ranges
-  // equally.
+absl::Status NcclLink::Transfer(std::span<const ByteRange> ranges, Deadline deadline,
+                                const LayerGates* gates) {
+  if (gates != nullptr && impl_->rank != 0) {
+    return absl::InvalidArgumentError("only the sender of a link waits for layers");
+  }
+  if (Staged(ranges)) return TransferStaged(ranges, deadline, gates);
+  // Pieces of at most kGroupBytes, grouped up to kGroupBytes and ended between layers
+  // past kMinLayerGroupBytes: both ranks cut equal ranges equally.
   std::vector<std::vector<ByteRange>> groups(1);
   size_t group_bytes = 0;
   for (const ByteRange& range : ranges) {
     for (size_t offset = 0; offset < range.bytes; offset += kGroupBytes) {
       const size_t bytes = std::min(kGroupBytes, range.bytes - offset);
-      if (group_bytes + bytes > kGroupBytes) {
+      const bool layer_ends = !groups.back().empty() && groups.back().back().layer != range.layer;
+      if (group_bytes + bytes > kGroupBytes || (layer_ends && group_bytes >= kMinLayerGroupBytes)) {
         groups.emplace_back();
         group_bytes = 0;
       }
-      groups.back().push_back({static_cast<uint8_t*>(range.data) + offset, bytes});
+      groups.back().push_back({static_cast<uint8_t*>(range.data) + offset, bytes, range.layer});
       group_bytes += bytes;
     }
   }
-  for (const std::vector<ByteRange>& group : groups) RETURN_IF_ERROR(PostGroup(group, deadline));
-  return WaitStream(deadline);
+  void* last_gate = nullptr;
+  for (const std::vector<ByteRange>& group : groups) {
+    if (gates != nullptr && !group.empty()) {
+      ASSIGN_OR_RETURN(void* gate, WaitForLayer(*gates, group.back().layer));
+      if (gate != nullptr) last_gate = gate;
+    }
+    RETURN_IF_ERROR(PostGroup(group, deadline));
+  }
+  return Finish(gates, last_gate, deadline);
 }
 
-absl::Status NcclLink::TransferStaged(std::span<const ByteRange> ranges, Deadline deadline) {
+absl::Status NcclLink::TransferStaged(std::span<const ByteRange> ranges, Deadline deadline,
+                                      const LayerGates* gates) {
   // Each chunk is gathered into the staging buffer before its send, or scattered from it
   // after its receive.
   StagingPlan plan;
@@ -307,7 +368,12 @@ absl::Status NcclLink::TransferStaged(std::span<const ByteRange> ranges, Deadlin
                                               cudaMemcpyHostToDevice, impl_->stream),
                               "uploading copy descriptors"));
   }
+  void* last_gate = nullptr;
   for (size_t c = 0; c < plan.chunk_first.size(); ++c) {
+    if (gates != nullptr) {
+      ASSIGN_OR_RETURN(void* gate, WaitForLayer(*gates, plan.chunk_last_layer[c]));
+      if (gate != nullptr) last_gate = gate;
+    }
     const int count = static_cast<int>(plan.chunk_end(c) - plan.chunk_first[c]);
     const RangeCopy* chunk = impl_->descriptors + plan.chunk_first[c];
     const ByteRange staged{impl_->staging, plan.chunk_bytes[c]};
@@ -325,7 +391,7 @@ absl::Status NcclLink::TransferStaged(std::span<const ByteRange> ranges, Deadlin
       RETURN_IF_ERROR(LaunchCopyRanges(chunk, count, impl_->stream));
     }
   }
-  return WaitStream(deadline);
+  return Finish(gates, last_gate, deadline);
 }
 
 }  // namespace lserve::nccl

@@ -12,6 +12,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -27,6 +28,16 @@ using Deadline = std::chrono::steady_clock::time_point;
 struct ByteRange {
   void* data = nullptr;  // device memory of the link's device
   size_t bytes = 0;
+  int layer = 0;  // ranges come layer by layer; groups of transfers end between layers
+};
+
+// A sender's transfer of data still being computed on its device (rank 0 only): the
+// ranges of layer l are sent once the work that writes them has passed an event.
+struct LayerGates {
+  // Blocks until layer l's work is queued; returns the cudaEvent_t that follows it.
+  std::function<absl::StatusOr<void*>(int layer)> placed;
+  // How long the transfer may take once the last layer's data is written.
+  std::chrono::milliseconds transfer_time{2000};
 };
 
 class NcclLink {
@@ -55,7 +66,11 @@ class NcclLink {
   // groups of at most 1 GiB; small ones (scattered pages) are gathered into a 256 MiB
   // staging buffer and sent chunk by chunk, and scattered on the other side. On an error
   // or at the deadline it aborts the communicator. Transfers on one link must not overlap.
-  absl::Status Transfer(std::span<const ByteRange> ranges, Deadline deadline);
+  // Groups end between layers once they hold 64 MiB. With `gates` (the sender only), each
+  // group waits on the device for its last layer's event; `deadline` then also bounds
+  // the computation, and the transfer gets gates->transfer_time after its last layer.
+  absl::Status Transfer(std::span<const ByteRange> ranges, Deadline deadline,
+                        const LayerGates* gates = nullptr);
   // Whether Transfer stages these ranges (both ranks decide alike).
   static bool Staged(std::span<const ByteRange> ranges);
   // Aborts the communicator (a peer is known dead); the link is broken.
@@ -66,8 +81,13 @@ class NcclLink {
  private:
   explicit NcclLink(std::unique_ptr<Impl> impl);
   absl::Status PostGroup(std::span<const ByteRange> group, Deadline deadline);
+  // Makes the link's stream wait for `layer`'s event; returns the event.
+  absl::StatusOr<void*> WaitForLayer(const LayerGates& gates, int layer);
+  // Waits for the queued transfers; after gated ones, first for `last_gate` to pass.
+  absl::Status Finish(const LayerGates* gates, void* last_gate, Deadline deadline);
   absl::Status WaitStream(Deadline deadline);
-  absl::Status TransferStaged(std::span<const ByteRange> ranges, Deadline deadline);
+  absl::Status TransferStaged(std::span<const ByteRange> ranges, Deadline deadline,
+                              const LayerGates* gates);
   std::unique_ptr<Impl> impl_;
 };
 

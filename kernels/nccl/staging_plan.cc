@@ -14,6 +14,7 @@ StagingPlan PlanStaging(std::span<const ByteRange> ranges, bool gather, void* st
       if (filled == staging_bytes) {
         plan.chunk_first.push_back(plan.copies.size());
         plan.chunk_bytes.push_back(0);
+        plan.chunk_last_layer.push_back(range.layer);
         filled = 0;
       }
       const size_t bytes = std::min(range.bytes - offset, staging_bytes - filled);
@@ -23,6 +24,7 @@ StagingPlan PlanStaging(std::span<const ByteRange> ranges, bool gather, void* st
                                    : RangeCopy{staged, pool, bytes});
       filled += bytes;
       plan.chunk_bytes.back() += bytes;
+      plan.chunk_last_layer.back() = range.layer;
       offset += bytes;
     }
   }

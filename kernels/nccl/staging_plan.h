@@ -15,9 +15,10 @@
 namespace lserve::nccl {
 
 struct StagingPlan {
-  std::vector<RangeCopy> copies;    // chunk after chunk
-  std::vector<size_t> chunk_first;  // index of each chunk's first copy
-  std::vector<size_t> chunk_bytes;  // bytes of each chunk (the last may be short)
+  std::vector<RangeCopy> copies;      // chunk after chunk
+  std::vector<size_t> chunk_first;    // index of each chunk's first copy
+  std::vector<size_t> chunk_bytes;    // bytes of each chunk (the last may be short)
+  std::vector<int> chunk_last_layer;  // the layer of each chunk's last range
 
   size_t chunk_end(size_t chunk) const {
     return chunk + 1 < chunk_first.size() ? chunk_first[chunk + 1] : copies.size();

@@ -94,6 +94,9 @@ TEST(ClusterGpuTest, NcclHandOffGivesTheUnifiedWorkersGreedyTokens) {
     EXPECT_EQ(Metric(c, c.prefill(0), "lserve_kv_transfer_bytes_total",
                      "direction=\"out\",transport=\"grpc\""),
               0);
+    // Every hand-off went while its prefill computed the KV, layer by layer.
+    EXPECT_EQ(Metric(c, c.prefill(0), "lserve_kv_handoffs_during_prefill_total", "outcome=\"ok\""),
+              3);
     EXPECT_TRUE(c.KvReturnsToZero(c.prefill(0)));
     EXPECT_TRUE(c.KvReturnsToZero(c.decode(0)));
   }

@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <utility>
@@ -14,6 +15,7 @@
 namespace lserve {
 
 using RequestId = int64_t;
+class KvStreamOut;  // kv_stream_out.h
 using SteadyClock = std::chrono::steady_clock;
 
 struct SamplingParams {
@@ -44,6 +46,8 @@ struct GenerationRequest {
   // lease (the request id is its handle) instead of being freed.
   bool keep_kv = false;
   std::chrono::milliseconds kv_lease{30000};
+  // With keep_kv: told when the last prompt chunk runs, to send the KV meanwhile.
+  std::shared_ptr<KvStreamOut> stream_kv;
 };
 
 enum class FinishReason { kNone, kStop, kLength, kAborted, kDeadline, kError };

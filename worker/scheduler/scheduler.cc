@@ -148,14 +148,23 @@ void Scheduler::Finish(State& state, FinishReason reason, absl::Status status) {
   const SteadyClock::time_point now = SteadyClock::now();
   RequestEvent& event = EventFor(state);
   switch (state.where) {
-    case State::Where::kRunning:
+    case State::Where::kRunning: {
+      int pins = 0;
+      if (auto pinned = stream_pins_.find(state.id); pinned != stream_pins_.end()) {
+        pins = pinned->second;
+        stream_pins_.erase(pinned);
+      }
       if (state.request.keep_kv && status.ok()) {
         // The hand-off reads the KV later; it stays until released or the lease ends.
-        leased_[state.id] = Lease{now + state.request.kv_lease};
+        leased_[state.id] = Lease{now + state.request.kv_lease, pins};
         event.kv_leased = true;
+      } else if (pins > 0) {
+        // A transfer still reads the pages: they go once it ends.
+        leased_[state.id] = Lease{now + state.request.kv_lease, pins, /*release_pending=*/true};
       } else {
         CHECK(engine_->FreeSequence(state.id).ok());
       }
+    }
       std::erase(running_, &state);
       break;
     case State::Where::kSwapped:
@@ -250,7 +259,15 @@ std::vector<RequestEvent> Scheduler::Step() {
     std::vector<StepInput> inputs;
     for (const Planned& p : plan) inputs.push_back(p.input);
     const SteadyClock::time_point engine_start = SteadyClock::now();
-    absl::StatusOr<std::vector<StepOutput>> outputs = engine_->Step(inputs);
+    const bool streams = std::any_of(plan.begin(), plan.end(), [](const Planned& p) {
+      return p.state->request.stream_kv != nullptr;
+    });
+    absl::StatusOr<std::vector<StepOutput>> outputs =
+        streams ? engine_->Step(inputs,
+                                [&](std::shared_ptr<QueueMarks> marks) {
+                                  StartStreams(plan, std::move(marks));
+                                })
+                : engine_->Step(inputs);
     engine_seconds = Seconds(engine_start, SteadyClock::now());
     ++stats_.steps;
     if (!outputs.ok()) {

@@ -98,7 +98,8 @@ class Scheduler {
   absl::StatusOr<KvSnapshot> ExportLeased(RequestId handle) const;
   absl::Status ReleaseLeased(RequestId handle);
   // Prefill side, for a device transport: the leased KV's pages, which neither expire
-  // nor are freed (a release meanwhile waits) until EndLeasedExport.
+  // nor are freed (a release meanwhile waits) until EndLeasedExport, which also ends the
+  // pin of a request's KvStreamOut::Start.
   absl::StatusOr<KvPageExport> BeginLeasedExport(RequestId handle);
   void EndLeasedExport(RequestId handle);
   int64_t num_leased() const { return static_cast<int64_t>(leased_.size()); }
@@ -127,6 +128,8 @@ class Scheduler {
   bool TryAdd(State& state, std::vector<Planned>& plan, int64_t& budget);
   bool Admit(State& state);
   void ApplyOutputs(const std::vector<Planned>& plan, const std::vector<StepOutput>& outputs);
+  // Starts the KV streams of the plan's last prompt chunks (inside Engine::Step).
+  void StartStreams(const std::vector<Planned>& plan, std::shared_ptr<QueueMarks> marks);
   // Hand-off bookkeeping (scheduler_handoff.cc).
   void RunPosted();
   void ExpireLeases(SteadyClock::time_point now);
@@ -180,6 +183,8 @@ class Scheduler {
     bool release_pending = false;
   };
   std::unordered_map<RequestId, Lease> leased_;
+  // Pins of KvStreamOut::Start on requests still running; they become the lease's.
+  std::unordered_map<RequestId, int> stream_pins_;
   // Pages promised to the inputs planned so far in this step, and what was available.
   PageCounts planned_;
   PageCounts available_;

@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
+#include "worker/scheduler/kv_stream_out.h"
 #include "worker/scheduler/scheduler.h"
 #include "worker/scheduler/scheduler_state.h"
 
@@ -237,7 +238,31 @@ absl::StatusOr<KvPageExport> Scheduler::BeginLeasedExport(RequestId handle) {
   return exported;
 }
 
+void Scheduler::StartStreams(const std::vector<Planned>& plan, std::shared_ptr<QueueMarks> marks) {
+  for (const Planned& planned : plan) {
+    State& state = *planned.state;
+    const int64_t tokens = static_cast<int64_t>(planned.input.tokens.size());
+    if (state.request.stream_kv == nullptr || !state.request.keep_kv ||
+        planned.input.phase != StepPhase::kPrefill || tokens != state.remaining()) {
+      continue;
+    }
+    absl::StatusOr<KvPageExport> pages = engine_->kv_store().ExportPages(state.id, tokens);
+    if (!pages.ok()) {
+      LOG(Warning) << "request " << state.id << ": its KV cannot stream out: " << pages.status();
+      continue;
+    }
+    ++stream_pins_[state.id];
+    // Started once: the request finishes with this step.
+    std::shared_ptr<KvStreamOut> stream = std::move(state.request.stream_kv);
+    stream->Start(state.id, *std::move(pages), marks);
+  }
+}
+
 void Scheduler::EndLeasedExport(RequestId handle) {
+  if (auto pinned = stream_pins_.find(handle); pinned != stream_pins_.end()) {
+    if (--pinned->second == 0) stream_pins_.erase(pinned);
+    return;
+  }
   auto it = leased_.find(handle);
   if (it == leased_.end() || it->second.exports == 0) return;
   if (--it->second.exports == 0 && it->second.release_pending) {

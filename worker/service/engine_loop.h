@@ -49,6 +49,12 @@ class EngineLoop {
   // Runs fn on the engine thread and returns its result (never call from that thread).
   template <typename T>
   T Run(std::function<T()> fn);
+  // Runs fn on the engine thread without waiting for it (any thread, the engine thread
+  // included); once the loop has stopped it never runs.
+  void Post(std::function<void()> fn) {
+    scheduler_->Post(std::move(fn));
+    Wake();
+  }
   // The same for work that streams events afterwards: fn returns the request id whose
   // events go to sink (or an error, and then the sink is dropped).
   absl::Status RunWithSink(std::function<absl::StatusOr<RequestId>()> fn, EventSink sink);

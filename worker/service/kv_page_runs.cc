@@ -37,7 +37,7 @@ std::vector<KvByteRange> KvTransferRanges(const KvPool& dense, const KvPool& str
       uint8_t* base = static_cast<uint8_t*>(pool->LayerBase(layer));
       for (const KvPageRun& run : *runs) {
         ranges.push_back({base + static_cast<size_t>(run.local) * page_bytes,
-                          static_cast<size_t>(run.count) * page_bytes});
+                          static_cast<size_t>(run.count) * page_bytes, layer});
       }
     }
   }

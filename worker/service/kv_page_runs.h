@@ -16,6 +16,7 @@ namespace lserve {
 struct KvByteRange {
   uint8_t* data = nullptr;  // in the pool's memory space
   size_t bytes = 0;
+  int layer = 0;
   bool operator==(const KvByteRange&) const = default;
 };
 

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "kernels/queue_marks.h"
 #include "kvstore/kv_pool.h"
 #include "kvstore/kv_snapshot.h"
 #include "worker/service/kv_page_runs.h"
@@ -29,6 +30,9 @@ class KvSource {
   virtual absl::StatusOr<KvPageExport> PinPages() = 0;
   virtual const KvPool& dense_pool() const = 0;
   virtual const KvPool& streaming_pool() const = 0;
+  // Not null while the pages are still being computed: those of layer l are final once
+  // mark l has passed (ReadSnapshot waits for the whole computation).
+  virtual QueueMarks* layer_marks() { return nullptr; }
 };
 
 struct KvPushResult {
@@ -40,6 +44,8 @@ class KvTransport {
  public:
   virtual ~KvTransport() = default;
   virtual std::string_view name() const = 0;
+  // Whether Push can send a source whose pages are still being computed (layer_marks).
+  virtual bool sends_while_computing() const { return false; }
   // Delivers the source's KV into reservation `reservation_id` of the worker at
   // `target`. Fails whole: on any error the receiver keeps nothing.
   virtual absl::StatusOr<KvPushResult> Push(const std::string& target, uint64_t reservation_id,

@@ -54,6 +54,11 @@ absl::StatusOr<std::unique_ptr<WorkerMetrics>> WorkerMetrics::Create(metrics::Re
                                  "KV hand-offs sent over gRPC because NCCL could not carry them, "
                                  "by reason.",
                                  {"reason"}));
+  ASSIGN_OR_RETURN(m->handoffs_during_prefill_,
+                   r->AddCounter("lserve_kv_handoffs_during_prefill_total",
+                                 "KV hand-offs sent while the prefill computed the KV, layer by "
+                                 "layer, by outcome (ok, or failed and sent again).",
+                                 {"outcome"}));
   // Engine counters, advanced by the deltas each step reports.
   auto counter = [&](std::string_view name, std::string_view help,
                      metrics::Counter** out) -> absl::Status {
@@ -163,6 +168,10 @@ void WorkerMetrics::KvHandoff(std::string_view direction, std::string_view trans
                               double seconds) {
   handoff_bytes_->LabelsOrDie({direction, transport}).Increment(static_cast<double>(bytes));
   handoff_seconds_->LabelsOrDie({direction, transport}).Observe(seconds);
+}
+
+void WorkerMetrics::KvHandoffDuringPrefill(bool ok) {
+  handoffs_during_prefill_->LabelsOrDie({ok ? "ok" : "failed"}).Increment();
 }
 
 void WorkerMetrics::KvTransportFallback(std::string_view reason) {

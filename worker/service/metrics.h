@@ -32,6 +32,8 @@ class WorkerMetrics {
   void KvHandoff(std::string_view direction, std::string_view transport, int64_t bytes,
                  double seconds);
   void KvTransportFallback(std::string_view reason);
+  // A hand-off started during the prefill was collected by TransferKv.
+  void KvHandoffDuringPrefill(bool ok);
 
  private:
   WorkerMetrics() = default;
@@ -56,6 +58,7 @@ class WorkerMetrics {
   metrics::Family<metrics::Counter>* handoff_bytes_ = nullptr;
   metrics::Family<metrics::Histogram>* handoff_seconds_ = nullptr;
   metrics::Family<metrics::Counter>* transport_fallbacks_ = nullptr;
+  metrics::Family<metrics::Counter>* handoffs_during_prefill_ = nullptr;
 };
 
 }  // namespace lserve

@@ -17,7 +17,7 @@ using SteadyClock = std::chrono::steady_clock;
 std::vector<nccl::ByteRange> ToNccl(const std::vector<KvByteRange>& ranges) {
   std::vector<nccl::ByteRange> out;
   out.reserve(ranges.size());
-  for (const KvByteRange& range : ranges) out.push_back({range.data, range.bytes});
+  for (const KvByteRange& range : ranges) out.push_back({range.data, range.bytes, range.layer});
   return out;
 }
 
@@ -223,8 +223,12 @@ absl::StatusOr<KvPushResult> NcclKvTransport::PushOverLink(const std::string& ta
       pages->pages.dense.size() * source.dense_pool().PageBytesAllLayers() +
       pages->pages.streaming.size() * source.streaming_pool().PageBytesAllLayers());
   const std::chrono::milliseconds delay = FaultSendDelay();
-  deadline = std::min(deadline, SteadyClock::now() + options_.transfer_timeout + delay +
-                                    std::chrono::milliseconds(page_bytes / 1'000'000));
+  const std::chrono::milliseconds transfer_time =
+      options_.transfer_timeout + delay + std::chrono::milliseconds(page_bytes / 1'000'000);
+  // KV still being computed is sent layer by layer as it is written: the call's deadline
+  // bounds the computation, and transfer_time runs from its end.
+  QueueMarks* marks = source.layer_marks();
+  if (marks == nullptr) deadline = std::min(deadline, SteadyClock::now() + transfer_time);
   v1::Worker::Stub* stub = stubs_.For(target);
   v1::PostKvReceiveRequest post;
   post.set_link_id(link.id);
@@ -257,7 +261,11 @@ absl::StatusOr<KvPushResult> NcclKvTransport::PushOverLink(const std::string& ta
                  << target;
     std::this_thread::sleep_for(delay);
   }
-  if (absl::Status sent = link.nccl->Transfer(sends, deadline); !sent.ok()) {
+  nccl::LayerGates gates;
+  gates.placed = [marks, deadline](int layer) { return marks->WaitPlaced(layer, deadline); };
+  gates.transfer_time = transfer_time;
+  if (absl::Status sent = link.nccl->Transfer(sends, deadline, marks != nullptr ? &gates : nullptr);
+      !sent.ok()) {
     return absl::UnavailableError(
         absl::StrCat("KV transfer to ", target, " over NCCL failed: ", sent.message()));
   }
@@ -267,7 +275,7 @@ absl::StatusOr<KvPushResult> NcclKvTransport::PushOverLink(const std::string& ta
   finish.set_reservation_id(reservation_id);
   v1::PushKvResponse finished;
   grpc::ClientContext context;
-  SetDeadline(context, deadline);
+  SetDeadline(context, std::min(deadline, SteadyClock::now() + options_.transfer_timeout));
   RETURN_IF_ERROR(FromGrpc(stub->FinishKvReceive(&context, finish, &finished),
                            absl::StrCat("finishing the KV receive on ", target)));
   return KvPushResult{finished.bytes(), "nccl"};

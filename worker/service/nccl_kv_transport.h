@@ -30,6 +30,8 @@ namespace lserve {
 
 struct NcclKvOptions {
   int device = 0;  // the worker's CUDA device, where its pools are
+  // Hand-offs named in the prefill request go while its last chunk computes the KV.
+  bool send_during_prefill = true;
   std::chrono::milliseconds open_timeout{30000};
   size_t max_links = 16;  // each takes 0.4-1 GiB of device memory on both GPUs
   // How long a peer that refused a link gets the fallback before NCCL is tried again.
@@ -48,6 +50,7 @@ class NcclKvTransport final : public KvTransport {
                   std::function<void(std::string_view reason)> on_fallback);
   ~NcclKvTransport() override;
   std::string_view name() const override { return "nccl"; }
+  bool sends_while_computing() const override { return options_.send_during_prefill; }
   absl::StatusOr<KvPushResult> Push(const std::string& target, uint64_t reservation_id,
                                     KvSource& source,
                                     std::chrono::steady_clock::time_point deadline) override;

@@ -55,7 +55,13 @@ WorkerHandler::WorkerHandler(EngineLoop* loop, WorkerIdentity identity, KvTransp
                              WorkerMetrics* metrics)
     : loop_(loop), identity_(std::move(identity)), transport_(transport), metrics_(metrics) {
   if (identity_.role == v1::WORKER_ROLE_UNSPECIFIED) identity_.role = v1::WORKER_ROLE_UNIFIED;
+  if (transport_ != nullptr && transport_->sends_while_computing() &&
+      identity_.role != v1::WORKER_ROLE_DECODE) {
+    early_pushes_ = std::make_unique<EarlyKvPushes>(loop_, transport_);
+  }
 }
+
+WorkerHandler::~WorkerHandler() = default;
 
 absl::StatusOr<GenerationRequest> WorkerHandler::ToRequest(
     const v1::GenerateRequest& r, std::optional<SteadyClock::time_point> deadline) const {

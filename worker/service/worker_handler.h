@@ -17,6 +17,7 @@
 #include "lserve/v1/config.pb.h"
 #include "lserve/v1/generation.pb.h"
 #include "lserve/v1/worker.pb.h"
+#include "worker/service/early_kv_push.h"
 #include "worker/service/engine_loop.h"
 #include "worker/service/kv_transport.h"
 #include "worker/service/kv_wire.h"
@@ -46,6 +47,7 @@ class WorkerHandler {
   // loop, transport and metrics (which may be null) must outlive the handler.
   WorkerHandler(EngineLoop* loop, WorkerIdentity identity, KvTransport* transport,
                 WorkerMetrics* metrics);
+  ~WorkerHandler();  // waits for hand-offs started during prefills
 
   // The public API. `deadline` is the call's (the transport's) deadline, if any.
   absl::StatusOr<RequestId> StartGenerate(const v1::GenerateRequest& request,
@@ -105,6 +107,7 @@ class WorkerHandler {
     std::condition_variable done;
     std::optional<absl::Status> outcome;
     int64_t bytes = 0;
+    uint64_t link_id = 0;
   };
   absl::Status CheckLinks() const;
   // Forgets the receive into `reservation` if it is `pending` (no other attempt's).
@@ -115,6 +118,7 @@ class WorkerHandler {
   KvTransport* transport_;
   WorkerMetrics* metrics_;
   KvLinkReceiver* link_receiver_ = nullptr;
+  std::unique_ptr<EarlyKvPushes> early_pushes_;  // with a transport that can
   std::mutex receives_mu_;
   std::unordered_map<uint64_t, std::shared_ptr<PendingReceive>> receives_;  // by reservation
   mutable std::mutex ids_mu_;

@@ -46,6 +46,8 @@ class LeasedKvSource final : public KvSource {
 };
 
 constexpr int64_t kMaxReceiveTimeoutMs = 600'000;
+// A hand-off started during a prefill without a deadline gives up after this.
+constexpr std::chrono::minutes kEarlyPushTimeout{10};
 
 }  // namespace
 
@@ -85,9 +87,16 @@ absl::StatusOr<RequestId> WorkerHandler::StartPrefill(
   request->kv_lease =
       r.lease_ms() > 0 ? std::chrono::milliseconds(r.lease_ms()) : identity_.kv_lease;
   const bool logprobs = request->sampling.logprobs >= 0;
+  std::shared_ptr<KvStreamOut> stream;
+  if (early_pushes_ != nullptr && !r.handoff_target().empty() && r.handoff_reservation_id() != 0) {
+    stream = early_pushes_->NewStream(r.handoff_target(), r.handoff_reservation_id(),
+                                      deadline.value_or(SteadyClock::now() + kEarlyPushTimeout));
+    request->stream_kv = stream;
+  }
   const Engine& engine = loop_->engine();
   auto first = std::make_shared<v1::GeneratedToken>();
-  auto sink = [this, &engine, logprobs, first, done = std::move(done)](const RequestEvent& event) {
+  auto sink = [this, &engine, logprobs, first, stream,
+               done = std::move(done)](const RequestEvent& event) {
     for (const GeneratedToken& token : event.tokens) *first = ToProtoToken(token, logprobs);
     if (!event.finished) return;
     if (metrics_ != nullptr)
@@ -106,6 +115,8 @@ absl::StatusOr<RequestId> WorkerHandler::StartPrefill(
         kv.tables().DensePages(event.id).size() * kv.dense_pool().PageBytesAllLayers() +
         kv.tables().StreamingPagesHeld(event.id) * kv.streaming_pool().PageBytesAllLayers()));
     *response.mutable_timings() = ToProtoTimings(event.timings);
+    // TransferKv may come as soon as the response is out.
+    if (stream != nullptr) early_pushes_->Register(event.id, stream);
     done(std::move(response));
   };
   absl::StatusOr<RequestId> id = loop_->Submit(*std::move(request), std::move(sink));
@@ -143,8 +154,18 @@ absl::StatusOr<v1::TransferKvResponse> WorkerHandler::TransferKv(const v1::Trans
   if (transport_ == nullptr) return absl::FailedPreconditionError("no KV transport configured");
   const RequestId handle = static_cast<RequestId>(r.kv_handle());
   const SteadyClock::time_point start = SteadyClock::now();
-  absl::StatusOr<KvPushResult> pushed;
-  {
+  absl::StatusOr<KvPushResult> pushed = absl::UnknownError("not sent");
+  // The KV may already be on its way, sent while the prefill computed it.
+  std::optional<absl::StatusOr<KvPushResult>> early;
+  if (early_pushes_ != nullptr) {
+    early = early_pushes_->Collect(handle, r.target(), r.reservation_id(), deadline);
+  }
+  // A failed one is sent again (its receive failed too, which frees the reservation
+  // for another), while the call's deadline allows.
+  if (early.has_value() && metrics_ != nullptr) metrics_->KvHandoffDuringPrefill(early->ok());
+  if (early.has_value() && (early->ok() || SteadyClock::now() >= deadline)) {
+    pushed = *std::move(early);
+  } else {
     LeasedKvSource source(loop_, handle);
     pushed = transport_->Push(r.target(), r.reservation_id(), source, deadline);
   }
@@ -218,6 +239,7 @@ absl::StatusOr<v1::PostKvReceiveResponse> WorkerHandler::PostKvReceive(
   std::vector<KvByteRange> ranges =
       KvTransferRanges(kv.dense_pool(), kv.streaming_pool(), *placement, sender);
   pending->bytes = TotalBytes(ranges);
+  pending->link_id = r.link_id();
   const int64_t timeout_ms =
       r.timeout_ms() > 0 ? std::min<int64_t>(r.timeout_ms(), kMaxReceiveTimeoutMs) : 60'000;
   const SteadyClock::time_point start = SteadyClock::now();
@@ -295,20 +317,34 @@ absl::Status WorkerHandler::CloseKvLink(const v1::CloseKvLinkRequest& r) {
 
 absl::Status WorkerHandler::ReleaseKv(const v1::ReleaseKvRequest& r) {
   if (r.reservation_id() != 0) {
+    std::optional<uint64_t> running_on;  // the link of a receive still running
     {
       // A receive whose outcome nobody will ask for any more.
       std::lock_guard<std::mutex> lock(receives_mu_);
       auto it = receives_.find(r.reservation_id());
       if (it != receives_.end()) {
         std::lock_guard<std::mutex> outcome(it->second->mu);
-        if (it->second->outcome.has_value()) receives_.erase(it);
+        if (it->second->outcome.has_value()) {
+          receives_.erase(it);
+        } else {
+          running_on = it->second->link_id;
+        }
       }
     }
     const RequestId reservation = static_cast<RequestId>(r.reservation_id());
-    return loop_->Run<absl::Status>(
-        [&] { return loop_->scheduler().CancelReservation(reservation); });
+    absl::Status cancelled =
+        loop_->Run<absl::Status>([&] { return loop_->scheduler().CancelReservation(reservation); });
+    // Nobody waits for that KV any more (its prefill failed, say): the receive stops now
+    // instead of holding the pages until it times out, and its link closes.
+    if (running_on.has_value() && link_receiver_ != nullptr) {
+      LOG(Info) << "reservation " << reservation << " released while receiving: closing link "
+                << *running_on;
+      link_receiver_->Close(*running_on);
+    }
+    return cancelled;
   }
   const RequestId handle = static_cast<RequestId>(r.kv_handle());
+  if (early_pushes_ != nullptr) early_pushes_->Forget(handle);
   return loop_->Run<absl::Status>([&] { return loop_->scheduler().ReleaseLeased(handle); });
 }
 

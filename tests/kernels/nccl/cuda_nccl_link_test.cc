@@ -1,7 +1,7 @@
 // NcclLink between GPU 0 and GPU 1 of this process (one thread per rank): byte ranges of
 // odd sizes arrive intact, in order; a peer that never joins or never sends makes Open or
-// Wait give up at the deadline and leaves the link broken, instead of hanging. Skipped
-// without two GPUs.
+// Wait give up at the deadline and leaves the link broken, instead of hanging; layers
+// still being computed go only once written. Skipped without two GPUs.
 #include <cuda_runtime.h>
 
 #include <cstring>
@@ -100,6 +100,82 @@ TEST(NcclLinkTest, ScatteredSmallRangesGoThroughTheStagingBufferIntact) {
     total += sizes.back();
   }
   ExpectRangesArrive(sizes, /*staged=*/true);
+}
+
+void SleepOnStream(void* ms) {
+  std::this_thread::sleep_for(std::chrono::milliseconds(reinterpret_cast<intptr_t>(ms)));
+}
+
+// Layers still being written on another stream of GPU 0 (each behind a 30 ms pause) are
+// sent as their events pass: the receiver gets the written bytes, never the zeros that
+// were there when the transfer was queued.
+void ExpectGatedLayersArrive(size_t range_bytes, int ranges_per_layer, bool staged) {
+  constexpr int kLayers = 6;
+  std::unique_ptr<NcclLink> sender, receiver;
+  OpenPair(&sender, &receiver);
+  const size_t layer_bytes = range_bytes * ranges_per_layer;
+  const size_t total = layer_bytes * kLayers;
+  std::vector<uint8_t> host(total);
+  for (size_t i = 0; i < total; ++i) host[i] = static_cast<uint8_t>(1 + (i * 40503u >> 7) % 251);
+  uint8_t *pattern = nullptr, *src = nullptr, *dst = nullptr;
+  cudaSetDevice(0);
+  ASSERT_EQ(cudaMalloc(&pattern, total), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(&src, total), cudaSuccess);
+  cudaMemcpy(pattern, host.data(), total, cudaMemcpyHostToDevice);
+  cudaMemset(src, 0, total);
+  cudaStream_t compute = nullptr;
+  ASSERT_EQ(cudaStreamCreateWithFlags(&compute, cudaStreamNonBlocking), cudaSuccess);
+  std::vector<cudaEvent_t> events(kLayers);
+  std::vector<ByteRange> sends, receives;
+  cudaSetDevice(1);
+  ASSERT_EQ(cudaMalloc(&dst, total), cudaSuccess);
+  cudaMemset(dst, 0, total);
+  cudaSetDevice(0);
+  for (int layer = 0; layer < kLayers; ++layer) {
+    ASSERT_EQ(cudaEventCreateWithFlags(&events[layer], cudaEventDisableTiming), cudaSuccess);
+    const size_t at = layer * layer_bytes;
+    cudaLaunchHostFunc(compute, SleepOnStream, reinterpret_cast<void*>(intptr_t{30}));
+    cudaMemcpyAsync(src + at, pattern + at, layer_bytes, cudaMemcpyDeviceToDevice, compute);
+    cudaEventRecord(events[layer], compute);
+    for (int r = 0; r < ranges_per_layer; ++r) {
+      sends.push_back({src + at + r * range_bytes, range_bytes, layer});
+      receives.push_back({dst + at + r * range_bytes, range_bytes, layer});
+    }
+  }
+  ASSERT_EQ(NcclLink::Staged(sends), staged);
+  LayerGates gates;
+  int asked = 0;
+  gates.placed = [&](int layer) -> absl::StatusOr<void*> {
+    EXPECT_GE(layer, asked);  // in order
+    asked = layer;
+    return static_cast<void*>(events[layer]);
+  };
+  gates.transfer_time = std::chrono::seconds(10);
+  const auto deadline = Clock::now() + std::chrono::seconds(60);
+  absl::Status received;
+  std::thread peer([&] { received = receiver->Transfer(receives, deadline); });
+  const absl::Status sent = sender->Transfer(sends, deadline, &gates);
+  peer.join();
+  ASSERT_TRUE(sent.ok()) << sent;
+  ASSERT_TRUE(received.ok()) << received;
+  EXPECT_EQ(asked, kLayers - 1);
+  std::vector<uint8_t> back(total);
+  cudaSetDevice(1);
+  cudaMemcpy(back.data(), dst, total, cudaMemcpyDeviceToHost);
+  EXPECT_TRUE(back == host) << "a layer was sent before it was written";
+  cudaFree(dst);
+  cudaSetDevice(0);
+  cudaStreamSynchronize(compute);
+  for (cudaEvent_t event : events) cudaEventDestroy(event);
+  cudaStreamDestroy(compute);
+  cudaFree(src);
+  cudaFree(pattern);
+}
+
+TEST(NcclLinkTest, GatedLayersAreSentOnlyOnceWritten) {
+  if (Devices() < 2) GTEST_SKIP() << "needs two GPUs";
+  ExpectGatedLayersArrive(size_t{40} << 20, 2, /*staged=*/false);
+  ExpectGatedLayersArrive(size_t{100} << 10, 300, /*staged=*/true);
 }
 
 // The gather/scatter kernel on one GPU: odd sizes and misaligned ends (the byte path)
