@@ -40,9 +40,39 @@ echo "cuda_kv_handoff_bench: rc=$?" | tee -a "$summary"
 grep -v '^$' "$out/handoff_bench.log" | tee -a "$summary"
 grep -E 'via|P2P|SHM' "$out/handoff_bench.err" | head -4 | tee -a "$summary"
 
+# Communicator memory against bandwidth under NCCL's p2p channel and buffer settings.
+for env in "" "NCCL_NVLS_ENABLE=0" "NCCL_MAX_P2P_NCHANNELS=16" "NCCL_MAX_P2P_NCHANNELS=8" \
+  "NCCL_MAX_P2P_NCHANNELS=8 NCCL_BUFFSIZE=2097152" "NCCL_MAX_P2P_NCHANNELS=4"; do
+  tag=$(echo "${env:-default}" | tr ' =' '_-')
+  env $env timeout 120 "$bin" --lengths=32768 --modes=dense --layouts=fresh --raw_mib=256,4096 \
+    --json="$out/nccl-env-$tag.json" >"$out/nccl-env-$tag.log" 2>&1
+  python3 - "${env:-default}" "$out/nccl-env-$tag.json" <<'PY' | tee -a "$summary"
+import json, sys
+try:
+    d = json.load(open(sys.argv[2]))
+    c = d["communicator"]
+    h = d["handoff"][0]
+    raw = max(r["gbs"] for r in d.get("raw", [])) if d.get("raw") else float("nan")
+    print(f"nccl env {sys.argv[1]}: init {[b >> 20 for b in c['device_bytes_at_init']]} MiB, "
+          f"connected {[b >> 20 for b in c['device_bytes_connected']]} MiB, raw {raw:.0f} GB/s, "
+          f"32K dense hand-off {h['gbs']:.0f} GB/s")
+except Exception as e:
+    print(f"nccl env {sys.argv[1]}: no result ({e})")
+PY
+done
+
 bin=$(find_bin cluster_gpu_test)
 timeout 400 "$bin" >"$out/cluster_gpu_test.log" 2>&1
 echo "cluster_gpu_test: rc=$? $(grep -E '^\[  (PASSED|FAILED|SKIPPED)|^\[       OK|^\[  FAILED' "$out/cluster_gpu_test.log" | tr '\n' ' ')" | tee -a "$summary"
+# Equivalence on small checkpoints that transformers writes (GPU-sized heads).
+checkpoints=$(mktemp -d)
+timeout 120 python3 scripts/make_gpu_fixtures.py --out "$checkpoints" --checkpoints_only \
+  --only=llama3_d128_g4,qwen2_d64_bias_tied >"$out/checkpoints.log" 2>&1
+for model in llama3_d128_g4 qwen2_d64_bias_tied; do
+  LSERVE_GPU_MODEL=$checkpoints/$model timeout 200 "$bin" \
+    --gtest_filter=ClusterGpuTest.NcclHandOffGivesTheUnifiedWorkersGreedyTokens >"$out/cluster_gpu_test_$model.log" 2>&1
+  echo "cluster_gpu_test on $model: rc=$? $(grep -E '^\[  (PASSED|FAILED)' "$out/cluster_gpu_test_$model.log" | tr '\n' ' ')" | tee -a "$summary"
+done
 fi
 
 tokens=${TTFT_TOKENS:-130000}

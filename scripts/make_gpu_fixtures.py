@@ -77,13 +77,16 @@ def greedy(model, ids, steps):
     return out, margins
 
 
-def write(out_dir, name, model_class, config, seed):
+def write(out_dir, name, model_class, config, seed, checkpoint_only=False):
     folder = os.path.join(out_dir, name)
     shutil.rmtree(folder, ignore_errors=True)
     model = model_class._from_config(config, attn_implementation="eager")
     randomize(model, seed)
     model = model.to(torch.bfloat16).eval()
     model.save_pretrained(folder, safe_serialization=True)
+    if checkpoint_only:
+        print(name, "checkpoint only")
+        return
     reference = fresh_float32(model)
     gen = torch.Generator().manual_seed(seed)
     prompts = []
@@ -108,12 +111,17 @@ def write(out_dir, name, model_class, config, seed):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
+    parser.add_argument("--only", default="", help="comma-separated fixture names (default: all)")
+    parser.add_argument("--checkpoints_only", action="store_true",
+                        help="write the checkpoints without the transformers reference")
     args = parser.parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     os.makedirs(args.out, exist_ok=True)
+    only = set(filter(None, args.only.split(",")))
     for name, model_class, config, seed in fixtures():
-        write(args.out, name, model_class, config, seed)
+        if not only or name in only:
+            write(args.out, name, model_class, config, seed, args.checkpoints_only)
 
 
 if __name__ == "__main__":
