@@ -121,14 +121,16 @@ void ScatterFreePages(KvStore& store, uint64_t seed) {
 }
 
 // The staging path's own cost on GPU 0: a 128K-token dense sequence's pages (every page
-// its own 272 KiB range, scattered over the pool) gathered into 256 MiB chunks and
-// scattered back, as the two sides of a staged transfer do; GB/s of KV moved per side.
+// its own 272 KiB range, scattered over the pool) gathered into two 128 MiB buffers in
+// turn and scattered back, as the two sides of a staged transfer do; GB/s of KV moved per side.
 nlohmann::json StagingCopyBandwidth(int repeats) {
   cudaSetDevice(0);
   const size_t page_bytes = 278528, pages = 2048 * 32;  // 32 layers x 2048 pages
   uint8_t *pool = nullptr, *staging = nullptr;
   cudaMalloc(&pool, page_bytes * pages);
-  cudaMalloc(&staging, size_t{256} << 20);
+  constexpr size_t kBufferBytes = size_t{128} << 20;
+  cudaMalloc(&staging, 2 * kBufferBytes);
+  void* const buffers[] = {staging, staging + kBufferBytes};
   std::vector<size_t> order(pages);
   for (size_t i = 0; i < pages; ++i) order[i] = i;
   std::shuffle(order.begin(), order.end(), std::mt19937_64(3));
@@ -137,7 +139,7 @@ nlohmann::json StagingCopyBandwidth(int repeats) {
   nlohmann::json out;
   std::printf("staging copies, %zu ranges of %zu KiB on GPU 0\n", ranges.size(), page_bytes >> 10);
   for (bool gather : {true, false}) {
-    const nccl::StagingPlan plan = nccl::PlanStaging(ranges, gather, staging, size_t{256} << 20);
+    const nccl::StagingPlan plan = nccl::PlanStaging(ranges, gather, buffers, kBufferBytes);
     nccl::RangeCopy* descriptors = nullptr;
     cudaMalloc(&descriptors, plan.copies.size() * sizeof(nccl::RangeCopy));
     cudaMemcpy(descriptors, plan.copies.data(), plan.copies.size() * sizeof(nccl::RangeCopy),

@@ -26,7 +26,10 @@ constexpr size_t kMinLayerGroupBytes = size_t{64} << 20;
 // Ranges averaging less than this go through the staging buffer: NCCL costs about 7 us
 // per send/recv pair, so 256 KiB pages one by one run at a tenth of the link's speed.
 constexpr size_t kStageBelowBytes = size_t{8} << 20;
-constexpr size_t kStagingBytes = size_t{256} << 20;
+// Two staging buffers: one chunk travels while the next is gathered (or the last one
+// scattered) on the copy stream.
+constexpr size_t kStagingBytes = size_t{128} << 20;
+constexpr int kStagingBuffers = 2;
 
 absl::Status CudaError(cudaError_t error, absl::string_view what) {
   if (error == cudaSuccess) return absl::OkStatus();
@@ -67,9 +70,30 @@ struct NcclLink::Impl {
   int device = 0;
   bool broken = false;
   int64_t device_bytes = 0;
-  void* staging = nullptr;  // kStagingBytes, for scattered ranges
+  // Scattered ranges: kStagingBuffers buffers of kStagingBytes, the stream that gathers
+  // into them or scatters out of them, and per buffer an event after its copy (staged)
+  // and after its send or receive (moved).
+  void* staging[kStagingBuffers] = {};
+  cudaStream_t copy_stream = nullptr;
+  cudaEvent_t staged[kStagingBuffers] = {};
+  cudaEvent_t moved[kStagingBuffers] = {};
   RangeCopy* descriptors = nullptr;
   size_t descriptor_capacity = 0;
+
+  absl::Status EnsureStaging() {
+    if (copy_stream != nullptr) return absl::OkStatus();
+    for (int b = 0; b < kStagingBuffers; ++b) {
+      RETURN_IF_ERROR(CudaError(cudaMalloc(&staging[b], kStagingBytes), "staging buffer"));
+      RETURN_IF_ERROR(CudaError(cudaEventCreateWithFlags(&staged[b], cudaEventDisableTiming),
+                                "cudaEventCreate"));
+      RETURN_IF_ERROR(CudaError(cudaEventCreateWithFlags(&moved[b], cudaEventDisableTiming),
+                                "cudaEventCreate"));
+    }
+    int lowest = 0, highest = 0;
+    (void)cudaDeviceGetStreamPriorityRange(&lowest, &highest);
+    return CudaError(cudaStreamCreateWithPriority(&copy_stream, cudaStreamNonBlocking, highest),
+                     "cudaStreamCreate");
+  }
 
   void AbortLocked(absl::string_view why) {
     if (broken) return;
@@ -80,6 +104,7 @@ struct NcclLink::Impl {
     // Aborted kernels exit; once the stream is idle no NCCL kernel touches the buffers,
     // which their owners may then free.
     if (stream != nullptr) (void)cudaStreamSynchronize(stream);
+    if (copy_stream != nullptr) (void)cudaStreamSynchronize(copy_stream);
   }
 
   // Polls the communicator until its queued calls are done (non-blocking mode), with the
@@ -157,7 +182,12 @@ NcclLink::~NcclLink() {
   // waiting for a peer that may be gone.
   if (!impl_->broken && impl_->comm != nullptr) (void)ncclCommAbort(impl_->comm);
   if (impl_->stream != nullptr) (void)cudaStreamDestroy(impl_->stream);
-  if (impl_->staging != nullptr) (void)cudaFree(impl_->staging);
+  if (impl_->copy_stream != nullptr) (void)cudaStreamDestroy(impl_->copy_stream);
+  for (int b = 0; b < kStagingBuffers; ++b) {
+    if (impl_->staging[b] != nullptr) (void)cudaFree(impl_->staging[b]);
+    if (impl_->staged[b] != nullptr) (void)cudaEventDestroy(impl_->staged[b]);
+    if (impl_->moved[b] != nullptr) (void)cudaEventDestroy(impl_->moved[b]);
+  }
   if (impl_->descriptors != nullptr) (void)cudaFree(impl_->descriptors);
 }
 
@@ -271,7 +301,7 @@ absl::Status NcclLink::WaitStream(Deadline deadline) {
   return PollEvent(*impl_, done, deadline, "the NCCL transfer");
 }
 
-absl::StatusOr<void*> NcclLink::WaitForLayer(const LayerGates& gates, int layer) {
+absl::StatusOr<void*> NcclLink::WaitForLayer(const LayerGates& gates, int layer, void* stream) {
   absl::StatusOr<void*> event = gates.placed(layer);
   std::lock_guard<std::mutex> lock(impl_->mu);
   if (!event.ok()) {
@@ -282,9 +312,9 @@ absl::StatusOr<void*> NcclLink::WaitForLayer(const LayerGates& gates, int layer)
   if (impl_->broken) return absl::UnavailableError("the NCCL link was aborted");
   if (*event == nullptr) return nullptr;  // the data was written when the call returned
   (void)cudaSetDevice(impl_->device);
-  if (absl::Status s =
-          CudaError(cudaStreamWaitEvent(impl_->stream, static_cast<cudaEvent_t>(*event), 0),
-                    "cudaStreamWaitEvent");
+  if (absl::Status s = CudaError(cudaStreamWaitEvent(static_cast<cudaStream_t>(stream),
+                                                     static_cast<cudaEvent_t>(*event), 0),
+                                 "cudaStreamWaitEvent");
       !s.ok()) {
     impl_->AbortLocked(s.message());
     return s;
@@ -332,7 +362,7 @@ absl::Status NcclLink::Transfer(std::span<const ByteRange> ranges, Deadline dead
   void* last_gate = nullptr;
   for (const std::vector<ByteRange>& group : groups) {
     if (gates != nullptr && !group.empty()) {
-      ASSIGN_OR_RETURN(void* gate, WaitForLayer(*gates, group.back().layer));
+      ASSIGN_OR_RETURN(void* gate, WaitForLayer(*gates, group.back().layer, impl_->stream));
       if (gate != nullptr) last_gate = gate;
     }
     RETURN_IF_ERROR(PostGroup(group, deadline));
@@ -342,55 +372,90 @@ absl::Status NcclLink::Transfer(std::span<const ByteRange> ranges, Deadline dead
 
 absl::Status NcclLink::TransferStaged(std::span<const ByteRange> ranges, Deadline deadline,
                                       const LayerGates* gates) {
-  // Each chunk is gathered into the staging buffer before its send, or scattered from it
-  // after its receive.
+  // Chunk c goes through buffer b = c % 2. The sender gathers it on the copy stream once
+  // the send of chunk c - 2 (same buffer) is done, and sends it once gathered; the
+  // receiver receives it once the scatter of chunk c - 2 is done, and scatters it on the
+  // copy stream once received. So one chunk travels while the next is copied.
+  Impl& link = *impl_;
   StagingPlan plan;
   {
-    std::lock_guard<std::mutex> lock(impl_->mu);
-    if (impl_->broken) return absl::UnavailableError("the NCCL link is broken");
-    RETURN_IF_ERROR(CudaError(cudaSetDevice(impl_->device), "cudaSetDevice"));
-    if (impl_->staging == nullptr) {
-      RETURN_IF_ERROR(CudaError(cudaMalloc(&impl_->staging, kStagingBytes), "staging buffer"));
-    }
-    plan = PlanStaging(ranges, impl_->rank == 0, impl_->staging, kStagingBytes);
-    if (impl_->descriptor_capacity < plan.copies.size()) {
-      if (impl_->descriptors != nullptr) (void)cudaFree(impl_->descriptors);
-      impl_->descriptors = nullptr;
-      impl_->descriptor_capacity = 0;
+    std::lock_guard<std::mutex> lock(link.mu);
+    if (link.broken) return absl::UnavailableError("the NCCL link is broken");
+    RETURN_IF_ERROR(CudaError(cudaSetDevice(link.device), "cudaSetDevice"));
+    RETURN_IF_ERROR(link.EnsureStaging());
+    plan = PlanStaging(ranges, link.rank == 0, link.staging, kStagingBytes);
+    if (link.descriptor_capacity < plan.copies.size()) {
+      if (link.descriptors != nullptr) (void)cudaFree(link.descriptors);
+      link.descriptors = nullptr;
+      link.descriptor_capacity = 0;
       RETURN_IF_ERROR(
-          CudaError(cudaMalloc(&impl_->descriptors, plan.copies.size() * sizeof(RangeCopy)),
+          CudaError(cudaMalloc(&link.descriptors, plan.copies.size() * sizeof(RangeCopy)),
                     "copy descriptors"));
-      impl_->descriptor_capacity = plan.copies.size();
+      link.descriptor_capacity = plan.copies.size();
     }
-    // From pageable memory: the call returns once the bytes are taken.
-    RETURN_IF_ERROR(CudaError(cudaMemcpyAsync(impl_->descriptors, plan.copies.data(),
-                                              plan.copies.size() * sizeof(RangeCopy),
-                                              cudaMemcpyHostToDevice, impl_->stream),
-                              "uploading copy descriptors"));
   }
+  // Enqueues under the lock; an error aborts the link.
+  auto enqueue = [&](const std::function<absl::Status()>& step) {
+    std::lock_guard<std::mutex> lock(link.mu);
+    if (link.broken) return absl::UnavailableError("the NCCL link was aborted");
+    (void)cudaSetDevice(link.device);
+    absl::Status status = step();
+    if (!status.ok()) link.AbortLocked(status.message());
+    return status;
+  };
+  auto record = [](cudaEvent_t event, cudaStream_t stream) {
+    return CudaError(cudaEventRecord(event, stream), "cudaEventRecord");
+  };
+  auto wait = [](cudaStream_t stream, cudaEvent_t event) {
+    return CudaError(cudaStreamWaitEvent(stream, event, 0), "cudaStreamWaitEvent");
+  };
+  // The descriptors (from pageable memory: the call returns once the bytes are taken),
+  // then the copy stream follows everything queued on the link so far.
+  RETURN_IF_ERROR(enqueue([&]() -> absl::Status {
+    RETURN_IF_ERROR(CudaError(cudaMemcpyAsync(link.descriptors, plan.copies.data(),
+                                              plan.copies.size() * sizeof(RangeCopy),
+                                              cudaMemcpyHostToDevice, link.stream),
+                              "uploading copy descriptors"));
+    RETURN_IF_ERROR(record(link.moved[0], link.stream));
+    return wait(link.copy_stream, link.moved[0]);
+  }));
   void* last_gate = nullptr;
   for (size_t c = 0; c < plan.chunk_first.size(); ++c) {
-    if (gates != nullptr) {
-      ASSIGN_OR_RETURN(void* gate, WaitForLayer(*gates, plan.chunk_last_layer[c]));
-      if (gate != nullptr) last_gate = gate;
-    }
+    const int b = static_cast<int>(c % kStagingBuffers);
+    const bool reused = c >= static_cast<size_t>(kStagingBuffers);
     const int count = static_cast<int>(plan.chunk_end(c) - plan.chunk_first[c]);
-    const RangeCopy* chunk = impl_->descriptors + plan.chunk_first[c];
-    const ByteRange staged{impl_->staging, plan.chunk_bytes[c]};
-    if (impl_->rank == 0) {
-      {
-        std::lock_guard<std::mutex> lock(impl_->mu);
-        (void)cudaSetDevice(impl_->device);
-        RETURN_IF_ERROR(LaunchCopyRanges(chunk, count, impl_->stream));
+    const RangeCopy* chunk = link.descriptors + plan.chunk_first[c];
+    const ByteRange staged{plan.chunk_buffer[c], plan.chunk_bytes[c]};
+    if (link.rank == 0) {
+      if (gates != nullptr) {
+        ASSIGN_OR_RETURN(void* gate,
+                         WaitForLayer(*gates, plan.chunk_last_layer[c], link.copy_stream));
+        if (gate != nullptr) last_gate = gate;
       }
+      RETURN_IF_ERROR(enqueue([&]() -> absl::Status {
+        if (reused) RETURN_IF_ERROR(wait(link.copy_stream, link.moved[b]));
+        RETURN_IF_ERROR(LaunchCopyRanges(chunk, count, link.copy_stream));
+        RETURN_IF_ERROR(record(link.staged[b], link.copy_stream));
+        return wait(link.stream, link.staged[b]);
+      }));
       RETURN_IF_ERROR(PostGroup({&staged, 1}, deadline));
+      RETURN_IF_ERROR(enqueue([&] { return record(link.moved[b], link.stream); }));
     } else {
+      if (reused) RETURN_IF_ERROR(enqueue([&] { return wait(link.stream, link.staged[b]); }));
       RETURN_IF_ERROR(PostGroup({&staged, 1}, deadline));
-      std::lock_guard<std::mutex> lock(impl_->mu);
-      (void)cudaSetDevice(impl_->device);
-      RETURN_IF_ERROR(LaunchCopyRanges(chunk, count, impl_->stream));
+      RETURN_IF_ERROR(enqueue([&]() -> absl::Status {
+        RETURN_IF_ERROR(record(link.moved[b], link.stream));
+        RETURN_IF_ERROR(wait(link.copy_stream, link.moved[b]));
+        RETURN_IF_ERROR(LaunchCopyRanges(chunk, count, link.copy_stream));
+        return record(link.staged[b], link.copy_stream);
+      }));
     }
   }
+  // The link's stream ends after the last copy too, so Finish covers both streams.
+  RETURN_IF_ERROR(enqueue([&]() -> absl::Status {
+    RETURN_IF_ERROR(record(link.staged[0], link.copy_stream));
+    return wait(link.stream, link.staged[0]);
+  }));
   return Finish(gates, last_gate, deadline);
 }
 

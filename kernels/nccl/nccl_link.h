@@ -63,8 +63,9 @@ class NcclLink {
   // Sends (rank 0) or receives (rank 1) `ranges`, in order, on the link's stream and
   // waits until they are done; the peer transfers ranges of the same sizes at the same
   // time (the first transfer also connects the two). Large ranges go as they are, in
-  // groups of at most 1 GiB; small ones (scattered pages) are gathered into a 256 MiB
-  // staging buffer and sent chunk by chunk, and scattered on the other side. On an error
+  // groups of at most 1 GiB; small ones (scattered pages) are gathered into two 128 MiB
+  // staging buffers in turn and sent chunk by chunk (one travels while the next is
+  // gathered), and scattered on the other side. On an error
   // or at the deadline it aborts the communicator. Transfers on one link must not overlap.
   // Groups end between layers once they hold 64 MiB. With `gates` (the sender only), each
   // group waits on the device for its last layer's event; `deadline` then also bounds
@@ -81,8 +82,8 @@ class NcclLink {
  private:
   explicit NcclLink(std::unique_ptr<Impl> impl);
   absl::Status PostGroup(std::span<const ByteRange> group, Deadline deadline);
-  // Makes the link's stream wait for `layer`'s event; returns the event.
-  absl::StatusOr<void*> WaitForLayer(const LayerGates& gates, int layer);
+  // Makes `stream` (a cudaStream_t) wait for `layer`'s event; returns the event.
+  absl::StatusOr<void*> WaitForLayer(const LayerGates& gates, int layer, void* stream);
   // Waits for the queued transfers; after gated ones, first for `last_gate` to pass.
   absl::Status Finish(const LayerGates* gates, void* last_gate, Deadline deadline);
   absl::Status WaitStream(Deadline deadline);

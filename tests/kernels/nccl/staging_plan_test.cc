@@ -1,7 +1,8 @@
 // The staging plan of a scattered transfer, played out on host memory: the sender's plan
 // gathers its ranges chunk by chunk, the chunks travel as they are, and the receiver's
 // plan scatters them into ranges of the same sizes elsewhere; every byte lands where it
-// belongs, chunks are full but the last, and no piece crosses a chunk.
+// belongs, chunks are full but the last, no piece crosses a chunk, and chunks take the
+// staging buffers in turn.
 #include "kernels/nccl/staging_plan.h"
 
 #include <cstring>
@@ -33,9 +34,12 @@ TEST(StagingPlanTest, GatheredChunksScatterIntoTheReceiversRanges) {
       receives.push_back({target.data() + (total - offset - size), size});
       offset += size;
     }
-    std::vector<uint8_t> sender_buffer(staging_bytes), receiver_buffer(staging_bytes);
-    const StagingPlan gather = PlanStaging(sends, true, sender_buffer.data(), staging_bytes);
-    const StagingPlan scatter = PlanStaging(receives, false, receiver_buffer.data(), staging_bytes);
+    std::vector<uint8_t> sender_memory(2 * staging_bytes), receiver_memory(2 * staging_bytes);
+    void* const sender_buffers[] = {sender_memory.data(), sender_memory.data() + staging_bytes};
+    void* const receiver_buffers[] = {receiver_memory.data(),
+                                      receiver_memory.data() + staging_bytes};
+    const StagingPlan gather = PlanStaging(sends, true, sender_buffers, staging_bytes);
+    const StagingPlan scatter = PlanStaging(receives, false, receiver_buffers, staging_bytes);
     ASSERT_EQ(gather.chunk_bytes, scatter.chunk_bytes);
     ASSERT_EQ(gather.chunk_first, scatter.chunk_first);
     EXPECT_EQ(std::accumulate(gather.chunk_bytes.begin(), gather.chunk_bytes.end(), size_t{0}),
@@ -48,13 +52,17 @@ TEST(StagingPlanTest, GatheredChunksScatterIntoTheReceiversRanges) {
       one_chunk.copies.assign(gather.copies.begin() + gather.chunk_first[c],
                               gather.copies.begin() + gather.chunk_end(c));
       PlayOut(one_chunk);  // gather chunk c
-      std::memcpy(receiver_buffer.data(), sender_buffer.data(), gather.chunk_bytes[c]);  // "send"
+      ASSERT_EQ(gather.chunk_buffer[c], sender_buffers[c % 2]);
+      ASSERT_EQ(scatter.chunk_buffer[c], receiver_buffers[c % 2]);
+      std::memcpy(scatter.chunk_buffer[c], gather.chunk_buffer[c],
+                  gather.chunk_bytes[c]);  // "send"
       one_chunk.copies.assign(scatter.copies.begin() + scatter.chunk_first[c],
                               scatter.copies.begin() + scatter.chunk_end(c));
       for (const RangeCopy& copy : one_chunk.copies) {
         const auto* staged = static_cast<const uint8_t*>(copy.src);
-        ASSERT_GE(staged, receiver_buffer.data());
-        ASSERT_LE(staged + copy.bytes, receiver_buffer.data() + staging_bytes);
+        const auto* buffer = static_cast<const uint8_t*>(receiver_buffers[c % 2]);
+        ASSERT_GE(staged, buffer);
+        ASSERT_LE(staged + copy.bytes, buffer + staging_bytes);
       }
       PlayOut(one_chunk);  // scatter chunk c
     }
