@@ -37,6 +37,8 @@ ABSL_FLAG(std::string, kv_transport, "",
 ABSL_FLAG(bool, kv_send_during_prefill, true,
           "nccl: send a hand-off's KV layer by layer while the prefill's last chunk computes "
           "it (false: once the prefill is done)");
+ABSL_FLAG(int, kv_link_idle_s, 600,
+          "nccl: a KV link unused this long closes at both ends, giving its device memory back");
 ABSL_FLAG(std::string, role, "unified", "unified, prefill or decode");
 ABSL_FLAG(std::string, listen, "127.0.0.1:50051", "gRPC address host:port (port 0: any)");
 ABSL_FLAG(std::string, metrics_listen, "", "Prometheus endpoint host:port; empty: none");
@@ -187,14 +189,16 @@ int Main() {
   std::unique_ptr<KvLinkReceiver> link_receiver;
   if (config->kv_transport() == "nccl") {
 #if LSERVE_HAVE_NCCL
+    const std::chrono::milliseconds idle(int64_t{1000} * absl::GetFlag(FLAGS_kv_link_idle_s));
     nccl_transport = std::make_unique<NcclKvTransport>(
         *peer_credentials, static_cast<int>(config->max_message_bytes()),
         NcclKvOptions{.device = config->device(),
-                      .send_during_prefill = absl::GetFlag(FLAGS_kv_send_during_prefill)},
+                      .send_during_prefill = absl::GetFlag(FLAGS_kv_send_during_prefill),
+                      .link_idle_close = idle},
         &grpc_transport,
         [m = metrics->get()](std::string_view reason) { m->KvTransportFallback(reason); });
     transport = nccl_transport.get();
-    link_receiver = std::make_unique<NcclKvLinkReceiver>(config->device());
+    link_receiver = std::make_unique<NcclKvLinkReceiver>(config->device(), 16, idle);
 #else
     LOG(Warning) << "built without NCCL: KV hand-offs use gRPC";
     (*metrics)->KvTransportFallback("not_built");

@@ -133,6 +133,36 @@ TEST(ClusterGpuTest, ADecodeWorkerWithoutNcclGetsTheGrpcStreamAndTheFallbackIsCo
   EXPECT_TRUE(c.KvReturnsToZero(c.decode(0)));
 }
 
+size_t Count(const std::string& text, const std::string& what) {
+  size_t count = 0;
+  for (size_t at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++count;
+  return count;
+}
+
+TEST(ClusterGpuTest, AnUnusedLinkClosesAtBothEndsAndTheNextHandOffOpensAnother) {
+  if (!HaveTwoGpus()) GTEST_SKIP() << "needs two GPUs (LSERVE_TEST_GPUS)";
+  ClusterOptions options = GpuCluster(1, 1, /*dense=*/true);
+  options.worker_args.push_back("--kv_link_idle_s=1");
+  auto cluster = Cluster::Start(options);
+  ASSERT_TRUE(cluster.ok()) << cluster.status();
+  Cluster& c = **cluster;
+  for (int i = 0; i < 2; ++i) {
+    if (i == 1) std::this_thread::sleep_for(std::chrono::milliseconds(2500));
+    const v1::GenerateRequest request = Request(400, 20 + i, 6, 0.0f);
+    auto got = c.ConnectRouter()->Generate(request, nullptr, std::chrono::seconds(120));
+    ASSERT_TRUE(got.ok()) << got.status();
+    auto expected = c.Connect(c.reference())->Generate(request);
+    ASSERT_TRUE(expected.ok());
+    EXPECT_EQ(Ids(*got), Ids(*expected));
+  }
+  const std::string log = c.prefill(0).Log();
+  EXPECT_EQ(Count(log, "unused for 1 s: closing it"), 1u) << log;
+  EXPECT_EQ(Count(log, "NCCL KV link to"), 3u);  // opened, closed, opened
+  EXPECT_EQ(Metric(c, c.prefill(0), "lserve_kv_transport_fallbacks_total"), 0);
+  EXPECT_TRUE(c.KvReturnsToZero(c.prefill(0)));
+  EXPECT_TRUE(c.KvReturnsToZero(c.decode(0)));
+}
+
 // The sender pauses between posting the receive and sending (fault injection), so a
 // test can kill a peer while the KV is under way.
 class FaultDelay {

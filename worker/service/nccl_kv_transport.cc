@@ -58,12 +58,14 @@ NcclKvTransport::~NcclKvTransport() = default;
 
 absl::StatusOr<std::shared_ptr<NcclKvTransport::Link>> NcclKvTransport::LinkFor(
     const std::string& target, SteadyClock::time_point deadline) {
+  CloseIdleLinks();
   auto cached = [&]() -> std::shared_ptr<Link> {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = links_.find(target);
     if (it == links_.end() || it->second->nccl->broken()) return nullptr;
     link_order_.remove(target);
     link_order_.push_back(target);
+    it->second->last_used = SteadyClock::now();
     return it->second;
   };
   if (std::shared_ptr<Link> link = cached()) return link;
@@ -109,6 +111,7 @@ absl::StatusOr<std::shared_ptr<NcclKvTransport::Link>> NcclKvTransport::LinkFor(
     return opened.status();
   }
   link->nccl = *std::move(opened);
+  link->last_used = SteadyClock::now();
   LOG(Info) << "NCCL KV link to " << target << " open (device memory "
             << link->nccl->device_bytes() / (1 << 20) << " MiB)";
   std::shared_ptr<Link> evicted;
@@ -129,6 +132,28 @@ absl::StatusOr<std::shared_ptr<NcclKvTransport::Link>> NcclKvTransport::LinkFor(
   // closes its end now.
   if (evicted != nullptr) CloseOnPeer(evicted_target, evicted->id);
   return link;
+}
+
+void NcclKvTransport::CloseIdleLinks() {
+  std::vector<std::pair<std::string, std::shared_ptr<Link>>> idle;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    const SteadyClock::time_point now = SteadyClock::now();
+    for (const auto& [target, link] : links_) {
+      if (now - link->last_used < options_.link_idle_close || !link->mu.try_lock()) continue;
+      link->mu.unlock();  // no hand-off holds it; none takes it from the map meanwhile
+      idle.emplace_back(target, link);
+    }
+    for (const auto& [target, link] : idle) {
+      links_.erase(target);
+      link_order_.remove(target);
+    }
+  }
+  for (const auto& [target, link] : idle) {
+    LOG(Info) << "NCCL KV link to " << target << " unused for "
+              << options_.link_idle_close.count() / 1000 << " s: closing it";
+    CloseOnPeer(target, link->id);
+  }
 }
 
 void NcclKvTransport::DropLink(const std::string& target, const std::shared_ptr<Link>& link,
@@ -300,14 +325,33 @@ absl::StatusOr<int64_t> NcclKvLinkReceiver::Open(uint64_t link_id, std::string_v
   std::shared_ptr<nccl::NcclLink> link = *std::move(opened);
   const int64_t bytes = link->device_bytes();
   std::lock_guard<std::mutex> lock(mu_);
+  CloseIdleLocked(SteadyClock::now());
   links_[link_id] = link;
+  last_used_[link_id] = SteadyClock::now();
   link_order_.remove(link_id);
   link_order_.push_back(link_id);
   while (links_.size() > max_links_) {
     links_.erase(link_order_.front());  // a receive still waiting keeps its link alive
+    last_used_.erase(link_order_.front());
     link_order_.pop_front();
   }
   return bytes;
+}
+
+void NcclKvLinkReceiver::CloseIdleLocked(SteadyClock::time_point now) {
+  for (auto it = links_.begin(); it != links_.end();) {
+    const uint64_t id = it->first;
+    if (receiving_.count(id) > 0 || now - last_used_[id] < idle_close_) {
+      ++it;
+      continue;
+    }
+    LOG(Info) << "NCCL KV link " << id << " unused for " << idle_close_.count() / 1000
+              << " s: closing it";
+    it->second->Abort("unused");
+    it = links_.erase(it);
+    last_used_.erase(id);
+    link_order_.remove(id);
+  }
 }
 
 void NcclKvLinkReceiver::ReapWaiters() {
@@ -326,6 +370,7 @@ absl::Status NcclKvLinkReceiver::PostReceive(uint64_t link_id, std::vector<KvByt
                                              std::function<void(absl::Status)> done) {
   std::lock_guard<std::mutex> lock(mu_);
   ReapWaiters();
+  CloseIdleLocked(SteadyClock::now());
   auto it = links_.find(link_id);
   if (it == links_.end() || it->second->broken()) {
     return absl::NotFoundError(absl::StrCat("no open NCCL link ", link_id));
@@ -333,6 +378,7 @@ absl::Status NcclKvLinkReceiver::PostReceive(uint64_t link_id, std::vector<KvByt
   if (!receiving_.insert(link_id).second) {
     return absl::AlreadyExistsError(absl::StrCat("NCCL link ", link_id, " is still receiving"));
   }
+  last_used_[link_id] = SteadyClock::now();
   std::shared_ptr<nccl::NcclLink> link = it->second;
   // The receives are posted and waited for on a thread of their own: the sender posts
   // its sends only once this call has answered.
@@ -343,9 +389,11 @@ absl::Status NcclKvLinkReceiver::PostReceive(uint64_t link_id, std::vector<KvByt
     {
       std::lock_guard<std::mutex> lock(mu_);
       receiving_.erase(link_id);
+      if (last_used_.count(link_id) > 0) last_used_[link_id] = SteadyClock::now();
       auto found = links_.find(link_id);
       if (!outcome.ok() && found != links_.end() && found->second == link) {
         links_.erase(found);
+        last_used_.erase(link_id);
         link_order_.remove(link_id);
       }
     }
@@ -364,6 +412,7 @@ void NcclKvLinkReceiver::Close(uint64_t link_id) {
     if (it == links_.end()) return;
     link = it->second;
     links_.erase(it);
+    last_used_.erase(link_id);
     link_order_.remove(link_id);
   }
   link->Abort("the sender closed the link");

@@ -34,6 +34,9 @@ struct NcclKvOptions {
   bool send_during_prefill = true;
   std::chrono::milliseconds open_timeout{30000};
   size_t max_links = 16;  // each takes 0.4-1 GiB of device memory on both GPUs
+  // A link unused this long closes (at both ends), giving its device memory back; the
+  // next hand-off to that peer opens a fresh one.
+  std::chrono::milliseconds link_idle_close{600000};
   // How long a peer that refused a link gets the fallback before NCCL is tried again.
   std::chrono::milliseconds retry_link_after{60000};
   // A transfer (and the peer's receive) gives up after this plus a second per GB, or at
@@ -60,7 +63,10 @@ class NcclKvTransport final : public KvTransport {
     std::timed_mutex mu;  // one hand-off at a time per link
     uint64_t id = 0;
     std::unique_ptr<nccl::NcclLink> nccl;
+    std::chrono::steady_clock::time_point last_used;  // guarded by the transport's mu_
   };
+  // Closes the links unused for options_.link_idle_close that no hand-off holds.
+  void CloseIdleLinks();
   absl::StatusOr<std::shared_ptr<Link>> LinkFor(const std::string& target,
                                                 std::chrono::steady_clock::time_point deadline);
   // Aborts the link, forgets it, and asks the peer to close its end.
@@ -90,8 +96,11 @@ class NcclKvTransport final : public KvTransport {
 // used dropped first), and one waiting thread per posted receive.
 class NcclKvLinkReceiver final : public KvLinkReceiver {
  public:
-  explicit NcclKvLinkReceiver(int device, size_t max_links = 16)
-      : device_(device), max_links_(max_links) {}
+  // Links unused for `idle_close` (no receive running) close, as on the sender's side:
+  // one whose sender died gives its device memory back.
+  explicit NcclKvLinkReceiver(int device, size_t max_links = 16,
+                              std::chrono::milliseconds idle_close = std::chrono::minutes(10))
+      : device_(device), max_links_(max_links), idle_close_(idle_close) {}
   ~NcclKvLinkReceiver() override;
   absl::StatusOr<int64_t> Open(uint64_t link_id, std::string_view unique_id,
                                std::chrono::steady_clock::time_point deadline) override;
@@ -107,9 +116,12 @@ class NcclKvLinkReceiver final : public KvLinkReceiver {
     std::shared_ptr<nccl::NcclLink> link;  // aborted at shutdown, even if closed meanwhile
   };
   void ReapWaiters();
+  void CloseIdleLocked(std::chrono::steady_clock::time_point now);
 
   int device_;
   size_t max_links_;
+  std::chrono::milliseconds idle_close_;
+  std::map<uint64_t, std::chrono::steady_clock::time_point> last_used_;
   std::mutex mu_;
   std::map<uint64_t, std::shared_ptr<nccl::NcclLink>> links_;
   std::list<uint64_t> link_order_;
