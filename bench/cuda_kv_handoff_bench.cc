@@ -319,8 +319,8 @@ int Main(int argc, char** argv) {
           receives = KvTransferRanges((*receiver)->dense_pool(), (*receiver)->streaming_pool(),
                                       *claimed, exported->pages);
           std::vector<nccl::ByteRange> s, d;
-          for (const KvByteRange& x : sends) s.push_back({x.data, x.bytes});
-          for (const KvByteRange& x : receives) d.push_back({x.data, x.bytes});
+          for (const KvByteRange& x : sends) s.push_back({x.data, x.bytes, x.layer});
+          for (const KvByteRange& x : receives) d.push_back({x.data, x.bytes, x.layer});
           times.push_back(RunPair([&] { Check(link0->Transfer(s, deadline()), "send KV"); },
                                   [&] { Check(link1->Transfer(d, deadline()), "receive KV"); }));
           if (r == 0) {
