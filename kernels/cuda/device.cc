@@ -2,6 +2,10 @@
 
 #include <cuda_runtime_api.h>
 
+#include <atomic>
+#include <cstdlib>
+#include <string_view>
+
 #include "kernels/cuda/cuda_status.h"
 
 namespace lserve::cuda {
@@ -27,6 +31,24 @@ absl::StatusOr<bool> StreamIsCapturing(void* stream) {
   const cudaError_t error = cudaStreamIsCapturing(internal::AsStream(stream), &capture);
   if (error != cudaSuccess) return internal::CudaStatus(error, "cudaStreamIsCapturing");
   return capture != cudaStreamCaptureStatusNone;
+}
+
+bool ChainedLaunchEnabled() {
+  // Read at every launch (a few hundred ns), so a test can compare both ways.
+  const char* off = std::getenv("LSERVE_PDL");
+  if (off != nullptr && std::string_view(off) == "0") return false;
+  // Per device: 0 unknown, 1 no, 2 yes.
+  static std::atomic<int> capable[64] = {};
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= 64) return false;
+  int known = capable[device].load(std::memory_order_relaxed);
+  if (known == 0) {
+    int major = 0;
+    (void)cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+    known = major >= 9 ? 2 : 1;
+    capable[device].store(known, std::memory_order_relaxed);
+  }
+  return known == 2;
 }
 
 }  // namespace lserve::cuda

@@ -18,6 +18,10 @@ absl::Status SynchronizeStream(void* stream);
 // Whether work on `stream` is being captured into a CUDA graph (so nothing may synchronize).
 absl::StatusOr<bool> StreamIsCapturing(void* stream);
 
+// Whether kernels may be launched chained (chained_launch.cuh) on the current device:
+// compute capability 9.0 or later, unless LSERVE_PDL=0.
+bool ChainedLaunchEnabled();
+
 }  // namespace lserve::cuda
 
 #endif  // LSERVE_KERNELS_CUDA_DEVICE_H_

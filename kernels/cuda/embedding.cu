@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda/bf16_vec.cuh"
+#include "kernels/cuda/chained_launch.cuh"
 #include "kernels/cuda/cuda_status.h"
 #include "kernels/cuda/embedding.h"
 
@@ -15,6 +16,7 @@ namespace {
 template <int kVec>
 __global__ void EmbeddingKernel(const uint16_t* table, const int32_t* ids, uint16_t* out,
                                 int64_t dim, int64_t table_rows) {
+  ChainWait();
   const int64_t row = blockIdx.x;
   const int32_t id = ids[row];
   const bool valid = id >= 0 && id < table_rows;
@@ -44,11 +46,11 @@ absl::Status Embedding(const EmbeddingParams& p, void* stream) {
   const cudaStream_t s = internal::AsStream(stream);
   if (p.dim % 8 == 0 && internal::IsAligned16(table) && internal::IsAligned16(out)) {
     const int threads = static_cast<int>(std::clamp<int64_t>((p.dim / 8 + 31) / 32 * 32, 32, 256));
-    EmbeddingKernel<8>
-        <<<static_cast<unsigned>(p.rows), threads, 0, s>>>(table, p.ids, out, p.dim, p.table_rows);
+    LaunchChained(EmbeddingKernel<8>, static_cast<unsigned>(p.rows), threads, 0, s, table, p.ids,
+                  out, p.dim, p.table_rows);
   } else {
-    EmbeddingKernel<1>
-        <<<static_cast<unsigned>(p.rows), 256, 0, s>>>(table, p.ids, out, p.dim, p.table_rows);
+    LaunchChained(EmbeddingKernel<1>, static_cast<unsigned>(p.rows), 256, 0, s, table, p.ids, out,
+                  p.dim, p.table_rows);
   }
   return internal::CheckLaunch("EmbeddingKernel");
 }

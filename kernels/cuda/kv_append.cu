@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "kernels/cuda/bf16_vec.cuh"
+#include "kernels/cuda/chained_launch.cuh"
 #include "kernels/cuda/cuda_status.h"
 #include "kernels/cuda/paged_attention.h"
 #include "kernels/cuda/paged_kv.cuh"
@@ -72,6 +73,7 @@ __device__ __forceinline__ void CopyRotatedChunk(const AppendArgs& a, int64_t ro
 // recomputes the page's kmax/kmin from the keys it holds, with the CPU's comparisons (so
 // signed zeros come out the same). Blocks past those rotate the q rows when RoPE is fused.
 __global__ void __launch_bounds__(kAppendThreads) AppendKernel(AppendArgs a) {
+  ChainWait();
   const int num_kv_heads = a.kv.num_kv_heads;
   if (blockIdx.x >= a.t.num_seqs * num_kv_heads) {
     const int64_t token =
@@ -168,7 +170,7 @@ absl::Status AppendKv(const AppendKvParams& p, void* stream) {
                   0,
                   0};
   const dim3 grid(p.tables.num_seqs * p.kv.num_kv_heads, AppendBlocksPerHead(p));
-  AppendKernel<<<grid, kAppendThreads, 0, internal::AsStream(stream)>>>(args);
+  LaunchChained(AppendKernel, grid, kAppendThreads, 0, internal::AsStream(stream), args);
   return internal::CheckLaunch("AppendKernel");
 }
 
@@ -220,7 +222,8 @@ absl::Status RopeAppendKv(const RopeAppendKvParams& p, void* stream) {
   const dim3 grid(
       static_cast<unsigned>(append.tables.num_seqs * append.kv.num_kv_heads + query_blocks),
       blocks_per_head);
-  AppendKernel<<<grid, kAppendThreads, d * sizeof(float), internal::AsStream(stream)>>>(args);
+  LaunchChained(AppendKernel, grid, kAppendThreads, d * sizeof(float), internal::AsStream(stream),
+                args);
   return internal::CheckLaunch("AppendKernel (RoPE fused)");
 }
 

@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "kernels/cuda/bf16_vec.cuh"
+#include "kernels/cuda/chained_launch.cuh"
 #include "kernels/cuda/cuda_status.h"
 #include "kernels/cuda/norm_activation.h"
 
@@ -52,6 +53,7 @@ constexpr int64_t kMaxElementwiseBlocks = 1 << 16;
 // and the reduction's barrier separates them, so out may alias x.
 template <int kVec>
 __global__ void RmsNormKernel(RmsNormArgs p) {
+  ChainWait();
   const int64_t row = blockIdx.x;
   const uint16_t* x = p.x + row * p.x_row_stride;
   uint16_t* out = p.out + row * p.out_row_stride;
@@ -92,6 +94,7 @@ __device__ __forceinline__ float Silu(float g) { return g / (1.0f + expf(-g)); }
 
 template <int kVec>
 __global__ void SiluMulKernel(SiluMulArgs p) {
+  ChainWait();
   const int64_t vectors_per_row = p.cols / kVec;
   const int64_t total = p.rows * vectors_per_row;
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
@@ -168,9 +171,9 @@ absl::Status RmsNorm(const RmsNormParams& params, void* stream) {
   const cudaStream_t s = internal::AsStream(stream);
   const dim3 grid(static_cast<unsigned>(p.rows));
   if (vectorized) {
-    RmsNormKernel<kBf16PerVector><<<grid, threads, 0, s>>>(p);
+    LaunchChained(RmsNormKernel<kBf16PerVector>, grid, threads, 0, s, p);
   } else {
-    RmsNormKernel<1><<<grid, threads, 0, s>>>(p);
+    LaunchChained(RmsNormKernel<1>, grid, threads, 0, s, p);
   }
   return internal::CheckLaunch("RmsNormKernel");
 }
@@ -213,9 +216,9 @@ absl::Status SiluMul(const SiluMulParams& params, void* stream) {
   const cudaStream_t s = internal::AsStream(stream);
   const dim3 grid(static_cast<unsigned>(blocks));
   if (vectorized) {
-    SiluMulKernel<kBf16PerVector><<<grid, kElementwiseThreads, 0, s>>>(p);
+    LaunchChained(SiluMulKernel<kBf16PerVector>, grid, kElementwiseThreads, 0, s, p);
   } else {
-    SiluMulKernel<1><<<grid, kElementwiseThreads, 0, s>>>(p);
+    LaunchChained(SiluMulKernel<1>, grid, kElementwiseThreads, 0, s, p);
   }
   return internal::CheckLaunch("SiluMulKernel");
 }

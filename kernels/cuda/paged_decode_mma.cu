@@ -12,6 +12,7 @@
 #include <cstdint>
 
 #include "kernels/cuda/bf16_vec.cuh"
+#include "kernels/cuda/chained_launch.cuh"
 #include "kernels/cuda/cuda_status.h"
 #include "kernels/cuda/mma_sm80.cuh"
 #include "kernels/cuda/paged_decode.cuh"
@@ -105,6 +106,7 @@ __device__ void CombineSplitsIfLast(const DecodeArgs& a, int b, int first_head, 
 
 template <int kHeadDim>
 __global__ void __launch_bounds__(kMmaThreads, 2) DecodeMmaKernel(DecodeArgs a) {
+  ChainWait();
   extern __shared__ __align__(128) uint8_t smem[];
   constexpr int kChunks = kHeadDim / 8;  // 16-byte chunks per row
   const int warp = threadIdx.x >> 5;
@@ -386,7 +388,7 @@ absl::Status Launch(const DecodeArgs& args, cudaStream_t stream) {
                            SmemBytes<kHeadDim>());
   if (configured != cudaSuccess) return CudaStatus(configured, "configuring DecodeMmaKernel");
   const dim3 grid(args.splits, args.kv.num_kv_heads * args.ctas_per_kv_head, args.t.num_seqs);
-  DecodeMmaKernel<kHeadDim><<<grid, kMmaThreads, SmemBytes<kHeadDim>(), stream>>>(args);
+  LaunchChained(DecodeMmaKernel<kHeadDim>, grid, kMmaThreads, SmemBytes<kHeadDim>(), stream, args);
   return CheckLaunch("DecodeMmaKernel");
 }
 

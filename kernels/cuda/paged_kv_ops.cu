@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "kernels/cuda/bf16_vec.cuh"
+#include "kernels/cuda/chained_launch.cuh"
 #include "kernels/cuda/cuda_status.h"
 #include "kernels/cuda/paged_attention.h"
 #include "kernels/cuda/paged_kv.cuh"
@@ -83,6 +84,7 @@ __device__ void FindScoreGroup(JobAt job_at, int num_jobs, int self, int* first,
 // partial sums, each product rounded before it is added (no FMA contraction). A job's
 // page score is the max over its heads and the page's logical pages (exact in any order).
 __global__ void __launch_bounds__(kScoreThreads, 3) ScoreKernel(ScoreArgs a, int num_jobs) {
+  ChainWait();
   __shared__ float q_shared[kScoreHeadsPerPass][kScoreMaxHeadDim];
   __shared__ float best_shared[kScoreHeadsPerPass][kScoreThreads];
   __shared__ int8_t head_job[kScoreMaxHeads];  // job (within the group) of each head
@@ -242,6 +244,7 @@ constexpr int kSelectSharedKeys = 8192;
 // block scans (ties, then pages taken) place, in index order, the pages above that key and
 // the lowest-indexed pages equal to it.
 __global__ void __launch_bounds__(kSelectThreads) SelectKernel(SelectPagesParams p) {
+  ChainWait();
   using Scan = cub::BlockScan<int, kSelectThreads>;
   __shared__ typename Scan::TempStorage scan_storage;
   __shared__ uint32_t shared_keys[kSelectSharedKeys];
@@ -375,8 +378,8 @@ absl::Status ScorePages(const ScorePagesParams& p, void* stream) {
   const int blocks =
       static_cast<int>(std::clamp<int64_t>((logical_pages + kScoreThreads - 1) / kScoreThreads, 1,
                                            std::min<int64_t>(per_job_cap, 4096)));
-  ScoreKernel<<<dim3(blocks, p.num_jobs), kScoreThreads, 0, internal::AsStream(stream)>>>(
-      args, p.num_jobs);
+  LaunchChained(ScoreKernel, dim3(blocks, p.num_jobs), kScoreThreads, 0, internal::AsStream(stream),
+                args, static_cast<int>(p.num_jobs));
   return CheckLaunch("ScoreKernel");
 }
 
@@ -387,7 +390,8 @@ absl::Status SelectPages(const SelectPagesParams& p, void* stream) {
         "page selection needs page_size, max_pages > 0 and rows of max_pages or more");
   }
   if (p.num_jobs == 0) return absl::OkStatus();
-  SelectKernel<<<p.num_jobs, kSelectThreads, 0, internal::AsStream(stream)>>>(p);
+  LaunchChained(SelectKernel, static_cast<unsigned>(p.num_jobs), kSelectThreads, 0,
+                internal::AsStream(stream), p);
   return CheckLaunch("SelectKernel");
 }
 

@@ -6,6 +6,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda/bf16_vec.cuh"
+#include "kernels/cuda/chained_launch.cuh"
 #include "kernels/cuda/cuda_status.h"
 #include "kernels/cuda/rope.cuh"
 #include "kernels/cuda/rope.h"
@@ -37,6 +38,7 @@ struct RopeArgs {
 // One block per token (internal::RotateTokenHeads).
 template <int kVec>
 __global__ void RopeKernel(RopeArgs p) {
+  ChainWait();
   extern __shared__ float table[];  // cos [half], then sin [half]
   const int64_t token = blockIdx.x;
   internal::RotateTokenHeads<kVec>(p.x + token * p.token_stride, p.num_heads, p.head_dim,
@@ -92,9 +94,9 @@ absl::Status ApplyRope(const RopeParams& params, void* stream) {
   const cudaStream_t s = internal::AsStream(stream);
   const dim3 grid(static_cast<unsigned>(p.num_tokens));
   if (vectorized) {
-    RopeKernel<kBf16PerVector><<<grid, threads, shared_bytes, s>>>(p);
+    LaunchChained(RopeKernel<kBf16PerVector>, grid, threads, shared_bytes, s, p);
   } else {
-    RopeKernel<1><<<grid, threads, shared_bytes, s>>>(p);
+    LaunchChained(RopeKernel<1>, grid, threads, shared_bytes, s, p);
   }
   return internal::CheckLaunch("RopeKernel");
 }

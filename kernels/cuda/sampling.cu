@@ -13,6 +13,7 @@
 #include <cub/block/block_scan.cuh>
 
 #include "absl/strings/str_cat.h"
+#include "kernels/cuda/chained_launch.cuh"
 #include "kernels/cuda/cuda_status.h"
 #include "kernels/cuda/sampling.h"
 
@@ -176,6 +177,7 @@ __device__ void KeepAbove(const float* logits, int vocab, uint32_t threshold, in
 }
 
 __global__ void __launch_bounds__(kThreads) SampleKernel(SampleArgs a) {
+  ChainWait();
   __shared__ Shared s;
   const int r = blockIdx.x;
   const float* logits = a.logits + int64_t{r} * a.vocab;
@@ -291,7 +293,8 @@ absl::Status Sample(const SampleParams& p, void* stream) {
   if (p.rows == 0) return absl::OkStatus();
   SampleArgs args{p.logits,           p.vocab,   p.row_params,  p.tokens, p.logprobs,
                   p.max_top_logprobs, p.top_ids, p.top_logprobs};
-  SampleKernel<<<p.rows, kThreads, 0, internal::AsStream(stream)>>>(args);
+  LaunchChained(SampleKernel, static_cast<unsigned>(p.rows), kThreads, 0,
+                internal::AsStream(stream), args);
   return internal::CheckLaunch("SampleKernel");
 }
 

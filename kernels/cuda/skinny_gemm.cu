@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda/bf16_vec.cuh"
+#include "kernels/cuda/chained_launch.cuh"
 #include "kernels/cuda/cuda_status.h"
 #include "kernels/cuda/gemm.h"
 
@@ -38,6 +39,7 @@ constexpr Variant kVariants[] = {{2, 4}, {2, 8}, {4, 4}, {1, 8}};
 // partial sums that one butterfly reduction combines at the end.
 template <int kMaxM, int kWRows, int kUnroll, bool kF32Out>
 __global__ void __launch_bounds__(kWarpsPerBlock * 32) SkinnyGemmKernel(SkinnyArgs a) {
+  ChainWait();
   const int lane = threadIdx.x % 32;
   const int64_t n0 = (int64_t{blockIdx.x} * kWarpsPerBlock + threadIdx.x / 32) * kWRows;
   if (n0 >= a.n) return;
@@ -110,9 +112,11 @@ void Launch(const SkinnyArgs& args, bool f32_out, cudaStream_t stream) {
   const int64_t warps = (args.n + kWRows - 1) / kWRows;
   const dim3 grid(static_cast<unsigned>((warps + kWarpsPerBlock - 1) / kWarpsPerBlock));
   if (f32_out) {
-    SkinnyGemmKernel<kMaxM, kWRows, kUnroll, true><<<grid, kWarpsPerBlock * 32, 0, stream>>>(args);
+    LaunchChained(SkinnyGemmKernel<kMaxM, kWRows, kUnroll, true>, grid, kWarpsPerBlock * 32, 0,
+                  stream, args);
   } else {
-    SkinnyGemmKernel<kMaxM, kWRows, kUnroll, false><<<grid, kWarpsPerBlock * 32, 0, stream>>>(args);
+    LaunchChained(SkinnyGemmKernel<kMaxM, kWRows, kUnroll, false>, grid, kWarpsPerBlock * 32, 0,
+                  stream, args);
   }
 }
 

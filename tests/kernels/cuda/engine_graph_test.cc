@@ -1,7 +1,8 @@
 // Decode steps replayed as CUDA graphs (EngineOptions::replay_decode_steps): the CUDA
 // backend's deferred staging keeps array offsets across steps, and an engine that replays
 // its decode steps samples bitwise the tokens and logprobs of one that launches op by op,
-// dense and hybrid, while batches change shape and selections are recomputed on schedule.
+// dense and hybrid, while batches change shape and selections are recomputed on schedule;
+// chained (programmatic dependent) launches sample bitwise what plain launches do.
 #include <gtest/gtest.h>
 
 #include <cstdlib>
@@ -151,6 +152,24 @@ TEST_F(EngineGraphTest, ReplayedDenseDecodeSamplesWhatEagerDecodeSamples) {
 
 TEST_F(EngineGraphTest, ReplayedHybridDecodeSamplesWhatEagerDecodeSamples) {
   ExpectSameGeneration(Hybrid());
+}
+
+// Chained launches (programmatic dependent launch, where the GPU has it) only overlap a
+// kernel's start with the previous one's end: every kernel still waits for its inputs, so
+// the samples are bitwise those of plain launches, in graphs and out of them.
+TEST_F(EngineGraphTest, ChainedLaunchesSampleWhatPlainLaunchesSample) {
+  for (const bool replay : {false, true}) {
+    SCOPED_TRACE(replay ? "replayed" : "eager");
+    setenv("LSERVE_PDL", "0", 1);
+    const lserve::cuda::Run plain = Generate(Hybrid(), replay);
+    unsetenv("LSERVE_PDL");
+    const lserve::cuda::Run chained = Generate(Hybrid(), replay);
+    EXPECT_EQ(chained.counters.capture_failures, 0);
+    for (int seq = 0; seq < 4; ++seq) {
+      EXPECT_EQ(chained.tokens[seq], plain.tokens[seq]) << "sequence " << seq;
+      EXPECT_EQ(chained.logprobs[seq], plain.logprobs[seq]) << "sequence " << seq;
+    }
+  }
 }
 
 }  // namespace
