@@ -39,10 +39,8 @@ constexpr Variant kVariants[] = {{2, 4}, {2, 8}, {4, 4}, {1, 8}};
 // partial sums that one butterfly reduction combines at the end.
 template <int kMaxM, int kWRows, int kUnroll, bool kF32Out>
 __global__ void __launch_bounds__(kWarpsPerBlock * 32) SkinnyGemmKernel(SkinnyArgs a) {
-  ChainWait();
   const int lane = threadIdx.x % 32;
   const int64_t n0 = (int64_t{blockIdx.x} * kWarpsPerBlock + threadIdx.x / 32) * kWRows;
-  if (n0 >= a.n) return;
   const int64_t chunks = a.k / 8;
   const uint4* w[kWRows];
 #pragma unroll
@@ -50,15 +48,23 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32) SkinnyGemmKernel(SkinnyAr
     // Rows past n re-read the last row; their sums are never stored.
     w[j] = reinterpret_cast<const uint4*>(a.w) + min(n0 + j, a.n - 1) * chunks;
   }
-  float acc[kMaxM][kWRows] = {};
-  for (int64_t c0 = lane; c0 < chunks; c0 += 32 * kUnroll) {
-    uint4 wv[kWRows][kUnroll];
+  uint4 wv[kWRows][kUnroll];
+  auto load_weights = [&](int64_t c0) {
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int64_t c = c0 + u * 32;
 #pragma unroll
       for (int j = 0; j < kWRows; ++j) wv[j][u] = c < chunks ? __ldcs(w[j] + c) : uint4{};
     }
+  };
+  // The weights are no earlier kernel's output: a chained launch fetches its first ones
+  // before waiting for the previous kernel, so the stream starts during that kernel's end.
+  if (n0 < a.n) load_weights(lane);
+  ChainWait();
+  if (n0 >= a.n) return;
+  float acc[kMaxM][kWRows] = {};
+  for (int64_t c0 = lane; c0 < chunks; c0 += 32 * kUnroll) {
+    if (c0 != lane) load_weights(c0);
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int64_t c = c0 + u * 32;
