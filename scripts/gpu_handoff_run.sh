@@ -89,6 +89,7 @@ pids=()
 start() {  # start NAME ARGS...: a server with --port_file, waited for (300 s)
   local name=$1
   shift
+  rm -f "$run/$name.ports"  # a previous run's
   "$@" --port_file="$run/$name.ports" >"$out/$name.log" 2>&1 &
   pids+=($!)
   for _ in $(seq 1 3000); do
