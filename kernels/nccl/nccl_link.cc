@@ -82,12 +82,19 @@ struct NcclLink::Impl {
 
   absl::Status EnsureStaging() {
     if (copy_stream != nullptr) return absl::OkStatus();
+    // What an earlier failed attempt made stays (the destructor frees it).
     for (int b = 0; b < kStagingBuffers; ++b) {
-      RETURN_IF_ERROR(CudaError(cudaMalloc(&staging[b], kStagingBytes), "staging buffer"));
-      RETURN_IF_ERROR(CudaError(cudaEventCreateWithFlags(&staged[b], cudaEventDisableTiming),
-                                "cudaEventCreate"));
-      RETURN_IF_ERROR(CudaError(cudaEventCreateWithFlags(&moved[b], cudaEventDisableTiming),
-                                "cudaEventCreate"));
+      if (staging[b] == nullptr) {
+        RETURN_IF_ERROR(CudaError(cudaMalloc(&staging[b], kStagingBytes), "staging buffer"));
+      }
+      if (staged[b] == nullptr) {
+        RETURN_IF_ERROR(CudaError(cudaEventCreateWithFlags(&staged[b], cudaEventDisableTiming),
+                                  "cudaEventCreate"));
+      }
+      if (moved[b] == nullptr) {
+        RETURN_IF_ERROR(CudaError(cudaEventCreateWithFlags(&moved[b], cudaEventDisableTiming),
+                                  "cudaEventCreate"));
+      }
     }
     int lowest = 0, highest = 0;
     (void)cudaDeviceGetStreamPriorityRange(&lowest, &highest);
