@@ -259,7 +259,8 @@ int Main() {
   }
   // Streams still open past the drain timeout are cancelled by the shutdown.
   (*server)->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
-  link_receiver.reset();  // its waiting receives end on the engine thread
+  link_receiver.reset();   // its waiting receives end on the engine thread
+  handler.StopHandOffs();  // hand-offs sent during prefills end on the engine thread too
   loop.Stop();
   LOG(Info) << "drained; exiting";
   return 0;

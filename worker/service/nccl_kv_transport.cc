@@ -212,28 +212,40 @@ absl::StatusOr<KvPushResult> NcclKvTransport::Push(const std::string& target,
   for (int attempt = 0; attempt < 2; ++attempt) {
     absl::StatusOr<std::shared_ptr<Link>> link = LinkFor(target, deadline);
     if (!link.ok()) return Fallback(target, reservation_id, source, deadline, link.status());
+    absl::StatusCode code;
     {
       std::unique_lock<std::timed_mutex> lock((*link)->mu, std::defer_lock);
       if (!lock.try_lock_until(deadline)) {
         return absl::UnavailableError(
             absl::StrCat("KV transfer to ", target, ": the link stayed busy past the deadline"));
       }
-      pushed = PushOverLink(target, **link, reservation_id, &*pages, source, deadline);
+      // A hand-off that failed on this link while this one waited for it dropped it.
+      pushed = (*link)->nccl->broken()
+                   ? absl::NotFoundError("the link was dropped")
+                   : PushOverLink(target, **link, reservation_id, &*pages, source, deadline);
+      if (pushed.ok()) return pushed;
+      code = pushed.status().code();
+      // Refused before any receive was posted (no room, a bad request, a reservation
+      // gone or still receiving): the link is fine.
+      if (code == absl::StatusCode::kResourceExhausted ||
+          code == absl::StatusCode::kInvalidArgument) {
+        return pushed.status();
+      }
+      if (code == absl::StatusCode::kFailedPrecondition ||
+          code == absl::StatusCode::kAlreadyExists) {
+        return absl::UnavailableError(pushed.status().message());
+      }
+      // Whatever failed after the receive may have been posted, the link is not trusted
+      // again; it breaks before the next hand-off waiting for it can use it.
+      (*link)->nccl->Abort(std::string(pushed.status().message()));
     }
-    if (pushed.ok()) return pushed;
-    const absl::StatusCode code = pushed.status().code();
-    if (code == absl::StatusCode::kResourceExhausted ||
-        code == absl::StatusCode::kInvalidArgument) {
-      return pushed.status();  // refused before any receive was posted: the link is fine
-    }
-    // Whatever failed after the receive may have been posted, the link is not trusted
-    // again: both ends close it, and the next hand-off opens a fresh one.
+    // Both ends close it, and the next hand-off opens a fresh one.
     DropLink(target, *link, std::string(pushed.status().message()));
-    if (pushed.status().code() == absl::StatusCode::kUnimplemented) {
+    if (code == absl::StatusCode::kUnimplemented) {
       return Fallback(target, reservation_id, source, deadline, pushed.status());
     }
     // The peer no longer knows the link (it restarted, or closed it): once more, anew.
-    if (pushed.status().code() != absl::StatusCode::kNotFound) break;
+    if (code != absl::StatusCode::kNotFound) break;
   }
   // The peer's other codes are not the request's fault.
   return absl::UnavailableError(pushed.status().message());
@@ -261,7 +273,12 @@ absl::StatusOr<KvPushResult> NcclKvTransport::PushOverLink(const std::string& ta
   post.mutable_src_dense_pages()->Assign(pages->pages.dense.begin(), pages->pages.dense.end());
   post.mutable_src_streaming_pages()->Assign(pages->pages.streaming.begin(),
                                              pages->pages.streaming.end());
-  post.set_timeout_ms(MillisLeft(deadline));
+  // The receiver gives up on KV still being computed after a minute plus the transfer
+  // time (a prefill chunk takes seconds at most); the sender then sends it again.
+  post.set_timeout_ms(
+      marks == nullptr
+          ? MillisLeft(deadline)
+          : std::min(MillisLeft(deadline), (std::chrono::minutes(1) + transfer_time).count()));
   v1::PostKvReceiveResponse posted;
   {
     grpc::ClientContext context;

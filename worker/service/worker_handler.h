@@ -48,6 +48,9 @@ class WorkerHandler {
   WorkerHandler(EngineLoop* loop, WorkerIdentity identity, KvTransport* transport,
                 WorkerMetrics* metrics);
   ~WorkerHandler();  // waits for hand-offs started during prefills
+  // Waits for the hand-offs started during prefills (they may need the engine thread):
+  // call once no RPC reaches the handler any more, before the engine loop stops.
+  void StopHandOffs() { early_pushes_.reset(); }
 
   // The public API. `deadline` is the call's (the transport's) deadline, if any.
   absl::StatusOr<RequestId> StartGenerate(const v1::GenerateRequest& request,

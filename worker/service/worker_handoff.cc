@@ -213,6 +213,7 @@ absl::StatusOr<v1::PostKvReceiveResponse> WorkerHandler::PostKvReceive(
   const RequestId reservation = static_cast<RequestId>(r.header().reservation_id());
   const uint64_t key = r.header().reservation_id();
   auto pending = std::make_shared<PendingReceive>();
+  pending->link_id = r.link_id();
   {
     std::lock_guard<std::mutex> lock(receives_mu_);
     auto [it, inserted] = receives_.emplace(key, pending);
@@ -230,6 +231,10 @@ absl::StatusOr<v1::PostKvReceiveResponse> WorkerHandler::PostKvReceive(
       [&] { return loop_->scheduler().ClaimReservation(reservation, *manifest); });
   if (!placement.ok()) {
     forget();
+    // NOT_FOUND is kept for an unknown link: the sender then opens another.
+    if (absl::IsNotFound(placement.status())) {
+      return absl::FailedPreconditionError(placement.status().message());
+    }
     return placement.status();
   }
   KvPlacement sender;
@@ -239,7 +244,6 @@ absl::StatusOr<v1::PostKvReceiveResponse> WorkerHandler::PostKvReceive(
   std::vector<KvByteRange> ranges =
       KvTransferRanges(kv.dense_pool(), kv.streaming_pool(), *placement, sender);
   pending->bytes = TotalBytes(ranges);
-  pending->link_id = r.link_id();
   const int64_t timeout_ms =
       r.timeout_ms() > 0 ? std::min<int64_t>(r.timeout_ms(), kMaxReceiveTimeoutMs) : 60'000;
   const SteadyClock::time_point start = SteadyClock::now();
@@ -317,31 +321,33 @@ absl::Status WorkerHandler::CloseKvLink(const v1::CloseKvLinkRequest& r) {
 
 absl::Status WorkerHandler::ReleaseKv(const v1::ReleaseKvRequest& r) {
   if (r.reservation_id() != 0) {
-    std::optional<uint64_t> running_on;  // the link of a receive still running
+    const RequestId reservation = static_cast<RequestId>(r.reservation_id());
     {
       // A receive whose outcome nobody will ask for any more.
       std::lock_guard<std::mutex> lock(receives_mu_);
       auto it = receives_.find(r.reservation_id());
       if (it != receives_.end()) {
-        std::lock_guard<std::mutex> outcome(it->second->mu);
-        if (it->second->outcome.has_value()) {
+        bool running;
+        {
+          std::lock_guard<std::mutex> outcome(it->second->mu);
+          running = !it->second->outcome.has_value();
+        }
+        if (!running) {
           receives_.erase(it);
-        } else {
-          running_on = it->second->link_id;
+        } else if (link_receiver_ != nullptr) {
+          // Nobody waits for that KV any more (its prefill failed, say): the receive stops
+          // now instead of holding the pages until it times out, and its link closes.
+          // Still running, it holds its link: the sender sends nothing else on it before
+          // the outcome, and no receive is posted while receives_mu_ is held.
+          LOG(Info) << "reservation " << reservation << " released while receiving: closing link "
+                    << it->second->link_id;
+          link_receiver_->Close(it->second->link_id);
         }
       }
     }
-    const RequestId reservation = static_cast<RequestId>(r.reservation_id());
-    absl::Status cancelled =
-        loop_->Run<absl::Status>([&] { return loop_->scheduler().CancelReservation(reservation); });
-    // Nobody waits for that KV any more (its prefill failed, say): the receive stops now
-    // instead of holding the pages until it times out, and its link closes.
-    if (running_on.has_value() && link_receiver_ != nullptr) {
-      LOG(Info) << "reservation " << reservation << " released while receiving: closing link "
-                << *running_on;
-      link_receiver_->Close(*running_on);
-    }
-    return cancelled;
+    // The closed receive's end frees the pages (a cancel meanwhile waits for it).
+    return loop_->Run<absl::Status>(
+        [&] { return loop_->scheduler().CancelReservation(reservation); });
   }
   const RequestId handle = static_cast<RequestId>(r.kv_handle());
   if (early_pushes_ != nullptr) early_pushes_->Forget(handle);
