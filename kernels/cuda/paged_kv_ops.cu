@@ -34,20 +34,13 @@ struct ScoreArgs {
 };
 
 constexpr int kScoreHeadsPerPass = 4;
+// Two threads per logical page, each summing four of the eight interleaved partial sums.
+constexpr int kScoreLanesPerPage = 2;
+constexpr int kScorePagesPerBlock = kScoreThreads / kScoreLanesPerPage;
 constexpr int kScoreMaxHeads = 64;  // query heads of one group of jobs
 constexpr int kScoreMaxHeadDim = 256;
-constexpr int kScoreBatch = 4;
-constexpr int kScoreWindow = 16;  // jobs on either side read into shared memory  // 16-byte chunks
-                                  // of a statistics row in flight per thread
-
-__device__ __forceinline__ void UnpackBf16x8(uint4 raw, float (&dst)[8]) {
-  const uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
-#pragma unroll
-  for (int w = 0; w < 4; ++w) {
-    dst[2 * w] = __uint_as_float(words[w] << 16);
-    dst[2 * w + 1] = __uint_as_float(words[w] & 0xFFFF0000u);
-  }
-}
+constexpr int kScoreBatch = 4;    // chunks of a statistics row in flight per thread
+constexpr int kScoreWindow = 16;  // jobs on either side read into shared memory
 
 __device__ __forceinline__ bool SameScoreInput(const PageScoreJob& x, const PageScoreJob& y) {
   return x.seq == y.seq && x.kv_head == y.kv_head && x.q_row == y.q_row;
@@ -79,14 +72,16 @@ __device__ void FindScoreGroup(JobAt job_at, int num_jobs, int self, int* first,
   *count = j - group;
 }
 
-// One thread per logical page of the sequence, so each thread sums one logical page's
-// bound for every query head of the group like cpu::LogicalPageScore: eight interleaved
-// partial sums, each product rounded before it is added (no FMA contraction). A job's
-// page score is the max over its heads and the page's logical pages (exact in any order).
+// Two adjacent threads per logical page sum its bound for every query head of the group
+// like cpu::LogicalPageScore: eight interleaved partial sums (channel c goes to sum c % 8),
+// each product rounded before it is added (no FMA contraction); the even thread keeps
+// sums 0-3 and the odd one 4-7, reading 8-byte halves of each 16-byte chunk, and the even
+// thread adds the eight in order. A job's page score is the max over its heads and the
+// page's logical pages (exact in any order).
 __global__ void __launch_bounds__(kScoreThreads, 3) ScoreKernel(ScoreArgs a, int num_jobs) {
   ChainWait();
   __shared__ float q_shared[kScoreHeadsPerPass][kScoreMaxHeadDim];
-  __shared__ float best_shared[kScoreHeadsPerPass][kScoreThreads];
+  __shared__ float best_shared[kScoreHeadsPerPass][kScorePagesPerBlock];
   __shared__ int8_t head_job[kScoreMaxHeads];  // job (within the group) of each head
   __shared__ int16_t head_index[kScoreMaxHeads];
   __shared__ int group_first, group_jobs, group_heads;
@@ -125,12 +120,16 @@ __global__ void __launch_bounds__(kScoreThreads, 3) ScoreKernel(ScoreArgs a, int
   const int slot = a.kv.kv_head_slot[lead.kv_head];
   const uint16_t* row = a.q + int64_t{lead.q_row} * a.q_row_stride;
   const int64_t kmin_offset = internal::KminOffset(a.kv.dense, logical_per_page, d);
-  const int pages_per_block = kScoreThreads / logical_per_page;
+  const int pages_per_block = kScorePagesPerBlock / logical_per_page;
+  const int half = threadIdx.x % kScoreLanesPerPage;        // which four partial sums
+  const int block_page = threadIdx.x / kScoreLanesPerPage;  // logical page within the block
+  // The two lanes of a page (a page past the history leaves both idle).
+  const unsigned pair_mask = 3u << (threadIdx.x & 30);
   // The group's blocks (gridDim.x per job) stride over its logical pages together.
   const int64_t rank = int64_t{blockIdx.y - group_first} * gridDim.x + blockIdx.x;
-  const int64_t stride = int64_t{group_jobs} * gridDim.x * kScoreThreads;
-  for (int64_t base = rank * kScoreThreads; base < num_logical; base += stride) {
-    const int64_t lp = base + threadIdx.x;
+  const int64_t stride = int64_t{group_jobs} * gridDim.x * kScorePagesPerBlock;
+  for (int64_t base = rank * kScorePagesPerBlock; base < num_logical; base += stride) {
+    const int64_t lp = base + block_page;
     const bool active = lp < num_logical;
     const uint16_t* kmax = nullptr;
     if (active) {
@@ -149,22 +148,24 @@ __global__ void __launch_bounds__(kScoreThreads, 3) ScoreKernel(ScoreArgs a, int
       }
       __syncthreads();
       if (!active) continue;
-      float partial[kScoreHeadsPerPass][8] = {};
-      // kScoreBatch 16-byte chunks of kmax and kmin are loaded a batch ahead of their use,
-      // so their latencies overlap the math; the sums still run over the channels in order.
-      uint4 next_hi[kScoreBatch], next_lo[kScoreBatch];
+      float partial[kScoreHeadsPerPass][4] = {};
+      // kScoreBatch chunks of kmax and kmin (this thread's 8-byte halves) are loaded a
+      // batch ahead of their use, so their latencies overlap the math; the sums still run
+      // over the channels in order.
+      uint2 next_hi[kScoreBatch], next_lo[kScoreBatch];
       auto load_batch = [&](int c0) {
 #pragma unroll
         for (int k = 0; k < kScoreBatch; ++k) {
           if (c0 + 8 * k < d) {
-            next_hi[k] = *reinterpret_cast<const uint4*>(kmax + c0 + 8 * k);
-            next_lo[k] = *reinterpret_cast<const uint4*>(kmax + kmin_offset + c0 + 8 * k);
+            const int at = c0 + 8 * k + 4 * half;
+            next_hi[k] = *reinterpret_cast<const uint2*>(kmax + at);
+            next_lo[k] = *reinterpret_cast<const uint2*>(kmax + kmin_offset + at);
           }
         }
       };
       load_batch(0);
       for (int c0 = 0; c0 < d; c0 += 8 * kScoreBatch) {
-        uint4 raw_hi[kScoreBatch], raw_lo[kScoreBatch];
+        uint2 raw_hi[kScoreBatch], raw_lo[kScoreBatch];
 #pragma unroll
         for (int k = 0; k < kScoreBatch; ++k) {
           raw_hi[k] = next_hi[k];
@@ -174,15 +175,18 @@ __global__ void __launch_bounds__(kScoreThreads, 3) ScoreKernel(ScoreArgs a, int
 #pragma unroll
         for (int k = 0; k < kScoreBatch; ++k) {
           if (c0 + 8 * k >= d) break;
-          const int c = c0 + 8 * k;
-          float hi[8], lo[8];
-          UnpackBf16x8(raw_hi[k], hi);
-          UnpackBf16x8(raw_lo[k], lo);
+          const int c = c0 + 8 * k + 4 * half;
+          const float hi[4] = {
+              __uint_as_float(raw_hi[k].x << 16), __uint_as_float(raw_hi[k].x & 0xFFFF0000u),
+              __uint_as_float(raw_hi[k].y << 16), __uint_as_float(raw_hi[k].y & 0xFFFF0000u)};
+          const float lo[4] = {
+              __uint_as_float(raw_lo[k].x << 16), __uint_as_float(raw_lo[k].x & 0xFFFF0000u),
+              __uint_as_float(raw_lo[k].y << 16), __uint_as_float(raw_lo[k].y & 0xFFFF0000u)};
 #pragma unroll
           for (int h = 0; h < kScoreHeadsPerPass; ++h) {
             if (h >= heads) break;
 #pragma unroll
-            for (int u = 0; u < 8; ++u) {
+            for (int u = 0; u < 4; ++u) {
               const float qv = q_shared[h][c + u];
               const float x = __fmul_rn(qv, hi[u]);
               const float y = __fmul_rn(qv, lo[u]);
@@ -194,9 +198,15 @@ __global__ void __launch_bounds__(kScoreThreads, 3) ScoreKernel(ScoreArgs a, int
 #pragma unroll
       for (int h = 0; h < kScoreHeadsPerPass; ++h) {
         if (h >= heads) break;
+        // Sums 0-3 here (even thread) and 4-7 (odd), added in order by the even thread.
+        float upper[4];
+#pragma unroll
+        for (int u = 0; u < 4; ++u) upper[u] = __shfl_down_sync(pair_mask, partial[h][u], 1);
         float score = 0.0f;
 #pragma unroll
-        for (int u = 0; u < 8; ++u) score = __fadd_rn(score, partial[h][u]);
+        for (int u = 0; u < 4; ++u) score = __fadd_rn(score, partial[h][u]);
+#pragma unroll
+        for (int u = 0; u < 4; ++u) score = __fadd_rn(score, upper[u]);
         // group_jobs <= kScoreHeadsPerPass: every job has a head.
         const int j = head_job[pass + h];
 #pragma unroll
@@ -207,7 +217,7 @@ __global__ void __launch_bounds__(kScoreThreads, 3) ScoreKernel(ScoreArgs a, int
     }
 #pragma unroll
     for (int j = 0; j < kScoreHeadsPerPass; ++j) {
-      if (j < group_jobs) best_shared[j][threadIdx.x] = job_best[j];
+      if (j < group_jobs && half == 0) best_shared[j][block_page] = job_best[j];
     }
     __syncthreads();
     // Physical pages: the max over their logical pages (those past the history are -inf).
@@ -352,10 +362,11 @@ absl::Status ScorePages(const ScorePagesParams& p, void* stream) {
     return absl::InvalidArgumentError("cuda page scoring: q rows must be 16-byte aligned");
   }
   if (p.num_jobs == 0) return absl::OkStatus();
-  if (p.kv.head_dim > kScoreMaxHeadDim || p.kv.page_size / p.kv.logical_page_size > kScoreThreads) {
+  if (p.kv.head_dim > kScoreMaxHeadDim ||
+      p.kv.page_size / p.kv.logical_page_size > kScorePagesPerBlock) {
     return absl::InvalidArgumentError(absl::StrCat("cuda page scoring: head_dim at most ",
-                                                   kScoreMaxHeadDim, " and at most ", kScoreThreads,
-                                                   " logical pages per page"));
+                                                   kScoreMaxHeadDim, " and at most ",
+                                                   kScorePagesPerBlock, " logical pages per page"));
   }
   ScoreArgs args{p.kv,           p.tables, static_cast<const uint16_t*>(p.q),
                  p.q_row_stride, p.jobs,   p.scores};
@@ -375,9 +386,9 @@ absl::Status ScorePages(const ScorePagesParams& p, void* stream) {
   }();
   // Rounded down, so the blocks make whole waves.
   const int64_t per_job_cap = std::max<int64_t>(1, 2 * resident / p.num_jobs);
-  const int blocks =
-      static_cast<int>(std::clamp<int64_t>((logical_pages + kScoreThreads - 1) / kScoreThreads, 1,
-                                           std::min<int64_t>(per_job_cap, 4096)));
+  const int blocks = static_cast<int>(
+      std::clamp<int64_t>((logical_pages + kScorePagesPerBlock - 1) / kScorePagesPerBlock, 1,
+                          std::min<int64_t>(per_job_cap, 4096)));
   LaunchChained(ScoreKernel, dim3(blocks, p.num_jobs), kScoreThreads, 0, internal::AsStream(stream),
                 args, static_cast<int>(p.num_jobs));
   return CheckLaunch("ScoreKernel");
