@@ -6,8 +6,8 @@
 # prefill on GPU 0 -> NCCL -> decode on GPU 1, with the KV sent during the prefill's last
 # chunk and only after it. Logs, JSON and summary.txt go to $OUT
 # (default ./gpu-out). GATES names the streaming-head gate file (default build-gpu/gates.tsv);
-# TTFT_TOKENS the long prompt's length (default 130000; 0 skips that part); TTFT_ONLY=1
-# runs only that part.
+# TTFT_TOKENS the long prompt's length (default 130000; 0 skips that part); PARTS picks
+# parts (link,bench,sweep,cluster,checkpoints,ttft; default all), TTFT_ONLY=1 the last.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-gpu-out}
@@ -29,19 +29,29 @@ nvidia-smi topo -m >"$out/topo.txt" 2>&1
 summary=$out/summary.txt
 find_bin() { find "$build" -name "$1" -type f -perm -u+x | head -1; }
 
-if [ -z "${TTFT_ONLY:-}" ]; then
+# PARTS picks what runs (default all): link, bench, sweep, cluster, checkpoints, ttft.
+parts=",${PARTS:-link,bench,sweep,cluster,checkpoints,ttft},"
+[ -n "${TTFT_ONLY:-}" ] && parts=",ttft,"
+[ "${TTFT_TOKENS:-130000}" -gt 0 ] || parts=${parts/,ttft,/,}
+want() { [[ $parts == *",$1,"* ]]; }
+
+if want link; then
 bin=$(find_bin cuda_nccl_link_test)
 timeout 120 "$bin" >"$out/nccl_link_test.log" 2>&1
 echo "cuda_nccl_link_test: rc=$? $(grep -E '^\[  (PASSED|FAILED|SKIPPED)' "$out/nccl_link_test.log" | tr '\n' ' ')" | tee -a "$summary"
 
+fi
+
 bin=$(find_bin cuda_kv_handoff_bench)
+if want bench; then
 NCCL_DEBUG=INFO timeout 300 "$bin" --gates="$gates" --json="$out/handoff.json" >"$out/handoff_bench.log" 2>"$out/handoff_bench.err"
 echo "cuda_kv_handoff_bench: rc=$?" | tee -a "$summary"
 grep -v '^$' "$out/handoff_bench.log" | tee -a "$summary"
 grep -E 'via|P2P|SHM' "$out/handoff_bench.err" | head -4 | tee -a "$summary"
 
+fi
 # Communicator memory against bandwidth under NCCL's p2p channel and buffer settings.
-for env in "" "NCCL_NVLS_ENABLE=0" "NCCL_MAX_P2P_NCHANNELS=16" "NCCL_MAX_P2P_NCHANNELS=8" \
+want sweep && for env in "" "NCCL_NVLS_ENABLE=0" "NCCL_MAX_P2P_NCHANNELS=16" "NCCL_MAX_P2P_NCHANNELS=8" \
   "NCCL_MAX_P2P_NCHANNELS=8 NCCL_BUFFSIZE=2097152" "NCCL_MAX_P2P_NCHANNELS=4"; do
   tag=$(echo "${env:-default}" | tr ' =' '_-')
   env $env timeout 120 "$bin" --lengths=32768 --modes=dense --layouts=fresh --raw_mib=256,4096 \
@@ -62,9 +72,12 @@ PY
 done
 
 bin=$(find_bin cluster_gpu_test)
+if want cluster; then
 timeout 400 "$bin" >"$out/cluster_gpu_test.log" 2>&1
 echo "cluster_gpu_test: rc=$? $(grep -E '^\[  (PASSED|FAILED|SKIPPED)|^\[       OK|^\[  FAILED' "$out/cluster_gpu_test.log" | tr '\n' ' ')" | tee -a "$summary"
+fi
 # Equivalence on small checkpoints that transformers writes (GPU-sized heads).
+if want checkpoints; then
 checkpoints=$(mktemp -d)
 timeout 120 python3 scripts/make_gpu_fixtures.py --out "$checkpoints" --checkpoints_only \
   --only=llama3_d128_g4,qwen2_d64_bias_tied >"$out/checkpoints.log" 2>&1
@@ -76,7 +89,7 @@ done
 fi
 
 tokens=${TTFT_TOKENS:-130000}
-[ "$tokens" -gt 0 ] || exit 0
+want ttft || exit 0
 run=$(mktemp -d)
 python3 -c "import random; random.seed(7); print(','.join(str(random.randrange(1000, 128000)) for _ in range($tokens)))" >"$run/long.ids"
 python3 -c "import random; random.seed(8); print(','.join(str(random.randrange(1000, 128000)) for _ in range(8192)))" >"$run/warm.ids"
