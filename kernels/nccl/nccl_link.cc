@@ -350,25 +350,12 @@ absl::Status NcclLink::Transfer(std::span<const ByteRange> ranges, Deadline dead
     return absl::InvalidArgumentError("only the sender of a link waits for layers");
   }
   if (Staged(ranges)) return TransferStaged(ranges, deadline, gates);
-  // Pieces of at most kGroupBytes, grouped up to kGroupBytes and ended between layers
-  // past kMinLayerGroupBytes: both ranks cut equal ranges equally.
-  std::vector<std::vector<ByteRange>> groups(1);
-  size_t group_bytes = 0;
-  for (const ByteRange& range : ranges) {
-    for (size_t offset = 0; offset < range.bytes; offset += kGroupBytes) {
-      const size_t bytes = std::min(kGroupBytes, range.bytes - offset);
-      const bool layer_ends = !groups.back().empty() && groups.back().back().layer != range.layer;
-      if (group_bytes + bytes > kGroupBytes || (layer_ends && group_bytes >= kMinLayerGroupBytes)) {
-        groups.emplace_back();
-        group_bytes = 0;
-      }
-      groups.back().push_back({static_cast<uint8_t*>(range.data) + offset, bytes, range.layer});
-      group_bytes += bytes;
-    }
-  }
+  // Both ranks cut equal ranges equally.
+  const std::vector<std::vector<ByteRange>> groups =
+      PlanGroups(ranges, kGroupBytes, kMinLayerGroupBytes);
   void* last_gate = nullptr;
   for (const std::vector<ByteRange>& group : groups) {
-    if (gates != nullptr && !group.empty()) {
+    if (gates != nullptr) {
       ASSIGN_OR_RETURN(void* gate, WaitForLayer(*gates, group.back().layer, impl_->stream));
       if (gate != nullptr) last_gate = gate;
     }

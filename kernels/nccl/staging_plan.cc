@@ -5,6 +5,26 @@
 
 namespace lserve::nccl {
 
+std::vector<std::vector<ByteRange>> PlanGroups(std::span<const ByteRange> ranges,
+                                               size_t max_group_bytes, size_t layer_group_bytes) {
+  std::vector<std::vector<ByteRange>> groups;
+  size_t group_bytes = 0;
+  for (const ByteRange& range : ranges) {
+    for (size_t offset = 0; offset < range.bytes; offset += max_group_bytes) {
+      const size_t bytes = std::min(max_group_bytes, range.bytes - offset);
+      const bool layer_ends = !groups.empty() && groups.back().back().layer != range.layer;
+      if (groups.empty() || group_bytes + bytes > max_group_bytes ||
+          (layer_ends && group_bytes >= layer_group_bytes)) {
+        groups.emplace_back();
+        group_bytes = 0;
+      }
+      groups.back().push_back({static_cast<uint8_t*>(range.data) + offset, bytes, range.layer});
+      group_bytes += bytes;
+    }
+  }
+  return groups;
+}
+
 StagingPlan PlanStaging(std::span<const ByteRange> ranges, bool gather,
                         std::span<void* const> buffers, size_t buffer_bytes) {
   StagingPlan plan;

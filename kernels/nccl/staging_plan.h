@@ -27,6 +27,13 @@ struct StagingPlan {
   }
 };
 
+// How a direct (unstaged) transfer cuts ranges into NCCL groups: pieces of at most
+// `max_group_bytes`, grouped up to that, a group ending between layers once it holds
+// `layer_group_bytes`, so a sender can send each layer group as soon as it is written.
+// Both ranks cut ranges of equal sizes and layers identically. Empty ranges are skipped.
+std::vector<std::vector<ByteRange>> PlanGroups(std::span<const ByteRange> ranges,
+                                               size_t max_group_bytes, size_t layer_group_bytes);
+
 // `gather`: copies from the ranges into the buffers (the sender); else from the buffers
 // into the ranges (the receiver). Empty ranges are skipped.
 StagingPlan PlanStaging(std::span<const ByteRange> ranges, bool gather,

@@ -2,7 +2,7 @@
 // gathers its ranges chunk by chunk, the chunks travel as they are, and the receiver's
 // plan scatters them into ranges of the same sizes elsewhere; every byte lands where it
 // belongs, chunks are full but the last, no piece crosses a chunk, and chunks take the
-// staging buffers in turn.
+// staging buffers in turn; direct transfers group their ranges alike on both ranks.
 #include "kernels/nccl/staging_plan.h"
 
 #include <cstring>
@@ -74,6 +74,48 @@ TEST(StagingPlanTest, GatheredChunksScatterIntoTheReceiversRanges) {
       offset += size;
     }
   }
+}
+
+// Direct transfers: groups hold at most the group size, end between layers once past the
+// layer size, and cover every byte in order; the other rank, with equal sizes and layers
+// elsewhere in memory, cuts the same groups.
+TEST(GroupPlanTest, GroupsEndBetweenLayersAndBothRanksCutAlike) {
+  std::vector<uint8_t> sender(4000), receiver(4000);
+  const std::vector<std::pair<size_t, int>> shape = {{100, 0}, {30, 0}, {250, 1}, {10, 1},
+                                                     {0, 2},   {70, 2}, {40, 3},  {900, 3}};
+  std::vector<ByteRange> sends, receives;
+  size_t offset = 0;
+  for (const auto& [bytes, layer] : shape) {
+    sends.push_back({sender.data() + offset, bytes, layer});
+    receives.push_back({receiver.data() + 3000 - offset, bytes, layer});
+    offset += bytes;
+  }
+  const auto send_groups = PlanGroups(sends, /*max_group_bytes=*/256, /*layer_group_bytes=*/64);
+  const auto receive_groups = PlanGroups(receives, 256, 64);
+  ASSERT_EQ(send_groups.size(), receive_groups.size());
+  std::vector<size_t> sizes;
+  size_t covered = 0;
+  const uint8_t* expected = sender.data();
+  for (size_t g = 0; g < send_groups.size(); ++g) {
+    ASSERT_EQ(send_groups[g].size(), receive_groups[g].size());
+    size_t bytes = 0;
+    for (size_t i = 0; i < send_groups[g].size(); ++i) {
+      EXPECT_EQ(send_groups[g][i].bytes, receive_groups[g][i].bytes);
+      EXPECT_EQ(send_groups[g][i].layer, receive_groups[g][i].layer);
+      EXPECT_EQ(send_groups[g][i].data, expected);  // in order, no byte twice
+      expected += send_groups[g][i].bytes;
+      bytes += send_groups[g][i].bytes;
+    }
+    EXPECT_LE(bytes, 256u);
+    sizes.push_back(bytes);
+    covered += bytes;
+  }
+  EXPECT_EQ(covered, offset);
+  // Layer 0 (130 bytes) makes a group; layer 1's 260 bytes need two; layer 2's 70 join the
+  // 10 left of layer 1 (those were under the layer size); layer 3 starts anew, its 900
+  // bytes cut in pieces of at most 256 from the range's start.
+  const std::vector<size_t> expected_sizes = {130, 250, 80, 40, 256, 256, 256, 132};
+  EXPECT_EQ(sizes, expected_sizes);
 }
 
 }  // namespace
