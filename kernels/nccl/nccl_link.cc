@@ -13,46 +13,21 @@
 #include "common/logging.h"
 #include "common/status_macros.h"
 #include "kernels/nccl/copy_ranges.h"
+#include "kernels/nccl/nccl_link_impl.h"
 #include "kernels/nccl/staging_plan.h"
 
 namespace lserve::nccl {
+
+using internal::CudaError;
+using internal::kGroupBytes;
+using internal::kMinLayerGroupBytes;
+using internal::kPollInterval;
+using internal::kStageBelowBytes;
+using internal::kStagingBuffers;
+using internal::NcclError;
+using internal::PollEvent;
+
 namespace {
-
-constexpr auto kPollInterval = std::chrono::microseconds(20);
-constexpr size_t kGroupBytes = size_t{1} << 30;
-// A group ends between layers once it holds this much, so a sender whose layers are
-// still being computed sends each part as soon as it is written.
-constexpr size_t kMinLayerGroupBytes = size_t{64} << 20;
-// Ranges averaging less than this go through the staging buffer: NCCL costs about 7 us
-// per send/recv pair, so 256 KiB pages one by one run at a tenth of the link's speed.
-constexpr size_t kStageBelowBytes = size_t{8} << 20;
-// Two staging buffers: one chunk travels while the next is gathered (or the last one
-// scattered) on the copy stream.
-constexpr size_t kStagingBytes = size_t{128} << 20;
-constexpr int kStagingBuffers = 2;
-
-absl::Status CudaError(cudaError_t error, absl::string_view what) {
-  if (error == cudaSuccess) return absl::OkStatus();
-  return absl::InternalError(absl::StrCat(what, ": ", cudaGetErrorString(error)));
-}
-
-absl::Status NcclError(ncclResult_t result, ncclComm_t comm, absl::string_view what) {
-  if (result == ncclSuccess) return absl::OkStatus();
-  const char* detail = ncclGetLastError(comm);
-  const std::string message =
-      absl::StrCat(what, ": ", ncclGetErrorString(result), detail != nullptr && *detail ? " (" : "",
-                   detail != nullptr ? detail : "", detail != nullptr && *detail ? ")" : "");
-  switch (result) {
-    case ncclInvalidArgument:
-    case ncclInvalidUsage:
-      return absl::InvalidArgumentError(message);
-    case ncclSystemError:
-    case ncclRemoteError:
-      return absl::UnavailableError(message);
-    default:
-      return absl::InternalError(message);
-  }
-}
 
 int64_t FreeDeviceBytes() {
   size_t free = 0, total = 0;
@@ -62,92 +37,8 @@ int64_t FreeDeviceBytes() {
 
 }  // namespace
 
-struct NcclLink::Impl {
-  mutable std::mutex mu;
-  ncclComm_t comm = nullptr;
-  cudaStream_t stream = nullptr;
-  int rank = 0;
-  int device = 0;
-  bool broken = false;
-  int64_t device_bytes = 0;
-  // Scattered ranges: kStagingBuffers buffers of kStagingBytes, the stream that gathers
-  // into them or scatters out of them, and per buffer an event after its copy (staged)
-  // and after its send or receive (moved).
-  void* staging[kStagingBuffers] = {};
-  cudaStream_t copy_stream = nullptr;
-  cudaEvent_t staged[kStagingBuffers] = {};
-  cudaEvent_t moved[kStagingBuffers] = {};
-  RangeCopy* descriptors = nullptr;
-  size_t descriptor_capacity = 0;
+namespace internal {
 
-  absl::Status EnsureStaging() {
-    if (copy_stream != nullptr) return absl::OkStatus();
-    // What an earlier failed attempt made stays (the destructor frees it).
-    for (int b = 0; b < kStagingBuffers; ++b) {
-      if (staging[b] == nullptr) {
-        RETURN_IF_ERROR(CudaError(cudaMalloc(&staging[b], kStagingBytes), "staging buffer"));
-      }
-      if (staged[b] == nullptr) {
-        RETURN_IF_ERROR(CudaError(cudaEventCreateWithFlags(&staged[b], cudaEventDisableTiming),
-                                  "cudaEventCreate"));
-      }
-      if (moved[b] == nullptr) {
-        RETURN_IF_ERROR(CudaError(cudaEventCreateWithFlags(&moved[b], cudaEventDisableTiming),
-                                  "cudaEventCreate"));
-      }
-    }
-    int lowest = 0, highest = 0;
-    (void)cudaDeviceGetStreamPriorityRange(&lowest, &highest);
-    return CudaError(cudaStreamCreateWithPriority(&copy_stream, cudaStreamNonBlocking, highest),
-                     "cudaStreamCreate");
-  }
-
-  void AbortLocked(absl::string_view why) {
-    if (broken) return;
-    broken = true;
-    LOG(Warning) << "NCCL link (rank " << rank << ", device " << device << ") aborted: " << why;
-    (void)cudaSetDevice(device);
-    (void)ncclCommAbort(comm);
-    // Aborted kernels exit; once the stream is idle no NCCL kernel touches the buffers,
-    // which their owners may then free.
-    if (stream != nullptr) (void)cudaStreamSynchronize(stream);
-    if (copy_stream != nullptr) (void)cudaStreamSynchronize(copy_stream);
-  }
-
-  // Polls the communicator until its queued calls are done (non-blocking mode), with the
-  // lock held only while polling.
-  absl::Status WaitReady(Deadline deadline, absl::string_view what,
-                         const std::atomic<bool>* cancelled = nullptr) {
-    while (true) {
-      std::unique_lock<std::mutex> lock(mu);
-      if (broken) return absl::UnavailableError(absl::StrCat(what, ": the link was aborted"));
-      ncclResult_t state = ncclSuccess;
-      const ncclResult_t polled = ncclCommGetAsyncError(comm, &state);
-      if (polled != ncclSuccess) state = polled;
-      if (state == ncclSuccess) return absl::OkStatus();
-      if (state != ncclInProgress) {
-        absl::Status error = NcclError(state, comm, what);
-        AbortLocked(error.message());
-        return error;
-      }
-      if (std::chrono::steady_clock::now() > deadline) {
-        AbortLocked(absl::StrCat(what, ": timed out"));
-        return absl::DeadlineExceededError(absl::StrCat(what, ": timed out"));
-      }
-      if (cancelled != nullptr && cancelled->load()) {
-        AbortLocked(absl::StrCat(what, ": given up"));
-        return absl::CancelledError(absl::StrCat(what, ": given up"));
-      }
-      lock.unlock();
-      std::this_thread::sleep_for(kPollInterval);
-    }
-  }
-};
-
-namespace {
-
-// Polls until `event` has passed (no lock held while sleeping), watching the link for
-// errors; at the deadline the link aborts.
 absl::Status PollEvent(NcclLink::Impl& impl, cudaEvent_t event, Deadline deadline,
                        absl::string_view what) {
   while (true) {
@@ -178,7 +69,7 @@ absl::Status PollEvent(NcclLink::Impl& impl, cudaEvent_t event, Deadline deadlin
   }
 }
 
-}  // namespace
+}  // namespace internal
 
 NcclLink::NcclLink(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
@@ -361,95 +252,6 @@ absl::Status NcclLink::Transfer(std::span<const ByteRange> ranges, Deadline dead
     }
     RETURN_IF_ERROR(PostGroup(group, deadline));
   }
-  return Finish(gates, last_gate, deadline);
-}
-
-absl::Status NcclLink::TransferStaged(std::span<const ByteRange> ranges, Deadline deadline,
-                                      const LayerGates* gates) {
-  // Chunk c goes through buffer b = c % 2. The sender gathers it on the copy stream once
-  // the send of chunk c - 2 (same buffer) is done, and sends it once gathered; the
-  // receiver receives it once the scatter of chunk c - 2 is done, and scatters it on the
-  // copy stream once received. So one chunk travels while the next is copied.
-  Impl& link = *impl_;
-  StagingPlan plan;
-  {
-    std::lock_guard<std::mutex> lock(link.mu);
-    if (link.broken) return absl::UnavailableError("the NCCL link is broken");
-    RETURN_IF_ERROR(CudaError(cudaSetDevice(link.device), "cudaSetDevice"));
-    RETURN_IF_ERROR(link.EnsureStaging());
-    plan = PlanStaging(ranges, link.rank == 0, link.staging, kStagingBytes);
-    if (link.descriptor_capacity < plan.copies.size()) {
-      if (link.descriptors != nullptr) (void)cudaFree(link.descriptors);
-      link.descriptors = nullptr;
-      link.descriptor_capacity = 0;
-      RETURN_IF_ERROR(
-          CudaError(cudaMalloc(&link.descriptors, plan.copies.size() * sizeof(RangeCopy)),
-                    "copy descriptors"));
-      link.descriptor_capacity = plan.copies.size();
-    }
-  }
-  // Enqueues under the lock; an error aborts the link.
-  auto enqueue = [&](const std::function<absl::Status()>& step) {
-    std::lock_guard<std::mutex> lock(link.mu);
-    if (link.broken) return absl::UnavailableError("the NCCL link was aborted");
-    (void)cudaSetDevice(link.device);
-    absl::Status status = step();
-    if (!status.ok()) link.AbortLocked(status.message());
-    return status;
-  };
-  auto record = [](cudaEvent_t event, cudaStream_t stream) {
-    return CudaError(cudaEventRecord(event, stream), "cudaEventRecord");
-  };
-  auto wait = [](cudaStream_t stream, cudaEvent_t event) {
-    return CudaError(cudaStreamWaitEvent(stream, event, 0), "cudaStreamWaitEvent");
-  };
-  // The descriptors (from pageable memory: the call returns once the bytes are taken),
-  // then the copy stream follows everything queued on the link so far.
-  RETURN_IF_ERROR(enqueue([&]() -> absl::Status {
-    RETURN_IF_ERROR(CudaError(cudaMemcpyAsync(link.descriptors, plan.copies.data(),
-                                              plan.copies.size() * sizeof(RangeCopy),
-                                              cudaMemcpyHostToDevice, link.stream),
-                              "uploading copy descriptors"));
-    RETURN_IF_ERROR(record(link.moved[0], link.stream));
-    return wait(link.copy_stream, link.moved[0]);
-  }));
-  void* last_gate = nullptr;
-  for (size_t c = 0; c < plan.chunk_first.size(); ++c) {
-    const int b = static_cast<int>(c % kStagingBuffers);
-    const bool reused = c >= static_cast<size_t>(kStagingBuffers);
-    const int count = static_cast<int>(plan.chunk_end(c) - plan.chunk_first[c]);
-    const RangeCopy* chunk = link.descriptors + plan.chunk_first[c];
-    const ByteRange staged{plan.chunk_buffer[c], plan.chunk_bytes[c]};
-    if (link.rank == 0) {
-      if (gates != nullptr) {
-        ASSIGN_OR_RETURN(void* gate,
-                         WaitForLayer(*gates, plan.chunk_last_layer[c], link.copy_stream));
-        if (gate != nullptr) last_gate = gate;
-      }
-      RETURN_IF_ERROR(enqueue([&]() -> absl::Status {
-        if (reused) RETURN_IF_ERROR(wait(link.copy_stream, link.moved[b]));
-        RETURN_IF_ERROR(LaunchCopyRanges(chunk, count, link.copy_stream));
-        RETURN_IF_ERROR(record(link.staged[b], link.copy_stream));
-        return wait(link.stream, link.staged[b]);
-      }));
-      RETURN_IF_ERROR(PostGroup({&staged, 1}, deadline));
-      RETURN_IF_ERROR(enqueue([&] { return record(link.moved[b], link.stream); }));
-    } else {
-      if (reused) RETURN_IF_ERROR(enqueue([&] { return wait(link.stream, link.staged[b]); }));
-      RETURN_IF_ERROR(PostGroup({&staged, 1}, deadline));
-      RETURN_IF_ERROR(enqueue([&]() -> absl::Status {
-        RETURN_IF_ERROR(record(link.moved[b], link.stream));
-        RETURN_IF_ERROR(wait(link.copy_stream, link.moved[b]));
-        RETURN_IF_ERROR(LaunchCopyRanges(chunk, count, link.copy_stream));
-        return record(link.staged[b], link.copy_stream);
-      }));
-    }
-  }
-  // The link's stream ends after the last copy too, so Finish covers both streams.
-  RETURN_IF_ERROR(enqueue([&]() -> absl::Status {
-    RETURN_IF_ERROR(record(link.staged[0], link.copy_stream));
-    return wait(link.stream, link.staged[0]);
-  }));
   return Finish(gates, last_gate, deadline);
 }
 

@@ -44,6 +44,9 @@ struct NcclKvOptions {
   std::chrono::milliseconds transfer_timeout{2000};
 };
 
+// The byte ranges of a page transfer as an NCCL link takes them.
+std::vector<nccl::ByteRange> ToNcclRanges(const std::vector<KvByteRange>& ranges);
+
 class NcclKvTransport final : public KvTransport {
  public:
   // `fallback` must outlive the transport; `on_fallback` (may be empty) hears the reason
