@@ -260,10 +260,8 @@ std::vector<RequestEvent> Scheduler::Step() {
     for (const Planned& p : plan) inputs.push_back(p.input);
     const SteadyClock::time_point engine_start = SteadyClock::now();
     // Queue marks only for a step that computes a streamed request's last chunk.
-    const bool streams = std::any_of(plan.begin(), plan.end(), [](const Planned& p) {
-      return p.state->request.stream_kv != nullptr && p.input.phase == StepPhase::kPrefill &&
-             static_cast<int64_t>(p.input.tokens.size()) == p.state->remaining();
-    });
+    const bool streams =
+        std::any_of(plan.begin(), plan.end(), [](const Planned& p) { return p.StreamsKv(); });
     absl::StatusOr<std::vector<StepOutput>> outputs =
         streams ? engine_->Step(inputs,
                                 [&](std::shared_ptr<QueueMarks> marks) {

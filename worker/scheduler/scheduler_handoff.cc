@@ -241,11 +241,8 @@ absl::StatusOr<KvPageExport> Scheduler::BeginLeasedExport(RequestId handle) {
 void Scheduler::StartStreams(const std::vector<Planned>& plan, std::shared_ptr<QueueMarks> marks) {
   for (const Planned& planned : plan) {
     State& state = *planned.state;
+    if (!planned.StreamsKv()) continue;
     const int64_t tokens = static_cast<int64_t>(planned.input.tokens.size());
-    if (state.request.stream_kv == nullptr || !state.request.keep_kv ||
-        planned.input.phase != StepPhase::kPrefill || tokens != state.remaining()) {
-      continue;
-    }
     absl::StatusOr<KvPageExport> pages = engine_->kv_store().ExportPages(state.id, tokens);
     if (!pages.ok()) {
       LOG(Warning) << "request " << state.id << ": its KV cannot stream out: " << pages.status();

@@ -43,6 +43,13 @@ struct Scheduler::State {
 struct Scheduler::Planned {
   State* state = nullptr;
   StepInput input;
+
+  // The last prompt chunk of a request whose KV streams out while it is computed.
+  bool StreamsKv() const {
+    return state->request.stream_kv != nullptr && state->request.keep_kv &&
+           input.phase == StepPhase::kPrefill &&
+           static_cast<int64_t>(input.tokens.size()) == state->remaining();
+  }
 };
 
 }  // namespace lserve
