@@ -1,7 +1,8 @@
-// Internal to kernels/cuda: the Hopper (sm_90a) pieces of the prefill kernel as PTX
-// wrappers: mbarriers (init, arrive, parity wait, cp.async completion arrivals), named
-// barriers, the async-proxy fence, register reallocation (setmaxnreg) and warpgroup MMA
-// (wgmma) with shared-memory matrix descriptors for 128-byte-swizzled bf16 tiles.
+// Internal to kernels/cuda: the Hopper (sm_90a) pieces of the prefill and page-scoring
+// kernels as PTX wrappers: mbarriers (init, arrive, parity wait, cp.async completion
+// arrivals), bulk copies completing on mbarriers, named barriers, the async-proxy fence, register
+// reallocation (setmaxnreg) and warpgroup MMA (wgmma) with shared-memory matrix descriptors for
+// 128-byte-swizzled bf16 tiles.
 //
 // Tile layout every operand here uses: a bf16 tile of `rows` rows and D columns is stored
 // as D / 64 column blocks of rows x 128 bytes, block after block; inside a block, row r's
@@ -67,6 +68,22 @@ __device__ __forceinline__ void NamedBarrierArrive(int id, int threads) {
 // (wgmma) ones.
 __device__ __forceinline__ void FenceProxyAsync() {
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+// Arrives once and adds `bytes` to the transaction bytes the barrier's phase waits for.
+__device__ __forceinline__ void BarrierArriveExpectTx(uint64_t* barrier, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(Smem(barrier)),
+               "r"(bytes)
+               : "memory");
+}
+// Bulk copy (TMA, no tensor map) of `bytes`, a multiple of 16, between 16-byte aligned
+// addresses, global to shared; its bytes complete transactions on `barrier`.
+__device__ __forceinline__ void BulkCopyToShared(uint32_t shared_address, const void* global,
+                                                 uint32_t bytes, uint64_t* barrier) {
+  asm volatile(
+      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::
+          "r"(shared_address),
+      "l"(global), "r"(bytes), "r"(Smem(barrier))
+      : "memory");
 }
 template <int kRegisters>
 __device__ __forceinline__ void RegistersDecrease() {

@@ -5,6 +5,7 @@
 
 #include <bit>
 #include <random>
+#include <utility>
 #include <vector>
 
 #include "tests/kernels/cuda/paged_kv_twin.h"
@@ -108,12 +109,15 @@ TEST_F(PageSelectTest, TopPagesEqualTheCpuWithManyTies) {
 }
 
 TEST_F(PageSelectTest, ScoresAreBitwiseTheCpuScoresAndSelectionsMatch) {
-  for (int page_size : {16, 32, 64, 128}) {
-    SCOPED_TRACE(page_size);
+  // Head dim 128 at every page size, 64 at two.
+  const std::pair<int, int> shapes[] = {{128, 16},  {128, 32}, {128, 64},
+                                        {128, 128}, {64, 32},  {64, 64}};
+  for (const auto& [head_dim, page_size] : shapes) {
+    SCOPED_TRACE(::testing::Message() << "head_dim " << head_dim << " page " << page_size);
     KvStoreConfig store;
     store.num_layers = 1;
     store.num_kv_heads = 2;
-    store.head_dim = 128;
+    store.head_dim = head_dim;
     store.page_size = page_size;
     store.logical_page_size = 16;
     store.num_dense_pages = 50000 / page_size + 64;
@@ -167,7 +171,7 @@ TEST_F(PageSelectTest, ScoresAreBitwiseTheCpuScoresAndSelectionsMatch) {
       p.kv = side->attention->LayerView(0);
       p.tables = side->plan.tables();
       p.q = host ? static_cast<const void*>(twin->queries().data()) : twin->gpu_queries();
-      p.q_row_stride = 8 * 128;
+      p.q_row_stride = 8 * head_dim;
       p.jobs = host ? jobs.data() : jobs_d->as<PageScoreJob>();
       p.num_jobs = static_cast<int>(jobs.size());
       p.scores = host ? cpu_scores.data() : scores_d->as<float>();
