@@ -81,7 +81,9 @@ __global__ void __launch_bounds__(kScoreThreads, 2) ScoreKernel(ScoreArgs a) {
   extern __shared__ __align__(16) uint16_t staged[];
   __shared__ __align__(16) float q_pos[kScoreHeadsPerPass][kHeadDim];
   __shared__ __align__(16) float q_neg[kScoreHeadsPerPass][kHeadDim];
-  __shared__ float best_shared[kScoreHeadsPerPass][kScoreTilePages];
+  // Logical pages' bounds, a buffer per stage: a warp may score the next tile while others
+  // still read this one's.
+  __shared__ float best_shared[kScoreStages][kScoreHeadsPerPass][kScoreTilePages];
   __shared__ ScoreGroup group;
 #ifdef LSERVE_SM90A_DEVICE
   __shared__ __align__(8) uint64_t landed[kScoreStages];  // a stage's bulk copies are done
@@ -204,7 +206,7 @@ __global__ void __launch_bounds__(kScoreThreads, 2) ScoreKernel(ScoreArgs a) {
     }
   };
   const bool one_pass = group.heads <= kScoreHeadsPerPass;
-  if (one_pass) load_q(0, group.heads);               // made visible by the first tile's barrier
+  if (one_pass) load_q(0, group.heads);  // visible from the barrier before the first tile
   const int half = threadIdx.x % kScoreLanesPerPage;  // which four partial sums
   const int pair = threadIdx.x / kScoreLanesPerPage;
   const int pair_segment = pair % pages_per_tile;
@@ -222,6 +224,7 @@ __global__ void __launch_bounds__(kScoreThreads, 2) ScoreKernel(ScoreArgs a) {
   if (rank >= tile_stride) return;
 #ifdef LSERVE_SM90A_DEVICE
   if (threadIdx.x < 32 && rank < num_tiles) read_table(rank);
+  __syncthreads();  // the queries are in shared memory
 #endif
   if (rank < num_tiles) load_tile(rank, 0, rank + tile_stride);
   for (int64_t tile = rank, n = 0; tile < num_tiles; tile += tile_stride, ++n) {
@@ -230,6 +233,7 @@ __global__ void __launch_bounds__(kScoreThreads, 2) ScoreKernel(ScoreArgs a) {
       load_tile(tile + tile_stride, (stage + 1) % kScoreStages, tile + 2 * tile_stride);
     }
 #ifdef LSERVE_SM90A_DEVICE
+    // The barrier's phase completes once every byte of this tile has landed.
     internal::sm90::BarrierWait(&landed[stage], static_cast<uint32_t>(n / kScoreStages) & 1);
 #else
     if (tile + tile_stride < num_tiles) {
@@ -237,8 +241,8 @@ __global__ void __launch_bounds__(kScoreThreads, 2) ScoreKernel(ScoreArgs a) {
     } else {
       CpAsyncWait<0>();
     }
-#endif
     __syncthreads();  // this tile's rows have landed for every thread
+#endif
     const int64_t first_page = tile * pages_per_tile;
     const bool active = pair_logical < logical_per_page &&
                         (first_page + pair_segment) * logical_per_page + pair_logical < num_logical;
@@ -295,7 +299,7 @@ __global__ void __launch_bounds__(kScoreThreads, 2) ScoreKernel(ScoreArgs a) {
 #pragma unroll
     for (int j = 0; j < kScoreHeadsPerPass; ++j) {
       if (j < group.jobs && half == 0 && pair_logical < logical_per_page) {
-        best_shared[j][tile_page] = job_best[j];
+        best_shared[stage][j][tile_page] = job_best[j];
       }
     }
     // Every thread is done with this tile's rows (the next load may reuse the stage) and
@@ -309,7 +313,7 @@ __global__ void __launch_bounds__(kScoreThreads, 2) ScoreKernel(ScoreArgs a) {
       if (page >= num_pages) continue;
       float best = -INFINITY;
       for (int l = 0; l < logical_per_page; ++l) {
-        const float x = best_shared[j][k * logical_per_page + l];
+        const float x = best_shared[stage][j][k * logical_per_page + l];
         best = best < x ? x : best;
       }
       a.scores[a.jobs[group.first + j].out_offset + page] = best;
