@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cstdint>
 
 #include "absl/strings/str_cat.h"
@@ -40,10 +41,12 @@ constexpr int kScoreStages = 2;
 // of the eight pages a half-warp scores fall in distinct banks.
 constexpr int kScoreRowPad = 8;
 
-// Shared memory of the staged tiles, for any page size: at most kScoreTilePages rows of
-// kmax and of kmin, and a pad per physical page (one per row at worst).
-constexpr int StagedBytes(int head_dim) {
-  return kScoreStages * 2 * kScoreTilePages * (head_dim + kScoreRowPad) * 2;
+// Shared memory of the staged tiles: for each stage, kmax then kmin segments of
+// kScoreTilePages / logical_per_page physical pages, each padded (as the kernel lays them
+// out). The most is taken at one logical page per page (a pad per row).
+constexpr int StagedBytes(int head_dim, int logical_per_page) {
+  return kScoreStages * 2 * (kScoreTilePages / logical_per_page) *
+         (logical_per_page * head_dim + kScoreRowPad) * 2;
 }
 
 struct ScoreArgs {
@@ -338,29 +341,37 @@ ScoreKernelFn ScoreKernelFor(int head_dim) {
   }
 }
 
-// Blocks of ScoreKernel<head_dim> resident per SM with its shared memory, or 0 when the
-// kernel cannot be configured. The attributes are set once for every head dimension.
-int ScoreBlocksPerSm(int head_dim) {
-  static const std::array<int, 4> blocks = [] {
-    std::array<int, 4> result{};
-    const int dims[] = {32, 64, 128, 256};
-    for (int i = 0; i < 4; ++i) {
-      const ScoreKernelFn kernel = ScoreKernelFor(dims[i]);
-      const int smem = StagedBytes(dims[i]);
-      if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem) !=
-              cudaSuccess ||
-          cudaOccupancyMaxActiveBlocksPerMultiprocessor(&result[i], kernel, kScoreThreads, smem) !=
-              cudaSuccess) {
+// Blocks of ScoreKernel<head_dim> resident per SM with the shared memory of its page
+// geometry, or 0 when the kernel cannot be configured. Each kernel's shared-memory limit is
+// set once, for the most any page size takes; occupancies are kept per geometry.
+int ScoreBlocksPerSm(int head_dim, int logical_per_page) {
+  static const bool configured = [] {
+    for (int d : {32, 64, 128, 256}) {
+      if (cudaFuncSetAttribute(ScoreKernelFor(d), cudaFuncAttributeMaxDynamicSharedMemorySize,
+                               StagedBytes(d, 1)) != cudaSuccess) {
         (void)cudaGetLastError();
-        result[i] = 0;
+        return false;
       }
     }
-    return result;
+    return true;
   }();
-  for (int i = 0; i < 4; ++i) {
-    if (head_dim == (32 << i)) return blocks[i];
+  if (!configured) return 0;
+  static std::array<std::atomic<int>, 4 * (kScoreTilePages + 1)> known{};  // 0: not yet
+  int dim_index = 0;
+  while (dim_index < 4 && (32 << dim_index) != head_dim) ++dim_index;
+  if (dim_index == 4) return 0;
+  std::atomic<int>& entry = known[dim_index * (kScoreTilePages + 1) + logical_per_page];
+  int blocks = entry.load(std::memory_order_relaxed);
+  if (blocks == 0) {
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+            &blocks, ScoreKernelFor(head_dim), kScoreThreads,
+            StagedBytes(head_dim, logical_per_page)) != cudaSuccess) {
+      (void)cudaGetLastError();
+      blocks = -1;
+    }
+    entry.store(blocks == 0 ? -1 : blocks, std::memory_order_relaxed);
   }
-  return 0;
+  return std::max(0, blocks);
 }
 
 }  // namespace
@@ -379,10 +390,11 @@ absl::Status ScorePages(const ScorePagesParams& p, void* stream) {
         absl::StrCat("cuda page scoring: head_dim 32, 64, 128 or 256 and at most ", kScoreTilePages,
                      " logical pages per page; got head_dim ", d, " and ", logical_per_page));
   }
-  const int blocks_per_sm = ScoreBlocksPerSm(d);
+  const int smem = StagedBytes(d, logical_per_page);
+  const int blocks_per_sm = ScoreBlocksPerSm(d, logical_per_page);
   if (blocks_per_sm == 0) {
-    return absl::InternalError(absl::StrCat("cuda page scoring: cannot configure the kernel for ",
-                                            StagedBytes(d), " bytes of shared memory"));
+    return absl::InternalError(absl::StrCat("cuda page scoring: cannot run the kernel with ", smem,
+                                            " bytes of shared memory"));
   }
   // One wave of blocks in all, each looping over its share of the tiles, so the per-block
   // set-up (finding the group, loading its queries) is paid once per resident block.
@@ -401,8 +413,8 @@ absl::Status ScorePages(const ScorePagesParams& p, void* stream) {
       (pages + pages_per_tile - 1) / pages_per_tile, 1, std::min<int64_t>(per_job_cap, 4096)));
   const ScoreArgs args{p.kv,   p.tables, static_cast<const uint16_t*>(p.q), p.q_row_stride,
                        p.jobs, p.scores, static_cast<int>(p.num_jobs),      resident};
-  LaunchChained(kernel, dim3(blocks, p.num_jobs), kScoreThreads, StagedBytes(d),
-                internal::AsStream(stream), args);
+  LaunchChained(kernel, dim3(blocks, p.num_jobs), kScoreThreads, smem, internal::AsStream(stream),
+                args);
   return CheckLaunch("ScoreKernel");
 }
 
