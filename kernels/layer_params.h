@@ -88,6 +88,23 @@ struct GemmParams {
   LSERVE_PARAMS_EQUALITY(GemmParams);
 };
 
+// The MLP's gated activation in one op: y[m][n] = silu(x . gate^T) * (x . up^T), where w
+// holds gate's n rows then up's n rows ([2n][k], Hugging Face's joined gate_up_proj), all
+// `dtype`. Both products are rounded to `dtype` before the activation, as a GEMM into
+// `scratch` ([m][2n]) followed by SiluMul gives them; a backend that fuses the two may
+// leave scratch untouched.
+struct GemmSiluMulParams {
+  const void* x = nullptr;
+  const void* w = nullptr;
+  void* y = nullptr;
+  void* scratch = nullptr;
+  int64_t m = 0;
+  int64_t n = 0;
+  int64_t k = 0;
+  DType dtype = DType::kF32;
+  LSERVE_PARAMS_EQUALITY(GemmSiluMulParams);
+};
+
 }  // namespace lserve
 
 #endif  // LSERVE_KERNELS_LAYER_PARAMS_H_

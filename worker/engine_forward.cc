@@ -145,18 +145,16 @@ absl::Status Engine::Forward(const std::vector<StepInput>& batch, std::vector<St
                                  hidden, 0, 0, c.rms_norm_eps, x_.data(), dt}));
     // gate and up likewise: joined rows of 2 * inter values, or two packed matrices.
     char* gate_up = static_cast<char*>(gate_up_.data());
-    SiluMulParams silu{gate_up, nullptr, act_.data(), rows, inter, inter, inter, inter, dt};
     if (lw.joined()) {
-      RETURN_IF_ERROR(gemm(xn_.data(), lw.gate_up_proj, {}, gate_up, 2 * inter, hidden));
-      silu.up = gate_up + inter * element;
-      silu.gate_row_stride = silu.up_row_stride = 2 * inter;
+      RETURN_IF_ERROR(be->GemmSiluMul(
+          {xn_.data(), lw.gate_up_proj.data, act_.data(), gate_up, rows, inter, hidden, dt}));
     } else {
       char* up = gate_up + rows * inter * element;
-      silu.up = up;
       RETURN_IF_ERROR(gemm(xn_.data(), lw.gate_proj, {}, gate_up, inter, hidden));
       RETURN_IF_ERROR(gemm(xn_.data(), lw.up_proj, {}, up, inter, hidden));
+      RETURN_IF_ERROR(
+          be->SiluMul({gate_up, up, act_.data(), rows, inter, inter, inter, inter, dt}));
     }
-    RETURN_IF_ERROR(be->SiluMul(silu));
     RETURN_IF_ERROR(gemm(act_.data(), lw.down_proj, {}, proj_.data(), hidden, inter));
   }
   outputs->clear();

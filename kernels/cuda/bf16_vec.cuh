@@ -1,5 +1,5 @@
-// Device helpers shared by the bf16 kernels: conversions, 16-byte vector loads/stores and
-// reductions. Internal to kernels/cuda .cu files.
+// Device helpers shared by the bf16 kernels: conversions, 16-byte vector loads/stores,
+// reductions and the SiLU activation. Internal to kernels/cuda .cu files.
 #ifndef LSERVE_KERNELS_CUDA_BF16_VEC_CUH_
 #define LSERVE_KERNELS_CUDA_BF16_VEC_CUH_
 
@@ -16,6 +16,10 @@ inline constexpr int kBf16PerVector = 8;
 __device__ __forceinline__ float Bf16ToFloat(uint16_t bits) {
   return __uint_as_float(static_cast<uint32_t>(bits) << 16);
 }
+
+// silu(g) = g sigmoid(g), one expression for every kernel that applies it, so fused and
+// separate activations agree bitwise.
+__device__ __forceinline__ float Silu(float g) { return g / (1.0f + expf(-g)); }
 
 // Round to nearest, ties to even; NaN stays NaN.
 __device__ __forceinline__ uint16_t FloatToBf16(float value) {

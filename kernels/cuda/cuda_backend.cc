@@ -4,7 +4,9 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <memory>
+#include <string_view>
 #include <utility>
 #include <variant>
 #include <vector>
@@ -173,6 +175,14 @@ class CudaBackend final : public Backend {
   absl::Status Rope(const RopeParams& params) override { return Submit(params); }
   absl::Status SiluMul(const SiluMulParams& params) override { return Submit(params); }
   absl::Status Gemm(const GemmParams& params) override { return Submit(params); }
+  // LSERVE_FUSED_SILU=0 runs the product and the activation as two ops (for comparison).
+  absl::Status GemmSiluMul(const GemmSiluMulParams& params) override {
+    static const bool fused = [] {
+      const char* value = std::getenv("LSERVE_FUSED_SILU");
+      return value == nullptr || std::string_view(value) != "0";
+    }();
+    return fused ? Submit(params) : Backend::GemmSiluMul(params);
+  }
   absl::Status AppendKv(const AppendKvParams& params) override { return Submit(params); }
   absl::Status RopeAppendKv(const RopeAppendKvParams& params) override { return Submit(params); }
   absl::Status PagedAttention(const PagedAttentionParams& params) override {
@@ -213,6 +223,12 @@ class CudaBackend final : public Backend {
       ASSIGN_OR_RETURN(gemm_, GemmRunner::Create());
     }
     return gemm_->Run(p, stream_);
+  }
+  absl::Status LaunchOp(const GemmSiluMulParams& p) {
+    if (gemm_ == nullptr) {
+      ASSIGN_OR_RETURN(gemm_, GemmRunner::Create());
+    }
+    return gemm_->RunSiluMul(p, stream_);
   }
   absl::Status LaunchOp(const AppendKvParams& p) { return cuda::AppendKv(p, stream_); }
   absl::Status LaunchOp(const RopeAppendKvParams& p) { return cuda::RopeAppendKv(p, stream_); }

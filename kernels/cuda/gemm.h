@@ -25,6 +25,10 @@ class GemmRunner {
   // x, w and bias bf16 (params.dtype), y params.out_dtype (bf16 or float32); device
   // pointers, rows packed.
   virtual absl::Status Run(const GemmParams& params, void* stream) = 0;
+  // The gated activation (bf16): the fused few-row kernel where the tuned plan of the
+  // x . w^T product picks the few-row GEMM, else that product into params.scratch and
+  // SiluMul; the two give equal bits.
+  virtual absl::Status RunSiluMul(const GemmSiluMulParams& params, void* stream) = 0;
 };
 
 // GEMMs of at most kSkinnyGemmMaxRows rows (decode steps), where the work is streaming w
@@ -36,6 +40,11 @@ inline constexpr int64_t kSkinnyGemmMaxRows = 8;
 bool SkinnyGemmSupported(const GemmParams& params);
 int SkinnyGemmVariants();
 absl::Status SkinnyGemm(const GemmParams& params, void* stream, int variant = 0);
+// The gated activation in one pass over w: each warp computes matching gate and up rows,
+// rounds both to bf16 as SkinnyGemm would store them, and writes silu(gate) * up. Needs
+// what SkinnyGemm needs of x . w^T ([m][2n]); equal bitwise to SkinnyGemm (any variant)
+// followed by SiluMul.
+absl::Status SkinnyGemmSiluMul(const GemmSiluMulParams& params, void* stream, int variant = 0);
 
 // y[r][c] += bias[c] for float32 y and bf16 bias (rows x cols, packed).
 absl::Status AddBiasF32(float* y, const void* bias, int64_t rows, int64_t cols, void* stream);

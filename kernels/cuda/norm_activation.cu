@@ -90,8 +90,6 @@ __global__ void RmsNormKernel(RmsNormArgs p) {
   }
 }
 
-__device__ __forceinline__ float Silu(float g) { return g / (1.0f + expf(-g)); }
-
 template <int kVec>
 __global__ void SiluMulKernel(SiluMulArgs p) {
   ChainWait();
@@ -107,7 +105,7 @@ __global__ void SiluMulKernel(SiluMulArgs p) {
     internal::LoadBf16<kVec>(p.gate + row * p.gate_row_stride + col, gate);
     internal::LoadBf16<kVec>(p.up + row * p.up_row_stride + col, up);
 #pragma unroll
-    for (int k = 0; k < kVec; ++k) gate[k] = Silu(gate[k]) * up[k];
+    for (int k = 0; k < kVec; ++k) gate[k] = internal::Silu(gate[k]) * up[k];
     internal::StoreBf16<kVec>(p.out + row * p.out_row_stride + col, gate);
   }
 }

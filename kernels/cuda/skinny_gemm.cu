@@ -36,17 +36,22 @@ constexpr Variant kVariants[] = {{2, 4}, {2, 8}, {4, 4}, {1, 8}};
 // One warp per kWRows rows of w, for every row of x (at most kMaxM). Lanes stride the rows
 // in 16-byte chunks, kUnroll chunks of each row loaded before any math (w streamed past
 // L1; x, small and read by every warp, through the read-only cache). Each lane keeps
-// partial sums that one butterfly reduction combines at the end.
-template <int kMaxM, int kWRows, int kUnroll, bool kF32Out>
+// partial sums that one butterfly reduction combines at the end. With kSiluMul, w holds
+// 2n rows (gate, then up) and a warp's rows are kWRows / 2 gate rows and the matching up
+// rows, which its epilogue combines into n columns of silu(gate) * up.
+template <int kMaxM, int kWRows, int kUnroll, bool kF32Out, bool kSiluMul = false>
 __global__ void __launch_bounds__(kWarpsPerBlock * 32) SkinnyGemmKernel(SkinnyArgs a) {
+  static_assert(!kSiluMul || (kWRows % 2 == 0 && !kF32Out));
+  constexpr int kOutRows = kSiluMul ? kWRows / 2 : kWRows;  // output columns per warp
   const int lane = threadIdx.x % 32;
-  const int64_t n0 = (int64_t{blockIdx.x} * kWarpsPerBlock + threadIdx.x / 32) * kWRows;
+  const int64_t n0 = (int64_t{blockIdx.x} * kWarpsPerBlock + threadIdx.x / 32) * kOutRows;
   const int64_t chunks = a.k / 8;
   const uint4* w[kWRows];
 #pragma unroll
   for (int j = 0; j < kWRows; ++j) {
     // Rows past n re-read the last row; their sums are never stored.
-    w[j] = reinterpret_cast<const uint4*>(a.w) + min(n0 + j, a.n - 1) * chunks;
+    const int64_t row = min(n0 + j % kOutRows, a.n - 1) + (j < kOutRows ? 0 : a.n);
+    w[j] = reinterpret_cast<const uint4*>(a.w) + row * chunks;
   }
   uint4 wv[kWRows][kUnroll];
   auto load_weights = [&](int64_t c0) {
@@ -96,25 +101,52 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32) SkinnyGemmKernel(SkinnyAr
     }
   }
   if (lane != 0) return;
+  if constexpr (kSiluMul) {
 #pragma unroll
-  for (int r = 0; r < kMaxM; ++r) {
-    if (r >= a.m) break;
+    for (int r = 0; r < kMaxM; ++r) {
+      if (r >= a.m) break;
 #pragma unroll
-    for (int j = 0; j < kWRows; ++j) {
-      if (n0 + j >= a.n) break;
-      float value = acc[r][j];
-      if (a.bias != nullptr) value += internal::Bf16ToFloat(a.bias[n0 + j]);
-      if constexpr (kF32Out) {
-        static_cast<float*>(a.y)[r * a.n + n0 + j] = value;
-      } else {
-        static_cast<uint16_t*>(a.y)[r * a.n + n0 + j] = internal::FloatToBf16(value);
+      for (int j = 0; j < kOutRows; ++j) {
+        if (n0 + j >= a.n) break;
+        using internal::Bf16ToFloat;
+        using internal::FloatToBf16;
+        const float gate = Bf16ToFloat(FloatToBf16(acc[r][j]));
+        const float up = Bf16ToFloat(FloatToBf16(acc[r][j + kOutRows]));
+        static_cast<uint16_t*>(a.y)[r * a.n + n0 + j] = FloatToBf16(internal::Silu(gate) * up);
+      }
+    }
+  } else {
+#pragma unroll
+    for (int r = 0; r < kMaxM; ++r) {
+      if (r >= a.m) break;
+#pragma unroll
+      for (int j = 0; j < kWRows; ++j) {
+        if (n0 + j >= a.n) break;
+        float value = acc[r][j];
+        if (a.bias != nullptr) value += internal::Bf16ToFloat(a.bias[n0 + j]);
+        if constexpr (kF32Out) {
+          static_cast<float*>(a.y)[r * a.n + n0 + j] = value;
+        } else {
+          static_cast<uint16_t*>(a.y)[r * a.n + n0 + j] = internal::FloatToBf16(value);
+        }
       }
     }
   }
 }
 
 template <int kMaxM, int kWRows, int kUnroll>
-void Launch(const SkinnyArgs& args, bool f32_out, cudaStream_t stream) {
+void LaunchSiluMul(const SkinnyArgs& args, cudaStream_t stream) {
+  // Pairs of rows per warp: at least one gate row and its up row.
+  constexpr int kRows = kWRows < 2 ? 2 : kWRows;
+  const int64_t warps = (args.n + kRows / 2 - 1) / (kRows / 2);
+  const dim3 grid(static_cast<unsigned>((warps + kWarpsPerBlock - 1) / kWarpsPerBlock));
+  LaunchChained(SkinnyGemmKernel<kMaxM, kRows, kUnroll, false, true>, grid, kWarpsPerBlock * 32, 0,
+                stream, args);
+}
+
+template <int kMaxM, int kWRows, int kUnroll>
+void Launch(const SkinnyArgs& args, bool f32_out, bool silu_mul, cudaStream_t stream) {
+  if (silu_mul) return LaunchSiluMul<kMaxM, kWRows, kUnroll>(args, stream);
   const int64_t warps = (args.n + kWRows - 1) / kWRows;
   const dim3 grid(static_cast<unsigned>((warps + kWarpsPerBlock - 1) / kWarpsPerBlock));
   if (f32_out) {
@@ -127,16 +159,39 @@ void Launch(const SkinnyArgs& args, bool f32_out, cudaStream_t stream) {
 }
 
 template <int kWRows, int kUnroll>
-void LaunchForRows(const SkinnyArgs& args, bool f32_out, cudaStream_t stream) {
+void LaunchForRows(const SkinnyArgs& args, bool f32_out, bool silu_mul, cudaStream_t stream) {
   if (args.m == 1) {
-    Launch<1, kWRows, kUnroll>(args, f32_out, stream);
+    Launch<1, kWRows, kUnroll>(args, f32_out, silu_mul, stream);
   } else if (args.m == 2) {
-    Launch<2, kWRows, kUnroll>(args, f32_out, stream);
+    Launch<2, kWRows, kUnroll>(args, f32_out, silu_mul, stream);
   } else if (args.m <= 4) {
-    Launch<4, kWRows, kUnroll>(args, f32_out, stream);
+    Launch<4, kWRows, kUnroll>(args, f32_out, silu_mul, stream);
   } else {
-    Launch<8, kWRows, kUnroll>(args, f32_out, stream);
+    Launch<8, kWRows, kUnroll>(args, f32_out, silu_mul, stream);
   }
+}
+
+// Launches `variant` of the kernel family (for silu_mul, args.n counts output columns).
+absl::Status LaunchVariant(const SkinnyArgs& args, bool f32_out, bool silu_mul, int variant,
+                           cudaStream_t s) {
+  if (variant < 0 || variant >= SkinnyGemmVariants()) {
+    return absl::InvalidArgumentError(absl::StrCat("skinny GEMM: no variant ", variant));
+  }
+  switch (variant) {
+    case 0:
+      LaunchForRows<kVariants[0].w_rows, kVariants[0].unroll>(args, f32_out, silu_mul, s);
+      break;
+    case 1:
+      LaunchForRows<kVariants[1].w_rows, kVariants[1].unroll>(args, f32_out, silu_mul, s);
+      break;
+    case 2:
+      LaunchForRows<kVariants[2].w_rows, kVariants[2].unroll>(args, f32_out, silu_mul, s);
+      break;
+    default:
+      LaunchForRows<kVariants[3].w_rows, kVariants[3].unroll>(args, f32_out, silu_mul, s);
+      break;
+  }
+  return internal::CheckLaunch("SkinnyGemmKernel");
 }
 
 }  // namespace
@@ -155,9 +210,6 @@ absl::Status SkinnyGemm(const GemmParams& p, void* stream, int variant) {
         "skinny GEMM: needs bf16 x/w, 1 <= m <= ", kSkinnyGemmMaxRows,
         ", k a multiple of 8 and 16-byte aligned x and w; got m=", p.m, " n=", p.n, " k=", p.k));
   }
-  if (variant < 0 || variant >= SkinnyGemmVariants()) {
-    return absl::InvalidArgumentError(absl::StrCat("skinny GEMM: no variant ", variant));
-  }
   const SkinnyArgs args{static_cast<const uint16_t*>(p.x),
                         static_cast<const uint16_t*>(p.w),
                         static_cast<const uint16_t*>(p.bias),
@@ -165,23 +217,25 @@ absl::Status SkinnyGemm(const GemmParams& p, void* stream, int variant) {
                         static_cast<int>(p.m),
                         p.n,
                         p.k};
-  const bool f32_out = p.out_dtype == DType::kF32;
-  const cudaStream_t s = internal::AsStream(stream);
-  switch (variant) {
-    case 0:
-      LaunchForRows<kVariants[0].w_rows, kVariants[0].unroll>(args, f32_out, s);
-      break;
-    case 1:
-      LaunchForRows<kVariants[1].w_rows, kVariants[1].unroll>(args, f32_out, s);
-      break;
-    case 2:
-      LaunchForRows<kVariants[2].w_rows, kVariants[2].unroll>(args, f32_out, s);
-      break;
-    default:
-      LaunchForRows<kVariants[3].w_rows, kVariants[3].unroll>(args, f32_out, s);
-      break;
+  return LaunchVariant(args, p.out_dtype == DType::kF32, false, variant,
+                       internal::AsStream(stream));
+}
+
+absl::Status SkinnyGemmSiluMul(const GemmSiluMulParams& p, void* stream, int variant) {
+  const GemmParams product{p.x, p.w, nullptr, p.scratch, p.m, 2 * p.n, p.k, p.dtype, p.dtype};
+  if (!SkinnyGemmSupported(product) || p.y == nullptr) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "skinny GEMM + SiLU: needs bf16 x/w, 1 <= m <= ", kSkinnyGemmMaxRows,
+        ", k a multiple of 8 and 16-byte aligned x and w; got m=", p.m, " n=", p.n, " k=", p.k));
   }
-  return internal::CheckLaunch("SkinnyGemmKernel");
+  const SkinnyArgs args{static_cast<const uint16_t*>(p.x),
+                        static_cast<const uint16_t*>(p.w),
+                        nullptr,
+                        p.y,
+                        static_cast<int>(p.m),
+                        p.n,
+                        p.k};
+  return LaunchVariant(args, false, true, variant, internal::AsStream(stream));
 }
 
 }  // namespace lserve::cuda

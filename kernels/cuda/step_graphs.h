@@ -27,8 +27,8 @@ namespace lserve::cuda {
 
 using RecordedOp =
     std::variant<EmbeddingParams, RmsNormParams, RopeParams, SiluMulParams, GemmParams,
-                 AppendKvParams, RopeAppendKvParams, PagedAttentionParams, ScorePagesParams,
-                 SelectPagesParams, SampleParams>;
+                 GemmSiluMulParams, AppendKvParams, RopeAppendKvParams, PagedAttentionParams,
+                 ScorePagesParams, SelectPagesParams, SampleParams>;
 using StepTape = std::vector<RecordedOp>;
 // Launches one recorded op on the stream being run or captured.
 using OpLauncher = std::function<absl::Status(const RecordedOp&)>;

@@ -2,7 +2,8 @@
 // bf16-rounded inputs. GEMM: a double-precision x . w^T + bias; bf16 outputs within
 // |out - ref| <= 2^-7 |ref| + 2^-16 sum_k |x w| (float32 accumulation), float32 outputs
 // within 2^-16 sum_k |x w| + 1e-6. Odd shapes, with and without bias, both output types,
-// the algorithm cache exercised by repeating a shape; the few-row kernel on its own. Embedding:
+// the algorithm cache exercised by repeating a shape; the few-row kernel on its own, and
+// fused with the gated activation. Embedding:
 // rows equal bitwise, ids outside the table give zeros, vector and scalar paths.
 #include <gtest/gtest.h>
 
@@ -15,6 +16,7 @@
 #include "kernels/cuda/device_buffer.h"
 #include "kernels/cuda/embedding.h"
 #include "kernels/cuda/gemm.h"
+#include "kernels/cuda/norm_activation.h"
 #include "tests/kernels/cuda/cuda_test_util.h"
 
 namespace lserve::cuda {
@@ -134,6 +136,63 @@ TEST_F(GemmCudaTest, SkinnyGemmRejectsWhatItCannotServe) {
   p.m = 1;
   EXPECT_EQ(SkinnyGemm(p, nullptr, SkinnyGemmVariants()).code(),
             absl::StatusCode::kInvalidArgument);
+}
+
+// The fused gated activation gives the bits of its product (the same few-row variant, or
+// the runner's plan) stored as bf16 and then SiluMul, for every variant and row count, and
+// through the runner for a few-row and a many-row (cuBLASLt) batch.
+TEST_F(GemmCudaTest, FusedSiluMulEqualsGemmThenSiluMulBitwise) {
+  LSERVE_ASSERT_OK_AND_ASSIGN(std::unique_ptr<GemmRunner> runner, GemmRunner::Create());
+  uint32_t seed = 700;
+  struct Shape {
+    int64_t m, n, k;
+  };
+  std::vector<Shape> shapes;
+  for (int64_t m = 1; m <= kSkinnyGemmMaxRows; ++m) {
+    shapes.push_back({m, 1, 8});
+    shapes.push_back({m, 259, 264});
+  }
+  shapes.push_back({3, 1001, 1032});
+  shapes.push_back({37, 515, 264});  // past the few-row kernel: cuBLASLt, then SiluMul
+  for (const Shape& c : shapes) {
+    SCOPED_TRACE(::testing::Message() << "m=" << c.m << " n=" << c.n << " k=" << c.k);
+    const std::vector<uint16_t> x = RandomBf16(c.m * c.k, seed++, -1.0f, 1.0f);
+    const std::vector<uint16_t> w = RandomBf16(2 * c.n * c.k, seed++, -1.0f, 1.0f);
+    LSERVE_ASSERT_OK_AND_ASSIGN(DeviceBuffer d_x, Upload(x));
+    LSERVE_ASSERT_OK_AND_ASSIGN(DeviceBuffer d_w, Upload(w));
+    LSERVE_ASSERT_OK_AND_ASSIGN(DeviceBuffer scratch, DeviceBuffer::Allocate(c.m * 2 * c.n * 2));
+    LSERVE_ASSERT_OK_AND_ASSIGN(DeviceBuffer fused, DeviceBuffer::Allocate(c.m * c.n * 2));
+    LSERVE_ASSERT_OK_AND_ASSIGN(DeviceBuffer apart, DeviceBuffer::Allocate(c.m * c.n * 2));
+    const GemmSiluMulParams p{d_x.data(), d_w.data(), fused.data(), scratch.data(),
+                              c.m,        c.n,        c.k,          DType::kBF16};
+    const GemmParams product{d_x.data(), d_w.data(), nullptr,      scratch.data(), c.m,
+                             2 * c.n,    c.k,        DType::kBF16, DType::kBF16};
+    const char* gate = static_cast<const char*>(scratch.data());
+    const SiluMulParams activation{gate,    gate + c.n * 2, apart.data(), c.m,         c.n,
+                                   2 * c.n, 2 * c.n,        c.n,          DType::kBF16};
+    auto expect_equal = [&] {
+      LSERVE_ASSERT_OK(SynchronizeStream(nullptr));
+      LSERVE_ASSERT_OK_AND_ASSIGN(std::vector<uint16_t> a, Download<uint16_t>(fused, c.m * c.n));
+      LSERVE_ASSERT_OK_AND_ASSIGN(std::vector<uint16_t> b, Download<uint16_t>(apart, c.m * c.n));
+      for (int64_t i = 0; i < c.m * c.n; ++i) {
+        ASSERT_EQ(a[i], b[i]) << "element " << i << ": " << Bf16ToFloat(a[i]) << " vs "
+                              << Bf16ToFloat(b[i]);
+      }
+    };
+    if (c.m <= kSkinnyGemmMaxRows) {
+      for (int variant = 0; variant < SkinnyGemmVariants(); ++variant) {
+        SCOPED_TRACE(::testing::Message() << "variant " << variant);
+        LSERVE_ASSERT_OK(SkinnyGemmSiluMul(p, nullptr, variant));
+        LSERVE_ASSERT_OK(SkinnyGemm(product, nullptr, variant));
+        LSERVE_ASSERT_OK(SiluMul(activation, nullptr));
+        expect_equal();
+      }
+    }
+    LSERVE_ASSERT_OK(runner->RunSiluMul(p, nullptr));
+    LSERVE_ASSERT_OK(runner->Run(product, nullptr));
+    LSERVE_ASSERT_OK(SiluMul(activation, nullptr));
+    expect_equal();
+  }
 }
 
 TEST_F(GemmCudaTest, RejectsBadArguments) {
