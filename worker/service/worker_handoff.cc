@@ -76,6 +76,13 @@ absl::StatusOr<v1::ReserveKvResponse> WorkerHandler::ReserveKv(const v1::Reserve
   return response;
 }
 
+namespace {
+
+// How long before its call's deadline a prefill must finish to be answered with its handle.
+constexpr auto kPrefillAnswerMargin = std::chrono::milliseconds(5);
+
+}  // namespace
+
 absl::StatusOr<RequestId> WorkerHandler::StartPrefill(
     const v1::PrefillRequest& r, std::optional<SteadyClock::time_point> deadline,
     std::function<void(absl::StatusOr<v1::PrefillResponse>)> done) {
@@ -95,7 +102,7 @@ absl::StatusOr<RequestId> WorkerHandler::StartPrefill(
   }
   const Engine& engine = loop_->engine();
   auto first = std::make_shared<v1::GeneratedToken>();
-  auto sink = [this, &engine, logprobs, first, stream,
+  auto sink = [this, &engine, logprobs, first, stream, deadline,
                done = std::move(done)](const RequestEvent& event) {
     for (const GeneratedToken& token : event.tokens) *first = ToProtoToken(token, logprobs);
     if (!event.finished) return;
@@ -103,6 +110,16 @@ absl::StatusOr<RequestId> WorkerHandler::StartPrefill(
       metrics_->RequestFinished(event.status, event.finish_reason, event.timings);
     if (!event.status.ok()) {
       done(event.status);
+      return;
+    }
+    // Finished this close to the call's deadline, the handle might reach a caller that has
+    // given up, and nobody would release the KV before its lease expired: release it now
+    // (after this event, once the lease is in place) and answer DEADLINE_EXCEEDED.
+    if (deadline.has_value() && SteadyClock::now() + kPrefillAnswerMargin > *deadline) {
+      const RequestId id = event.id;
+      loop_->Post([this, id] { (void)loop_->scheduler().ReleaseLeased(id); });
+      done(absl::DeadlineExceededError(
+          "the prefill finished too close to the call's deadline to answer; its KV is released"));
       return;
     }
     v1::PrefillResponse response;
