@@ -25,4 +25,4 @@ ninja -C build-tsan -j "${jobs}" scheduler_test thread_pool_test offline_test \
   registry_concurrency_test http_exporter_test router_handler_test router_parts_test
 (cd build-tsan && TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
   ctest --output-on-failure -j "${jobs}" \
-  -R '^(SchedulerTest|ThreadPoolTest|GeneratorTest|WorkerHandlerTest|KvWireTest|DeviceHandOffTest|EarlyHandOffTest|KvStreamOutTest|QueueMarksTest|KvPageRunsTest|MetricsConcurrencyTest|HttpExporterTest|RouterHandlerTest|CircuitBreakerTest|RoutingPolicyTest|WorkerRegistryTest)\.')
+  -R '^(SchedulerTest|ThreadPoolTest|GeneratorTest|WorkerHandlerTest|EngineLoopTest|KvWireTest|DeviceHandOffTest|EarlyHandOffTest|KvStreamOutTest|QueueMarksTest|KvPageRunsTest|MetricsConcurrencyTest|HttpExporterTest|RouterHandlerTest|CircuitBreakerTest|RoutingPolicyTest|WorkerRegistryTest)\.')

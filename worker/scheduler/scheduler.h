@@ -73,6 +73,8 @@ class Scheduler {
   int64_t num_live() const { return live_.load(); }
   // Runs fn on the engine thread at the start of the next Step (any thread).
   void Post(std::function<void()> fn);
+  // Destroys the posted functions that have not run (once nothing will step any more).
+  void DropPosted();
   // A draining scheduler refuses new requests with UNAVAILABLE (any thread).
   void SetDraining(bool draining) { draining_ = draining; }
   bool draining() const { return draining_.load(); }

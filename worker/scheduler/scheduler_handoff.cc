@@ -28,6 +28,16 @@ void Scheduler::RunPosted() {
   }
 }
 
+void Scheduler::DropPosted() {
+  std::vector<std::function<void()>> fns;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    fns.swap(posted_fns_);
+    posted_ -= static_cast<int64_t>(fns.size());
+  }
+  // Destroyed outside the lock: a destructor may post or wake a waiter.
+}
+
 PageCounts Scheduler::ReservedPages() const {
   PageCounts total;
   for (const auto& [id, reservation] : reservations_) {

@@ -89,7 +89,7 @@ void EngineLoop::Loop() {
       // Leases and reservations expire on a step too, so an idle loop still ticks.
       wake_cv_.wait_for(lock, std::chrono::milliseconds(50),
                         [&] { return stop_ || woken_ || scheduler_->HasWork(); });
-      if (stop_) return;
+      if (stop_) break;
       woken_ = false;
     }
     const Clock::time_point start = Clock::now();
@@ -110,6 +110,8 @@ void EngineLoop::Loop() {
       }
     }
   }
+  // Calls posted to this thread that will never run now: their waiters get UNAVAILABLE.
+  scheduler_->DropPosted();
 }
 
 }  // namespace lserve

@@ -9,8 +9,10 @@
 #include <future>
 #include <mutex>
 #include <thread>
+#include <type_traits>
 #include <unordered_map>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "worker/engine.h"
 #include "worker/scheduler/scheduler.h"
@@ -47,6 +49,8 @@ class EngineLoop {
   absl::StatusOr<RequestId> Submit(GenerationRequest request, EventSink sink);
   absl::Status Abort(RequestId id) { return scheduler_->Abort(id); }
   // Runs fn on the engine thread and returns its result (never call from that thread).
+  // T carries an error (a Status or StatusOr): once the loop has stopped, fn does not run
+  // and the result is UNAVAILABLE.
   template <typename T>
   T Run(std::function<T()> fn);
   // Runs fn on the engine thread without waiting for it (any thread, the engine thread
@@ -88,9 +92,30 @@ class EngineLoop {
 
 template <typename T>
 T EngineLoop::Run(std::function<T()> fn) {
-  std::promise<T> promise;
-  std::future<T> result = promise.get_future();
-  scheduler_->Post([&] { promise.set_value(fn()); });
+  static_assert(std::is_constructible_v<T, absl::Status>, "Run's result must carry an error");
+  // Answers the caller exactly once: with fn's result, or with UNAVAILABLE when the posted
+  // call is dropped unrun because the loop stopped.
+  struct Answer {
+    std::promise<T> promise;
+    bool given = false;
+    ~Answer() {
+      if (!given) promise.set_value(T(absl::UnavailableError("the engine loop has stopped")));
+    }
+  };
+  std::future<T> result;
+  {
+    // Under wake_mu_, so the loop either sees this call posted before it stops (and drops it
+    // unrun at worst) or this call sees it stopped.
+    std::lock_guard<std::mutex> lock(wake_mu_);
+    if (stop_) return T(absl::UnavailableError("the engine loop has stopped"));
+    // Only the posted call holds the answer, so dropping the call gives it.
+    auto answer = std::make_shared<Answer>();
+    result = answer->promise.get_future();
+    scheduler_->Post([answer = std::move(answer), fn = std::move(fn)] {
+      answer->promise.set_value(fn());
+      answer->given = true;
+    });
+  }
   Wake();
   return result.get();
 }

@@ -271,12 +271,15 @@ v1::Load WorkerHandler::Load() const {
 }
 
 bool WorkerHandler::Idle() const {
-  // Asked on the engine thread: the published snapshot may predate work just posted.
-  return loop_->Run<bool>([this] {
-    const Scheduler& scheduler = loop_->scheduler();
-    return scheduler.num_live() == 0 && scheduler.num_leased() == 0 &&
-           scheduler.num_reservations() == 0;
-  });
+  // Asked on the engine thread: the published snapshot may predate work just posted. A
+  // stopped loop runs nothing any more.
+  return loop_
+      ->Run<absl::StatusOr<bool>>([this]() -> absl::StatusOr<bool> {
+        const Scheduler& scheduler = loop_->scheduler();
+        return scheduler.num_live() == 0 && scheduler.num_leased() == 0 &&
+               scheduler.num_reservations() == 0;
+      })
+      .value_or(true);
 }
 
 v1::DrainResponse WorkerHandler::Drain() {

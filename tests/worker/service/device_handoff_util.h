@@ -79,10 +79,12 @@ class FakeLinkReceiver : public KvLinkReceiver {
 };
 
 inline int64_t UsedPages(Worker& w) {
-  return w.loop->Run<int64_t>([&] {
-    const KvUsage usage = w.engine->kv_store().Usage();
-    return usage.dense_used + usage.streaming_used;
-  });
+  return w.loop
+      ->Run<absl::StatusOr<int64_t>>([&]() -> absl::StatusOr<int64_t> {
+        const KvUsage usage = w.engine->kv_store().Usage();
+        return usage.dense_used + usage.streaming_used;
+      })
+      .value_or(-1);
 }
 
 // Copies the sender's page runs into the posted receive, as NCCL would.
@@ -159,8 +161,12 @@ class CopyTransport : public KvTransport {
       v1::ReleaseKvRequest release;
       release.set_kv_handle(handle);
       EXPECT_TRUE(prefill->ReleaseKv(release).ok());
-      released_pages_still_held = prefill_worker->loop->Run<int64_t>(
-          [&] { return prefill_worker->engine->kv_store().Usage().dense_used; });
+      released_pages_still_held =
+          prefill_worker->loop
+              ->Run<absl::StatusOr<int64_t>>([&]() -> absl::StatusOr<int64_t> {
+                return prefill_worker->engine->kv_store().Usage().dense_used;
+              })
+              .value_or(-1);
     }
     if (mode == Mode::kCancelMidway) {
       v1::ReleaseKvRequest cancel;

@@ -3,7 +3,9 @@
 // two in-process workers.
 #include "worker/service/worker_handler.h"
 
+#include <chrono>
 #include <future>
+#include <thread>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -181,6 +183,42 @@ TEST(WorkerHandlerTest, HandOffThroughTheWireGivesTheUnifiedWorkersTokens) {
   // Roles guard the hand-off API.
   EXPECT_EQ(prefill.handler->ReserveKv(reserve).status().code(),
             absl::StatusCode::kFailedPrecondition);
+}
+
+// A call waiting for the engine thread when the loop stops gets UNAVAILABLE instead of
+// waiting forever, and so does every call after it.
+TEST(EngineLoopTest, CallsTheStoppedLoopWillNotRunAnswerUnavailable) {
+  Worker w(v1::WORKER_ROLE_UNIFIED);
+  auto ok = w.loop->Run<absl::StatusOr<int>>([]() -> absl::StatusOr<int> { return 7; });
+  ASSERT_TRUE(ok.ok());
+  EXPECT_EQ(*ok, 7);
+  // The engine thread runs `first` (the posted calls are taken together, so `second`,
+  // posted meanwhile, waits for the next step) until the loop has been told to stop.
+  std::promise<void> entered, release;
+  std::shared_future<void> released = release.get_future().share();
+  auto first = std::async(std::launch::async, [&] {
+    return w.loop->Run<absl::Status>([&] {
+      entered.set_value();
+      released.wait();
+      return absl::OkStatus();
+    });
+  });
+  entered.get_future().wait();
+  auto second = std::async(std::launch::async, [&] {
+    return w.loop->Run<absl::Status>([] { return absl::OkStatus(); });
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));  // `second` is posted
+  auto stopping = std::async(std::launch::async, [&] { w.loop->Stop(); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));  // the loop is told to stop
+  release.set_value();
+  ASSERT_EQ(first.wait_for(std::chrono::seconds(10)), std::future_status::ready);
+  EXPECT_TRUE(first.get().ok());
+  ASSERT_EQ(second.wait_for(std::chrono::seconds(10)), std::future_status::ready);
+  EXPECT_EQ(second.get().code(), absl::StatusCode::kUnavailable);
+  ASSERT_EQ(stopping.wait_for(std::chrono::seconds(10)), std::future_status::ready);
+  EXPECT_EQ(w.loop->Run<absl::Status>([] { return absl::OkStatus(); }).code(),
+            absl::StatusCode::kUnavailable);
+  EXPECT_TRUE(w.handler->Idle());
 }
 
 TEST(KvWireTest, TruncatedCorruptedOrOversizedStreamsAreRefused) {
