@@ -97,12 +97,8 @@ class Backend {
   virtual absl::Status Gemm(const GemmParams& params) = 0;
   // Gemm into params.scratch, then SiluMul, unless the backend fuses them.
   virtual absl::Status GemmSiluMul(const GemmSiluMulParams& params) {
-    const GemmParams gemm{params.x,     params.w, nullptr,      params.scratch, params.m,
-                          2 * params.n, params.k, params.dtype, params.dtype};
-    if (absl::Status status = Gemm(gemm); !status.ok()) return status;
-    const char* gate = static_cast<const char*>(params.scratch);
-    return SiluMul({gate, gate + params.n * DTypeSize(params.dtype), params.y, params.m, params.n,
-                    2 * params.n, 2 * params.n, params.n, params.dtype});
+    if (absl::Status status = Gemm(GatedProduct(params)); !status.ok()) return status;
+    return SiluMul(GatedActivation(params));
   }
   virtual absl::Status AppendKv(const AppendKvParams& params) = 0;
   // RoPE of the step's q rows in place, and of its k rows on their way into the pools

@@ -105,6 +105,15 @@ struct GemmSiluMulParams {
   LSERVE_PARAMS_EQUALITY(GemmSiluMulParams);
 };
 
+// The two ops a GemmSiluMul stands for: x . w^T into scratch, then SiluMul of its halves.
+inline GemmParams GatedProduct(const GemmSiluMulParams& p) {
+  return {p.x, p.w, nullptr, p.scratch, p.m, 2 * p.n, p.k, p.dtype, p.dtype};
+}
+inline SiluMulParams GatedActivation(const GemmSiluMulParams& p) {
+  const char* gate = static_cast<const char*>(p.scratch);
+  return {gate, gate + p.n * DTypeSize(p.dtype), p.y, p.m, p.n, 2 * p.n, 2 * p.n, p.n, p.dtype};
+}
+
 }  // namespace lserve
 
 #endif  // LSERVE_KERNELS_LAYER_PARAMS_H_

@@ -169,17 +169,14 @@ class LtGemmRunner final : public GemmRunner {
     }
     if (p.m < 0 || p.n <= 0 || p.k <= 0) return absl::InvalidArgumentError("GEMM: bad shape");
     if (p.m == 0) return absl::OkStatus();
-    const GemmParams product{p.x, p.w, nullptr, p.scratch, p.m, 2 * p.n, p.k, p.dtype, p.dtype};
+    const GemmParams product = GatedProduct(p);
     ASSIGN_OR_RETURN(Plan * plan, PlanFor(product.m, product.n, product.k, DType::kBF16, false));
     if (!plan->tuned) RETURN_IF_ERROR(Tune(*plan, product, static_cast<cudaStream_t>(stream)));
     if (plan->skinny >= 0 && SkinnyGemmSupported(product)) {
       return SkinnyGemmSiluMul(p, stream, plan->skinny);
     }
     RETURN_IF_ERROR(Run(product, stream));
-    const char* gate = static_cast<const char*>(p.scratch);
-    return SiluMul(
-        {gate, gate + p.n * DTypeSize(p.dtype), p.y, p.m, p.n, 2 * p.n, 2 * p.n, p.n, p.dtype},
-        stream);
+    return SiluMul(GatedActivation(p), stream);
   }
 
  private:

@@ -10,10 +10,15 @@
 
 namespace lserve::cuda::internal {
 
-__device__ __forceinline__ void CpAsync16(void* shared, const void* global, int bytes) {
-  const uint32_t address = static_cast<uint32_t>(__cvta_generic_to_shared(shared));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(address), "l"(global),
+// Copies `bytes` (at most 16; the rest of the 16 are zeroed) to a shared-memory byte
+// address, or to a shared-memory pointer.
+__device__ __forceinline__ void CpAsync16(uint32_t shared_address, const void* global,
+                                          int bytes = 16) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(shared_address), "l"(global),
                "r"(bytes));
+}
+__device__ __forceinline__ void CpAsync16(void* shared, const void* global, int bytes) {
+  CpAsync16(static_cast<uint32_t>(__cvta_generic_to_shared(shared)), global, bytes);
 }
 __device__ __forceinline__ void CpAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int kPending>

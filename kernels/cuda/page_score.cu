@@ -60,13 +60,6 @@ struct ScoreArgs {
   int64_t resident_blocks;  // blocks the device runs at once
 };
 
-#ifndef LSERVE_SM90A_DEVICE
-// cp.async of 16 bytes to a shared-memory byte address.
-__device__ __forceinline__ void CopyChunk(uint32_t shared_address, const void* global) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(shared_address), "l"(global));
-}
-#endif
-
 // Each block scores tiles of its group's physical pages (the group's blocks, gridDim.x per
 // job, take the tiles in turn). A tile's kmax and kmin rows are copied into shared memory
 // (cp.async) while the block scores the previous tile from there, two threads per logical
@@ -118,6 +111,10 @@ __global__ void __launch_bounds__(kScoreThreads, 2) ScoreKernel(ScoreArgs a) {
   const int kmin_staged = pages_per_tile * segment_elems;
   // Byte address of the staged tiles in shared memory, for the copies.
   const uint32_t staged_address = internal::SmemAddress(staged);
+  // Physical pages of a tile (the last one may be short).
+  auto pages_in = [&](int64_t tile) {
+    return static_cast<int>(min(int64_t{pages_per_tile}, num_pages - tile * pages_per_tile));
+  };
 #ifdef LSERVE_SM90A_DEVICE
   // Hopper: warp 0 copies each segment with one bulk copy, completing on the stage's
   // barrier. Its lanes read the page table entries of the tile after next while the copies
@@ -127,7 +124,7 @@ __global__ void __launch_bounds__(kScoreThreads, 2) ScoreKernel(ScoreArgs a) {
   int32_t next_physical[kScoreTilePages / 32];
   auto read_table = [&](int64_t tile) {
     const int64_t first_page = tile * pages_per_tile;
-    const int64_t pages_here = min(int64_t{pages_per_tile}, num_pages - first_page);
+    const int pages_here = pages_in(tile);
 #pragma unroll
     for (int i = 0; i < kScoreTilePages / 32; ++i) {
       const int page = lane + 32 * i;
@@ -140,8 +137,7 @@ __global__ void __launch_bounds__(kScoreThreads, 2) ScoreKernel(ScoreArgs a) {
 #pragma unroll
     for (int i = 0; i < kScoreTilePages / 32; ++i) physical[i] = next_physical[i];
     if (next_tile < num_tiles) read_table(next_tile);
-    const int64_t first_page = tile * pages_per_tile;
-    const int pages_here = static_cast<int>(min(int64_t{pages_per_tile}, num_pages - first_page));
+    const int pages_here = pages_in(tile);
     if (lane == 0) {
       internal::sm90::BarrierArriveExpectTx(&landed[stage], 2 * pages_here * segment_bytes);
     }
@@ -171,9 +167,8 @@ __global__ void __launch_bounds__(kScoreThreads, 2) ScoreKernel(ScoreArgs a) {
   // Pages whose table entries a thread reads together before copying their rows.
   constexpr int kScoreCopyBatch = 8;
   auto load_tile = [&](int64_t tile, int stage, int64_t /*next_tile*/) {
-    const int64_t first_page = tile * pages_per_tile;
-    const int pages_here = static_cast<int>(min(int64_t{pages_per_tile}, num_pages - first_page));
-    const int32_t* tile_table = table + first_page;
+    const int pages_here = pages_in(tile);
+    const int32_t* tile_table = table + tile * pages_per_tile;
     const uint32_t stage_address = staged_address + 2 * stage * stage_elems;
     // The page table entries of a batch are read before any copy, so their latencies overlap.
     for (int batch = copy_first_page; batch < pages_here;
@@ -191,8 +186,8 @@ __global__ void __launch_bounds__(kScoreThreads, 2) ScoreKernel(ScoreArgs a) {
         const uint16_t* src = pool + int64_t{physical[b]} * a.kv.dense.page_stride + kmax_in_page;
         const uint32_t dst = stage_address + 2 * page * segment_elems;
         for (int chunk = copy_chunk; chunk < segment_chunks; chunk += copy_threads) {
-          CopyChunk(dst + 16 * chunk, src + 8 * chunk);
-          CopyChunk(dst + 2 * kmin_staged + 16 * chunk, src + kmin_offset + 8 * chunk);
+          internal::CpAsync16(dst + 16 * chunk, src + 8 * chunk);
+          internal::CpAsync16(dst + 2 * kmin_staged + 16 * chunk, src + kmin_offset + 8 * chunk);
         }
       }
     }

@@ -222,8 +222,7 @@ absl::Status SkinnyGemm(const GemmParams& p, void* stream, int variant) {
 }
 
 absl::Status SkinnyGemmSiluMul(const GemmSiluMulParams& p, void* stream, int variant) {
-  const GemmParams product{p.x, p.w, nullptr, p.scratch, p.m, 2 * p.n, p.k, p.dtype, p.dtype};
-  if (!SkinnyGemmSupported(product) || p.y == nullptr) {
+  if (!SkinnyGemmSupported(GatedProduct(p)) || p.y == nullptr) {
     return absl::InvalidArgumentError(absl::StrCat(
         "skinny GEMM + SiLU: needs bf16 x/w, 1 <= m <= ", kSkinnyGemmMaxRows,
         ", k a multiple of 8 and 16-byte aligned x and w; got m=", p.m, " n=", p.n, " k=", p.k));
