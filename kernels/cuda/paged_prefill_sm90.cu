@@ -1,20 +1,26 @@
 // Block-sparse causal prefill attention over paged bf16 KV for Hopper (sm_90a), in the
 // style of FlashAttention-3: warpgroup MMA (wgmma) from shared memory, warp
 // specialization and an mbarrier pipeline. A CTA has three warpgroups: a producer that
-// gathers K/V tiles of 128 keys through the page tables with 16-byte cp.async into a
-// two-stage ring (completion signalled on mbarriers, so nothing waits on cp.async
-// groups), and two consumers of 64 query rows each. A consumer computes S
-// = Q K^T with Q and K read from shared memory, runs the online softmax on the accumulators, and
-// computes O += P V with P straight from registers and V read MN-major, so nothing is
-// transposed. Registers move from the producer to the consumers (setmaxnreg). As in the
-// mma.sync kernel (paged_prefill.cu), a 128-row query tile is the GQA group's heads times
-// 128 / group tokens, the key tiles come from PlanKeyTiles and tiles that
-// KeyTileNeedsMask marks get a token-exact mask. Persistent CTAs walk the work items in a
-// fixed stride, the query tiles nearest the end of each sequence (the longest) first.
+// fills a two-stage ring with K/V tiles of 128 keys, and two consumers of 64 query rows
+// each. The producer's first warp looks up each tile's pages a tile ahead and one lane
+// issues a tensor copy (TMA) per page and 64-column block, swizzled as wgmma reads it
+// (paged_prefill_sm90_copies.cuh); a V tile that runs past the sequence's last key comes
+// by cp.async from all four warps instead, zero-filling the rows past the end. A
+// consumer computes S = Q K^T with Q and K read from shared memory, runs the online
+// softmax on the accumulators while P V of the previous tile runs, and computes O += P V
+// with P straight from registers and V read MN-major, so nothing is transposed.
+// Registers move from the producer to the consumers (setmaxnreg). As in the mma.sync
+// kernel (paged_prefill.cu), a 128-row query tile is the GQA group's heads times 128 /
+// group tokens, the key tiles come from PlanKeyTiles and tiles that KeyTileNeedsMask
+// marks get a token-exact mask. Persistent CTAs take work items from a global counter:
+// dense heads' first, longest query tiles first (see Resolve).
 #include <cuda_runtime.h>
 
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <string_view>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
@@ -24,6 +30,8 @@
 #include "kernels/cuda/paged_kv.cuh"
 #include "kernels/cuda/paged_prefill_sm90.cuh"
 #include "kernels/cuda/paged_prefill_sm90.h"
+#include "kernels/cuda/paged_prefill_sm90_copies.cuh"
+#include "kernels/cuda/pool_tensor_map.h"
 #include "kernels/cuda/prefill_plan.h"
 #include "kernels/cuda/wgmma_sm90.cuh"
 
@@ -54,46 +62,58 @@ __device__ __forceinline__ int64_t ReceiveWork(PipelineSync* sync) {
   return w;
 }
 
-// Copies one K or V tile (the 128 rows whose addresses `rows` holds, `offset` elements
-// further; null rows are zero-filled) into a swizzled ring slot, arriving on `full` once
-// the copies land.
-template <int kHeadDim>
-__device__ __forceinline__ void CopyTile(uint8_t* tile, const uint16_t* const* rows, int64_t offset,
-                                         const uint16_t* any, uint64_t* full) {
-  constexpr int kChunks = kHeadDim / 8;
-#pragma unroll 4
-  for (int pass = 0; pass < kKeys * kChunks / 128; ++pass) {
-    const int index = pass * 128 + threadIdx.x;
-    const int row = index / kChunks;
-    const int chunk = index % kChunks;
-    const uint16_t* src = rows[row];
-    CpAsync16(tile + SwizzledOffset(kKeys, row, chunk), src ? src + offset + chunk * 8 : any,
-              src ? 16 : 0);
-  }
-  sm90::BarrierArriveOnCpAsync(full);
-}
-
 // The producer warpgroup: gathers the K and V tiles of every work item into the ring.
+// With tensor copies one lane of warp 0 issues them; the other warps join only for the
+// cp.async tiles.
 template <int kHeadDim>
-__device__ void Produce(const Sm90Args& a, uint8_t* smem, PipelineSync* sync,
-                        const uint16_t** row_source) {
+__device__ void Produce(const Sm90Args& a, const PoolMaps& maps, uint8_t* smem, PipelineSync* sync,
+                        const int* order, const uint16_t** row_source) {
   const int tid = threadIdx.x;  // 0..127
+  const bool copier = tid < 32;
   uint32_t iteration = 0;
   for (uint32_t k = 0;; ++k) {
     const int64_t w = FetchWork(sync, k == 0, a.counters);
     if (w >= a.work_items) break;
-    const WorkItem item = Resolve(a, w);
+    const WorkItem item = Resolve(a, sync, order, w);
     if (!item.valid) continue;
     const KvPoolView& pool = item.streaming ? a.kv.streaming : a.kv.dense;
+    const void* map = item.streaming ? &maps.streaming : &maps.dense;
     const int slot = a.kv.kv_head_slot[item.kv_head];
     const int64_t value_offset = ValueOffset(pool, a.kv.page_size, kHeadDim);
+    const int key_row = slot * a.kv.page_size;
+    const int value_row = (pool.num_heads + slot) * a.kv.page_size;
+    // The copier warp looks up the next tile's pages while this one's copies wait.
+    const bool tensor_copier = copier && a.tensor_copies;
+    const PageLookup lookup = tensor_copier ? PageLookup(a, item) : PageLookup{};
+    int32_t next_page =
+        tensor_copier ? LanePage(lookup, item, a.kv.page_size, item.runs.tile(0)) : -1;
     for (int32_t i = 0; i < item.runs.count(); ++i, ++iteration) {
       const int stage = iteration % kStages;
       const uint32_t round = iteration / kStages;
+      const int32_t tile = item.runs.tile(i);
+      uint8_t* k_tile = smem + Layout<kHeadDim>::kQBytes + stage * Layout<kHeadDim>::kStageBytes;
+      uint8_t* v_tile = k_tile + Layout<kHeadDim>::kTileBytes;
+      const bool rows_k = !a.tensor_copies;
+      const bool rows_v = rows_k || TilePassesEnd(item, tile);
+      if (tensor_copier) {
+        const int32_t lane_page = next_page;
+        if (i + 1 < item.runs.count()) {
+          next_page = LanePage(lookup, item, a.kv.page_size, item.runs.tile(i + 1));
+        }
+        sm90::BarrierWait(&sync->empty_k[stage], (round & 1) ^ 1);
+        CopyTilePages<kHeadDim>(a, item, map, key_row, tile, lane_page, k_tile,
+                                &sync->full_k[stage]);
+        if (!rows_v) {
+          sm90::BarrierWait(&sync->empty_v[stage], (round & 1) ^ 1);
+          CopyTilePages<kHeadDim>(a, item, map, value_row, tile, lane_page, v_tile,
+                                  &sync->full_v[stage]);
+        }
+      }
+      if (!rows_v) continue;
       // Each thread finds one key row's address; the double-buffered table is safe to
       // rewrite two tiles later, after everyone passed the barrier in between.
       const uint16_t** rows = row_source + (iteration & 1) * kKeys;
-      const int64_t pos = int64_t{item.runs.tile(i)} * kKeys + tid;
+      const int64_t pos = int64_t{tile} * kKeys + tid;
       const uint16_t* src = nullptr;
       if (pos <= item.last_pos) {
         const KvLocation at = item.streaming ? StreamingLocation(a.t, a.kv.page_size, item.b, pos)
@@ -102,12 +122,12 @@ __device__ void Produce(const Sm90Args& a, uint8_t* smem, PipelineSync* sync,
       }
       rows[tid] = src;
       sm90::NamedBarrier(kProducerBarrier, 128);
-      sm90::BarrierWait(&sync->empty_k[stage], (round & 1) ^ 1);
-      uint8_t* k_tile = smem + Layout<kHeadDim>::kQBytes + stage * Layout<kHeadDim>::kStageBytes;
-      CopyTile<kHeadDim>(k_tile, rows, 0, a.q, &sync->full_k[stage]);
+      if (rows_k) {
+        sm90::BarrierWait(&sync->empty_k[stage], (round & 1) ^ 1);
+        CopyTileRows<kHeadDim>(k_tile, rows, 0, a.q, &sync->full_k[stage]);
+      }
       sm90::BarrierWait(&sync->empty_v[stage], (round & 1) ^ 1);
-      CopyTile<kHeadDim>(k_tile + Layout<kHeadDim>::kTileBytes, rows, value_offset, a.q,
-                         &sync->full_v[stage]);
+      CopyTileRows<kHeadDim>(v_tile, rows, value_offset, a.q, &sync->full_v[stage]);
     }
   }
   CpAsyncWait<0>();
@@ -116,7 +136,8 @@ __device__ void Produce(const Sm90Args& a, uint8_t* smem, PipelineSync* sync,
 // A consumer warpgroup: 64 query rows of every work item. The scores of tile i are
 // computed while P V of tile i - 1 runs, and the softmax of tile i overlaps that GEMM.
 template <int kHeadDim>
-__device__ void Consume(const Sm90Args& a, uint8_t* smem, PipelineSync* sync, int consumer) {
+__device__ void Consume(const Sm90Args& a, uint8_t* smem, PipelineSync* sync, const int* order,
+                        int consumer) {
   constexpr int kChunks = kHeadDim / 8;
   constexpr int kOut = kHeadDim / 2;                   // accumulator registers of O
   const int tid = threadIdx.x - 128 * (consumer + 1);  // 0..127 within the warpgroup
@@ -132,7 +153,7 @@ __device__ void Consume(const Sm90Args& a, uint8_t* smem, PipelineSync* sync, in
   for (;;) {
     const int64_t w = ReceiveWork(sync);
     if (w >= a.work_items) break;
-    const WorkItem item = Resolve(a, w);
+    const WorkItem item = Resolve(a, sync, order, w);
     if (!item.valid) continue;
     const int64_t local = a.local[item.b];
     // This warpgroup's 64 Q rows: row r is head r / tokens_per_tile, token r % ... .
@@ -171,8 +192,11 @@ __device__ void Consume(const Sm90Args& a, uint8_t* smem, PipelineSync* sync, in
     float correction[2];
     const int32_t count = item.runs.count();
     // Tile 0: scores, softmax, P.
+    // Tiles that came by cp.async (generic proxy) are fenced before wgmma reads them.
+    const bool rows_k = !a.tensor_copies;
+    auto rows_v = [&](int32_t i) { return rows_k || TilePassesEnd(item, item.runs.tile(i)); };
     sm90::BarrierWait(&sync->full_k[iteration % kStages], (iteration / kStages) & 1);
-    sm90::FenceProxyAsync();
+    if (rows_k) sm90::FenceProxyAsync();
     sm90::FenceRegisters(s);
     sm90::WgmmaFence();
     IssueScores<kHeadDim>(q_base, k_base(iteration), s);
@@ -186,13 +210,17 @@ __device__ void Consume(const Sm90Args& a, uint8_t* smem, PipelineSync* sync, in
       const uint32_t current = iteration + i;
       const uint32_t previous = current - 1;
       sm90::BarrierWait(&sync->full_k[current % kStages], (current / kStages) & 1);
-      sm90::FenceProxyAsync();
-      sm90::BarrierWait(&sync->full_v[previous % kStages], (previous / kStages) & 1);
+      if (rows_k) sm90::FenceProxyAsync();
       sm90::FenceRegisters(s);
-      sm90::FenceRegisters(o);
       sm90::WgmmaFence();
       IssueScores<kHeadDim>(q_base, k_base(current), s);
       sm90::WgmmaCommit();
+      // While the scores run: rescale O for tile i - 1's max, then queue P V after them.
+      Rescale(correction, o);
+      sm90::BarrierWait(&sync->full_v[previous % kStages], (previous / kStages) & 1);
+      if (rows_v(i - 1)) sm90::FenceProxyAsync();
+      sm90::FenceRegisters(o);
+      sm90::WgmmaFence();
       IssuePv<kHeadDim>(k_base(previous) + Layout<kHeadDim>::kTileBytes, p, o);
       sm90::WgmmaCommit();
       sm90::WgmmaWait<1>();  // the scores are in; P V still runs
@@ -203,18 +231,12 @@ __device__ void Consume(const Sm90Args& a, uint8_t* smem, PipelineSync* sync, in
       sm90::FenceRegisters(o);
       KeepLive(p);
       if (lane == 0) sm90::BarrierArrive(&sync->empty_v[previous % kStages]);
-#pragma unroll
-      for (int j = 0; j < kOut / 4; ++j) {
-        o[4 * j] *= correction[0];
-        o[4 * j + 1] *= correction[0];
-        o[4 * j + 2] *= correction[1];
-        o[4 * j + 3] *= correction[1];
-      }
       PackP(s, p);
     }
     const uint32_t last = iteration + count - 1;
+    Rescale(correction, o);
     sm90::BarrierWait(&sync->full_v[last % kStages], (last / kStages) & 1);
-    sm90::FenceProxyAsync();
+    if (rows_v(count - 1)) sm90::FenceProxyAsync();
     sm90::FenceRegisters(o);
     sm90::WgmmaFence();
     IssuePv<kHeadDim>(k_base(last) + Layout<kHeadDim>::kTileBytes, p, o);
@@ -252,7 +274,8 @@ __device__ void Consume(const Sm90Args& a, uint8_t* smem, PipelineSync* sync, in
 #endif  // LSERVE_SM90A_DEVICE
 
 template <int kHeadDim>
-__global__ void __launch_bounds__(kThreads, 1) PrefillSm90Kernel(Sm90Args a) {
+__global__ void __launch_bounds__(kThreads, 1)
+    PrefillSm90Kernel(Sm90Args a, const __grid_constant__ PoolMaps maps) {
 #ifdef LSERVE_SM90A_DEVICE
   extern __shared__ uint8_t raw_smem[];
   uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(raw_smem) + 1023) &
@@ -260,10 +283,12 @@ __global__ void __launch_bounds__(kThreads, 1) PrefillSm90Kernel(Sm90Args a) {
   PipelineSync* sync = reinterpret_cast<PipelineSync*>(smem + Layout<kHeadDim>::kSyncOffset);
   const uint16_t** row_source =
       reinterpret_cast<const uint16_t**>(smem + Layout<kHeadDim>::kRowSourceOffset);
+  int* order = reinterpret_cast<int*>(smem + Layout<kHeadDim>::kHeadOrderOffset);
   if (threadIdx.x == 0) {
+    OrderHeads(a, sync, order);
     for (int s = 0; s < kStages; ++s) {
-      sm90::BarrierInit(&sync->full_k[s], 128);  // every producer thread's cp.async arrival
-      sm90::BarrierInit(&sync->full_v[s], 128);
+      sm90::BarrierInit(&sync->full_k[s], 1);  // the producer's arrival (plus its copies)
+      sm90::BarrierInit(&sync->full_v[s], 1);
       sm90::BarrierInit(&sync->empty_k[s], 4 * kConsumers);  // one arrival per consumer warp
       sm90::BarrierInit(&sync->empty_v[s], 4 * kConsumers);
     }
@@ -273,7 +298,7 @@ __global__ void __launch_bounds__(kThreads, 1) PrefillSm90Kernel(Sm90Args a) {
   const int warpgroup = threadIdx.x / 128;
   if (warpgroup == 0) {
     sm90::RegistersDecrease<56>();
-    Produce<kHeadDim>(a, smem, sync, row_source);
+    Produce<kHeadDim>(a, maps, smem, sync, order, row_source);
     // The last CTA to finish returns the counters to zero for the next launch.
     if (threadIdx.x == 0) {
       __threadfence();
@@ -284,15 +309,35 @@ __global__ void __launch_bounds__(kThreads, 1) PrefillSm90Kernel(Sm90Args a) {
     }
   } else {
     sm90::RegistersIncrease<224>();
-    Consume<kHeadDim>(a, smem, sync, warpgroup - 1);
+    Consume<kHeadDim>(a, smem, sync, order, warpgroup - 1);
   }
 #else
   __trap();  // built for sm_90a only; the launcher checks the device first
 #endif
 }
 
+// Tensor maps for both pools when the page geometry allows them (page sizes that divide
+// a tile into at most kMostPagesPerTile pages, so each box starts on a swizzle period) and
+// LSERVE_PREFILL_TMA is not 0; otherwise args.tensor_copies stays 0.
+absl::Status MapPools(const PagedKvLayer& kv, Sm90Args* args, PoolMaps* maps) {
+  static const bool disabled = [] {
+    const char* value = std::getenv("LSERVE_PREFILL_TMA");
+    return value != nullptr && std::string_view(value) == "0";
+  }();
+  args->tensor_copies = 0;
+  if (disabled || kKeys % kv.page_size != 0 || kKeys / kv.page_size > kMostPagesPerTile) {
+    return absl::OkStatus();
+  }
+  for (auto [pool, map] : {std::pair{&kv.dense, &maps->dense}, {&kv.streaming, &maps->streaming}}) {
+    if (pool->base == nullptr) continue;
+    ASSIGN_OR_RETURN(*map, EncodePoolTensorMap(*pool, kv.head_dim, kv.page_size));
+  }
+  args->tensor_copies = 1;
+  return absl::OkStatus();
+}
+
 template <int kHeadDim>
-absl::Status Launch(const Sm90Args& args, int num_sms, cudaStream_t stream) {
+absl::Status Launch(const Sm90Args& args, const PoolMaps& maps, int num_sms, cudaStream_t stream) {
   static const cudaError_t configured =
       cudaFuncSetAttribute(PrefillSm90Kernel<kHeadDim>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                            Layout<kHeadDim>::kAllocation);
@@ -302,7 +347,7 @@ absl::Status Launch(const Sm90Args& args, int num_sms, cudaStream_t stream) {
   const int64_t ctas = args.work_items < num_sms ? args.work_items : num_sms;
   PrefillSm90Kernel<kHeadDim>
       <<<static_cast<int>(ctas > 0 ? ctas : 1), kThreads, Layout<kHeadDim>::kAllocation, stream>>>(
-          args);
+          args, maps);
   return CheckLaunch("PrefillSm90Kernel");
 }
 
@@ -321,10 +366,13 @@ bool PrefillSm90Supported(int device) {
 
 absl::Status PagedPrefillAttentionSm90(const PagedAttentionParams& p, void* workspace, int num_sms,
                                        void* stream) {
-  const PrefillArgs args = MakePrefillArgs(p, kSm90TileRows, workspace);
+  prefill_sm90::Sm90Args args{};
+  static_cast<PrefillArgs&>(args) = MakePrefillArgs(p, kSm90TileRows, workspace);
+  prefill_sm90::PoolMaps maps{};
+  RETURN_IF_ERROR(prefill_sm90::MapPools(p.kv, &args, &maps));
   cudaStream_t s = AsStream(stream);
-  return p.kv.head_dim == 128 ? prefill_sm90::Launch<128>(args, num_sms, s)
-                              : prefill_sm90::Launch<64>(args, num_sms, s);
+  return p.kv.head_dim == 128 ? prefill_sm90::Launch<128>(args, maps, num_sms, s)
+                              : prefill_sm90::Launch<64>(args, maps, num_sms, s);
 }
 
 }  // namespace lserve::cuda::internal

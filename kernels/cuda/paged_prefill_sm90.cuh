@@ -5,6 +5,7 @@
 #ifndef LSERVE_KERNELS_CUDA_PAGED_PREFILL_SM90_CUH_
 #define LSERVE_KERNELS_CUDA_PAGED_PREFILL_SM90_CUH_
 
+#include <cuda.h>
 #include <cuda_runtime.h>
 
 #include <cmath>
@@ -25,29 +26,44 @@ constexpr int kRows = kSm90TileRows;  // query rows per tile
 constexpr int kKeys = kSm90TileKeys;  // keys per K/V tile
 static_assert(kRows == 64 * kConsumers);
 constexpr int kStages = 2;
+constexpr int kMostPagesPerTile = 8;   // tensor copies need pages of at least 16 keys
+constexpr int kMostOrderedHeads = 64;  // KV heads the work order can sort dense-first
 template <int kHeadDim>
 struct Layout {
   static constexpr int kQBytes = kRows * kHeadDim * 2;
   static constexpr int kTileBytes = kKeys * kHeadDim * 2;
   static constexpr int kStageBytes = 2 * kTileBytes;  // K then V
   static constexpr int kSyncOffset = kQBytes + kStages * kStageBytes;
-  static constexpr int kRowSourceOffset = kSyncOffset + 256;       // after PipelineSync
-  static constexpr int kBytes = kRowSourceOffset + 2 * kKeys * 8;  // 2 tiles of row addresses
-  static constexpr int kAllocation = kBytes + 1024;                // room to align the base to 1 KB
+  static constexpr int kRowSourceOffset = kSyncOffset + 256;                 // after PipelineSync
+  static constexpr int kHeadOrderOffset = kRowSourceOffset + 2 * kKeys * 8;  // 2 tiles of rows
+  static constexpr int kBytes = kHeadOrderOffset + kMostOrderedHeads * 4;
+  static constexpr int kAllocation = kBytes + 1024;  // room to align the base to 1 KB
 };
 
-using Sm90Args = PrefillArgs;
+struct Sm90Args : PrefillArgs {
+  // 1: full K and V tiles come by tensor copies (pool_tensor_map.h), one per page and
+  // 64-column block; 0: every tile by 16-byte cp.async per row.
+  int tensor_copies;
+};
 
-// The CTA's barriers: K and V of a ring stage landed (producer cp.async arrivals) and
+// The pools' tensor maps, a __grid_constant__ kernel parameter.
+struct PoolMaps {
+  CUtensorMap dense;
+  CUtensorMap streaming;
+};
+
+// The CTA's barriers: K and V of a ring stage landed (one producer arrival plus the
+// copies' bytes or cp.async arrivals) and
 // free again (one arrival per consumer warp; K is released after the scores, V after
 // P V, so the next K loads while P V runs), and the work item index the producer
-// fetches for everyone.
+// fetches for everyone; the KV heads in work order (dense heads first).
 struct PipelineSync {
   uint64_t full_k[kStages];
   uint64_t full_v[kStages];
   uint64_t empty_k[kStages];
   uint64_t empty_v[kStages];
   int64_t work;
+  int dense_heads;  // the first dense_heads of the order are the dense ones
 };
 
 static_assert(sizeof(PipelineSync) <= 256);
@@ -77,12 +93,39 @@ struct WorkItem {
   KeyTileRuns runs;
 };
 
-__device__ __forceinline__ WorkItem Resolve(const Sm90Args& a, int64_t w) {
+// Work items run dense heads' first, streaming heads' after: the long dense items then
+// start and end in waves, so the CTAs scanning one head's keys stay close together and
+// share them in L2, and the short streaming items fill the tail. Within each kind, items
+// go by query tile rank from the end (longest first), then sequence, then head.
+__device__ __forceinline__ void OrderHeads(const Sm90Args& a, PipelineSync* sync, int* order) {
+  const int heads = a.kv.num_kv_heads;
+  int n = 0;
+  if (heads <= kMostOrderedHeads) {
+    for (int h = 0; h < heads; ++h) {
+      if (!a.kv.kv_head_streaming[h]) order[n++] = h;
+    }
+    for (int h = 0, m = n; h < heads; ++h) {
+      if (a.kv.kv_head_streaming[h]) order[m++] = h;
+    }
+  } else {
+    n = heads;  // one block in head order (Resolve does not read `order` then)
+  }
+  sync->dense_heads = n;
+}
+
+__device__ __forceinline__ WorkItem Resolve(const Sm90Args& a, const PipelineSync* sync,
+                                            const int* order, int64_t w) {
   WorkItem item{};
-  const int64_t per_rank = int64_t{a.t.num_seqs} * a.kv.num_kv_heads;
-  const int tile_rank = static_cast<int>(w / per_rank);
-  item.b = static_cast<int>((w % per_rank) / a.kv.num_kv_heads);
-  item.kv_head = static_cast<int>(w % a.kv.num_kv_heads);
+  const int all_heads = a.kv.num_kv_heads;
+  const int64_t dense_items = int64_t{a.t.num_seqs} * a.tiles_per_seq * sync->dense_heads;
+  const bool dense_block = w < dense_items;
+  const int heads = dense_block ? sync->dense_heads : all_heads - sync->dense_heads;
+  const int64_t v = dense_block ? w : w - dense_items;
+  const int64_t per_rank = int64_t{a.t.num_seqs} * heads;
+  const int tile_rank = static_cast<int>(v / per_rank);
+  item.b = static_cast<int>((v % per_rank) / heads);
+  const int head_index = static_cast<int>(v % heads) + (dense_block ? 0 : sync->dense_heads);
+  item.kv_head = all_heads <= kMostOrderedHeads ? order[head_index] : head_index;
   const int64_t rows_of_seq = a.q_indptr[item.b + 1] - a.q_indptr[item.b];
   const int64_t tiles_of_seq = (rows_of_seq + a.tokens_per_tile - 1) / a.tokens_per_tile;
   const int64_t q_tile = tiles_of_seq - 1 - tile_rank;
@@ -123,11 +166,12 @@ struct RowState {
   bool valid[2];
 };
 
-__device__ __forceinline__ void SoftmaxTile(const Sm90Args& a, const WorkItem& item, int64_t local,
-                                            int32_t key_tile, int t4, RowState& rows,
-                                            float (&s)[64], float (&correction)[2]) {
-  if (KeyTileNeedsMask(item.streaming, item.first_pos, item.last_pos, a.sink, local, kKeys,
-                       key_tile)) {
+template <bool kMasked>
+__device__ __forceinline__ void SoftmaxTileAs(const Sm90Args& a, const WorkItem& item,
+                                              int64_t local, int32_t key_tile, int t4,
+                                              RowState& rows, float (&s)[64],
+                                              float (&correction)[2]) {
+  if constexpr (kMasked) {
 #pragma unroll
     for (int j = 0; j < 16; ++j) {
 #pragma unroll
@@ -163,6 +207,32 @@ __device__ __forceinline__ void SoftmaxTile(const Sm90Args& a, const WorkItem& i
     }
     rows.sum[half] = rows.sum[half] * correction[half] + sum;
     rows.max[half] = new_max;
+  }
+}
+
+// Masked and unmasked tiles take separate copies of the softmax, so that neither shares
+// a basic block with the wgmma wait that follows: ptxas would otherwise hoist the wait
+// above the softmax and the softmax would no longer overlap the P V GEMM.
+__device__ __forceinline__ void SoftmaxTile(const Sm90Args& a, const WorkItem& item, int64_t local,
+                                            int32_t key_tile, int t4, RowState& rows,
+                                            float (&s)[64], float (&correction)[2]) {
+  if (KeyTileNeedsMask(item.streaming, item.first_pos, item.last_pos, a.sink, local, kKeys,
+                       key_tile)) {
+    SoftmaxTileAs<true>(a, item, local, key_tile, t4, rows, s, correction);
+  } else {
+    SoftmaxTileAs<false>(a, item, local, key_tile, t4, rows, s, correction);
+  }
+}
+
+// Scales the accumulated output by each row half's softmax correction.
+template <int kOut>
+__device__ __forceinline__ void Rescale(const float (&correction)[2], float (&o)[kOut]) {
+#pragma unroll
+  for (int j = 0; j < kOut / 4; ++j) {
+    o[4 * j] *= correction[0];
+    o[4 * j + 1] *= correction[0];
+    o[4 * j + 2] *= correction[1];
+    o[4 * j + 3] *= correction[1];
   }
 }
 

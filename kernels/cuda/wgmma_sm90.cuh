@@ -39,12 +39,6 @@ __device__ __forceinline__ void BarrierInitFence() {
 __device__ __forceinline__ void BarrierArrive(uint64_t* barrier) {
   asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(Smem(barrier)) : "memory");
 }
-// Arrives once this thread's earlier cp.async copies have landed (counted in the
-// barrier's initial count).
-__device__ __forceinline__ void BarrierArriveOnCpAsync(uint64_t* barrier) {
-  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(Smem(barrier))
-               : "memory");
-}
 // Waits until the barrier's phase with the given parity has completed.
 __device__ __forceinline__ void BarrierWait(uint64_t* barrier, uint32_t parity) {
   asm volatile(
@@ -85,6 +79,22 @@ __device__ __forceinline__ void BulkCopyToShared(uint32_t shared_address, const 
       "l"(global), "r"(bytes), "r"(Smem(barrier))
       : "memory");
 }
+// Tensor copy (TMA) of one box of a 3-D tensor map (a __grid_constant__ parameter) at
+// coordinates (c0, c1, c2) into shared memory; its bytes complete transactions on
+// `barrier`.
+__device__ __forceinline__ void TensorCopy3d(uint32_t shared_address, const void* tensor_map,
+                                             int c0, int c1, int c2, uint64_t* barrier) {
+  asm volatile(
+      "cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
+      " [%0], [%1, {%2, %3, %4}], [%5];\n" ::"r"(shared_address),
+      "l"(reinterpret_cast<uint64_t>(tensor_map)), "r"(c0), "r"(c1), "r"(c2), "r"(Smem(barrier))
+      : "memory");
+}
+// Arrives once this thread's earlier cp.async copies have landed, adding its own arrival
+// to the pending count first (so the barrier's initial count need not include it).
+__device__ __forceinline__ void BarrierArriveOnCpAsync(uint64_t* barrier) {
+  asm volatile("cp.async.mbarrier.arrive.shared::cta.b64 [%0];\n" ::"r"(Smem(barrier)) : "memory");
+}
 template <int kRegisters>
 __device__ __forceinline__ void RegistersDecrease() {
   asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kRegisters));
@@ -103,6 +113,18 @@ __device__ __forceinline__ void WgmmaCommit() {
 template <int kPending>
 __device__ __forceinline__ void WgmmaWait() {
   asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(kPending) : "memory");
+}
+// WgmmaWait that the assembler cannot hoist above the computation of `a` and `b`: the
+// wait is predicated on a test of them that always passes (a + b is a sum of softmax
+// weights, never -1). Without it ptxas moves the wait up and the register work meant to
+// overlap the in-flight wgmma runs after it.
+template <int kPending>
+__device__ __forceinline__ void WgmmaWaitAfter(float a, float b) {
+  asm volatile(
+      "{\n.reg .pred p;\n.reg .f32 t;\nadd.f32 t, %0, %1;\nsetp.neu.f32 p, t, 0fBF800000;\n"
+      "@p wgmma.wait_group.sync.aligned %2;\n}\n" ::"f"(a),
+      "f"(b), "n"(kPending)
+      : "memory");
 }
 // Keeps the compiler from moving accumulator reads or writes across wgmma boundaries.
 template <int kCount>
