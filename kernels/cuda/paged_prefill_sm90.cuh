@@ -156,6 +156,13 @@ __device__ __forceinline__ float Exp2(float x) {
   return y;
 }
 
+// An offset between keys, clamped into [-2 kKeys, 2 kKeys], which decides the same
+// comparisons against offsets inside one tile.
+__device__ __forceinline__ int32_t ClampOffset(int64_t offset) {
+  return static_cast<int32_t>(offset < -2 * kKeys ? -2 * kKeys
+                                                  : (offset > 2 * kKeys ? 2 * kKeys : offset));
+}
+
 // Online softmax over one tile's scores in place (raw Q.K products in, unnormalized
 // probabilities out): masks when asked, moves the running max, returns through
 // `correction` the factor the accumulated output must be scaled by.
@@ -172,15 +179,24 @@ __device__ __forceinline__ void SoftmaxTileAs(const Sm90Args& a, const WorkItem&
                                               RowState& rows, float (&s)[64],
                                               float (&correction)[2]) {
   if constexpr (kMasked) {
+    // KeyVisible in 32-bit offsets from this thread's first key of the tile: a key at
+    // offset k is kept when k <= last[half] and (k < sink_end or k > window[half]).
+    const int64_t first_key = int64_t{key_tile} * kKeys + 2 * t4;
+    const int32_t sink_end = static_cast<int32_t>(ClampOffset(a.sink - first_key));
+    int32_t last[2];
+    int32_t window[2];
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      last[half] = rows.valid[half] ? ClampOffset(rows.pos[half] - first_key) : -1;
+      window[half] = item.streaming ? ClampOffset(rows.pos[half] - local - first_key) : -kKeys;
+    }
 #pragma unroll
     for (int j = 0; j < 16; ++j) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int half = e >> 1;
-        const int64_t key = int64_t{key_tile} * kKeys + j * 8 + 2 * t4 + (e & 1);
-        const bool keep =
-            rows.valid[half] && KeyVisible(item.streaming, rows.pos[half], key, a.sink, local);
-        if (!keep) s[4 * j + e] = kNegInf;
+        const int32_t k = j * 8 + (e & 1);
+        if (k > last[half] || (k >= sink_end && k <= window[half])) s[4 * j + e] = kNegInf;
       }
     }
   }
