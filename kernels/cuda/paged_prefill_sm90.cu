@@ -41,24 +41,25 @@ namespace prefill_sm90 {
 #ifdef LSERVE_SM90A_DEVICE
 
 // The producer's side of the work hand-over: its first thread takes the next item from
-// the global counter (longest query tiles first) once the consumers have read the last.
-__device__ __forceinline__ int64_t FetchWork(PipelineSync* sync, bool first_round,
+// the global counter (longest query tiles first) into the round's slot once the
+// consumers have read the slot's last round.
+__device__ __forceinline__ int64_t FetchWork(PipelineSync* sync, uint32_t round,
                                              int32_t* counters) {
-  if (!first_round) sm90::NamedBarrier(kWorkEmptyBarrier, kThreads);
   if (threadIdx.x == 0) {
-    sync->work = atomicAdd(reinterpret_cast<unsigned long long*>(counters), 1ull);
+    if (round > 0) sm90::BarrierWait(&sync->work_empty, (round - 1) & 1);
+    sync->work[round & 1] = atomicAdd(reinterpret_cast<unsigned long long*>(counters), 1ull);
+    sm90::BarrierArrive(&sync->work_full);
   }
   sm90::NamedBarrier(kProducerBarrier, 128);
-  const int64_t w = sync->work;
-  sm90::NamedBarrierArrive(kWorkFullBarrier, kThreads);
-  return w;
+  return sync->work[round & 1];
 }
 
 // The consumers' side.
-__device__ __forceinline__ int64_t ReceiveWork(PipelineSync* sync) {
-  sm90::NamedBarrier(kWorkFullBarrier, kThreads);
-  const int64_t w = sync->work;
-  sm90::NamedBarrierArrive(kWorkEmptyBarrier, kThreads);
+__device__ __forceinline__ int64_t ReceiveWork(PipelineSync* sync, uint32_t round) {
+  sm90::BarrierWait(&sync->work_full, round & 1);
+  const int64_t w = sync->work[round & 1];
+  __syncwarp();
+  if ((threadIdx.x & 31) == 0) sm90::BarrierArrive(&sync->work_empty);
   return w;
 }
 
@@ -72,7 +73,7 @@ __device__ void Produce(const Sm90Args& a, const PoolMaps& maps, uint8_t* smem, 
   const bool copier = tid < 32;
   uint32_t iteration = 0;
   for (uint32_t k = 0;; ++k) {
-    const int64_t w = FetchWork(sync, k == 0, a.counters);
+    const int64_t w = FetchWork(sync, k, a.counters);
     if (w >= a.work_items) break;
     const WorkItem item = Resolve(a, sync, order, w);
     if (!item.valid) continue;
@@ -127,7 +128,8 @@ __device__ void Produce(const Sm90Args& a, const PoolMaps& maps, uint8_t* smem, 
         CopyTileRows<kHeadDim>(k_tile, rows, 0, a.q, &sync->full_k[stage]);
       }
       sm90::BarrierWait(&sync->empty_v[stage], (round & 1) ^ 1);
-      CopyTileRows<kHeadDim>(v_tile, rows, value_offset, a.q, &sync->full_v[stage]);
+      CopyTileRows<kHeadDim>(v_tile, rows, value_offset, a.q,
+                             rows_k ? &sync->full_v[stage] : &sync->full_v_rows[stage]);
     }
   }
   CpAsyncWait<0>();
@@ -150,8 +152,12 @@ __device__ void Consume(const Sm90Args& a, uint8_t* smem, PipelineSync* sync, co
   const uint32_t ring = sm90::Smem(smem + Layout<kHeadDim>::kQBytes);
   auto k_base = [&](uint32_t it) { return ring + (it % kStages) * Layout<kHeadDim>::kStageBytes; };
   uint32_t iteration = 0;
-  for (;;) {
-    const int64_t w = ReceiveWork(sync);
+  // Phase parities, one bit per stage, of the two kinds of V barrier (with tensor copies
+  // they alternate irregularly, so the round number does not give them).
+  uint32_t v_phases = 0;
+  uint32_t v_rows_phases = 0;
+  for (uint32_t round = 0;; ++round) {
+    const int64_t w = ReceiveWork(sync, round);
     if (w >= a.work_items) break;
     const WorkItem item = Resolve(a, sync, order, w);
     if (!item.valid) continue;
@@ -195,6 +201,19 @@ __device__ void Consume(const Sm90Args& a, uint8_t* smem, PipelineSync* sync, co
     // Tiles that came by cp.async (generic proxy) are fenced before wgmma reads them.
     const bool rows_k = !a.tensor_copies;
     auto rows_v = [&](int32_t i) { return rows_k || TilePassesEnd(item, item.runs.tile(i)); };
+    // Waits for V of the i-th tile (ring iteration `it`); fences it when it came by cp.async.
+    auto wait_v = [&](int32_t i, uint32_t it) {
+      const int stage = it % kStages;
+      const bool by_rows = rows_v(i);
+      if (by_rows && !rows_k) {
+        sm90::BarrierWait(&sync->full_v_rows[stage], (v_rows_phases >> stage) & 1);
+        v_rows_phases ^= 1u << stage;
+      } else {
+        sm90::BarrierWait(&sync->full_v[stage], (v_phases >> stage) & 1);
+        v_phases ^= 1u << stage;
+      }
+      if (by_rows) sm90::FenceProxyAsync();
+    };
     sm90::BarrierWait(&sync->full_k[iteration % kStages], (iteration / kStages) & 1);
     if (rows_k) sm90::FenceProxyAsync();
     sm90::FenceRegisters(s);
@@ -217,8 +236,7 @@ __device__ void Consume(const Sm90Args& a, uint8_t* smem, PipelineSync* sync, co
       sm90::WgmmaCommit();
       // While the scores run: rescale O for tile i - 1's max, then queue P V after them.
       Rescale(correction, o);
-      sm90::BarrierWait(&sync->full_v[previous % kStages], (previous / kStages) & 1);
-      if (rows_v(i - 1)) sm90::FenceProxyAsync();
+      wait_v(i - 1, previous);
       sm90::FenceRegisters(o);
       sm90::WgmmaFence();
       IssuePv<kHeadDim>(k_base(previous) + Layout<kHeadDim>::kTileBytes, p, o);
@@ -235,8 +253,7 @@ __device__ void Consume(const Sm90Args& a, uint8_t* smem, PipelineSync* sync, co
     }
     const uint32_t last = iteration + count - 1;
     Rescale(correction, o);
-    sm90::BarrierWait(&sync->full_v[last % kStages], (last / kStages) & 1);
-    if (rows_v(count - 1)) sm90::FenceProxyAsync();
+    wait_v(count - 1, last);
     sm90::FenceRegisters(o);
     sm90::WgmmaFence();
     IssuePv<kHeadDim>(k_base(last) + Layout<kHeadDim>::kTileBytes, p, o);
@@ -287,11 +304,16 @@ __global__ void __launch_bounds__(kThreads, 1)
   if (threadIdx.x == 0) {
     OrderHeads(a, sync, order);
     for (int s = 0; s < kStages; ++s) {
-      sm90::BarrierInit(&sync->full_k[s], 1);  // the producer's arrival (plus its copies)
-      sm90::BarrierInit(&sync->full_v[s], 1);
+      // One arrival with the tensor copies' bytes, or every producer thread's cp.async.
+      const int full_count = a.tensor_copies ? 1 : 128;
+      sm90::BarrierInit(&sync->full_k[s], full_count);
+      sm90::BarrierInit(&sync->full_v[s], full_count);
+      sm90::BarrierInit(&sync->full_v_rows[s], 128);
       sm90::BarrierInit(&sync->empty_k[s], 4 * kConsumers);  // one arrival per consumer warp
       sm90::BarrierInit(&sync->empty_v[s], 4 * kConsumers);
     }
+    sm90::BarrierInit(&sync->work_full, 1);
+    sm90::BarrierInit(&sync->work_empty, 4 * kConsumers);  // one arrival per consumer warp
     sm90::BarrierInitFence();
   }
   __syncthreads();

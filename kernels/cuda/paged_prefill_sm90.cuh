@@ -53,16 +53,19 @@ struct PoolMaps {
 };
 
 // The CTA's barriers: K and V of a ring stage landed (one producer arrival plus the
-// copies' bytes or cp.async arrivals) and
+// tensor copies' bytes, or every producer thread's cp.async arrival) and
 // free again (one arrival per consumer warp; K is released after the scores, V after
 // P V, so the next K loads while P V runs), and the work item index the producer
 // fetches for everyone; the KV heads in work order (dense heads first).
 struct PipelineSync {
   uint64_t full_k[kStages];
   uint64_t full_v[kStages];
+  uint64_t full_v_rows[kStages];  // V tiles by cp.async when the others come by tensor copies
   uint64_t empty_k[kStages];
   uint64_t empty_v[kStages];
-  int64_t work;
+  uint64_t work_full;   // the producer wrote work[round % 2]
+  uint64_t work_empty;  // every consumer warp read it
+  int64_t work[2];
   int dense_heads;  // the first dense_heads of the order are the dense ones
 };
 
@@ -70,13 +73,10 @@ static_assert(sizeof(PipelineSync) <= 256);
 
 #ifdef LSERVE_SM90A_DEVICE
 
-// Named barriers (0 is __syncthreads): the producer warpgroup, each consumer warpgroup,
-// the hand-over of the work index (producer arrives, consumers wait) and of its slot
-// (consumers arrive, producer waits).
+// Named barriers (0 is __syncthreads): the producer warpgroup and each consumer
+// warpgroup.
 constexpr int kProducerBarrier = 1;
-constexpr int kConsumerBarrier = 2;  // + consumer
-constexpr int kWorkFullBarrier = 4;
-constexpr int kWorkEmptyBarrier = 5;
+constexpr int kConsumerBarrier = 2;       // + consumer
 constexpr int kBlockBytes = kKeys * 128;  // one 64-column block of a K/V tile
 constexpr float kNegInf = -INFINITY;
 

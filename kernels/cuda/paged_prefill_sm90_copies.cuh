@@ -27,7 +27,7 @@ __device__ __forceinline__ bool TilePassesEnd(const WorkItem& item, int32_t tile
 
 // All producer threads: copies one K or V tile (the 128 rows whose addresses `rows` holds,
 // `offset` elements further; null rows are zero-filled) into a swizzled ring slot; `full`
-// completes once the copies land.
+// (expecting the 128 threads' arrivals) completes once the copies land.
 template <int kHeadDim>
 __device__ __forceinline__ void CopyTileRows(uint8_t* tile, const uint16_t* const* rows,
                                              int64_t offset, const uint16_t* any, uint64_t* full) {
@@ -42,8 +42,6 @@ __device__ __forceinline__ void CopyTileRows(uint8_t* tile, const uint16_t* cons
               src ? 16 : 0);
   }
   sm90::BarrierArriveOnCpAsync(full);
-  sm90::NamedBarrier(kProducerBarrier, 128);  // every thread's arrival is counted first
-  if (threadIdx.x == 0) sm90::BarrierArrive(full);
 }
 
 // A sequence's page lookups for one KV head kind (DenseLocation and StreamingLocation at

@@ -90,10 +90,11 @@ __device__ __forceinline__ void TensorCopy3d(uint32_t shared_address, const void
       "l"(reinterpret_cast<uint64_t>(tensor_map)), "r"(c0), "r"(c1), "r"(c2), "r"(Smem(barrier))
       : "memory");
 }
-// Arrives once this thread's earlier cp.async copies have landed, adding its own arrival
-// to the pending count first (so the barrier's initial count need not include it).
+// Arrives once this thread's earlier cp.async copies have landed (counted in the
+// barrier's initial count).
 __device__ __forceinline__ void BarrierArriveOnCpAsync(uint64_t* barrier) {
-  asm volatile("cp.async.mbarrier.arrive.shared::cta.b64 [%0];\n" ::"r"(Smem(barrier)) : "memory");
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(Smem(barrier))
+               : "memory");
 }
 template <int kRegisters>
 __device__ __forceinline__ void RegistersDecrease() {
