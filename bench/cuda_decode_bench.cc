@@ -142,8 +142,9 @@ void BuildBatch(Batch& b, const RandomSource& random, int batch, int64_t len, bo
   a.selection_per_kv_head = per_kv_head;
 }
 
-double DecodeMs(Batch& b, int num_sms, void** workspace, size_t* workspace_bytes) {
-  const cuda::DecodeLaunch launch = cuda::PlanDecode(b.attention, num_sms);
+double DecodeMs(Batch& b, int num_sms, int min_split_keys, void** workspace,
+                size_t* workspace_bytes) {
+  const cuda::DecodeLaunch launch = cuda::PlanDecode(b.attention, num_sms, min_split_keys);
   if (launch.workspace_bytes > *workspace_bytes) {
     cudaFree(*workspace);
     CUDA_OK(cudaMalloc(workspace, launch.workspace_bytes));
@@ -168,6 +169,10 @@ int main(int argc, char** argv) {
   const bool run_hybrid = FlagValue(argc, argv, "hybrid", "1") == "1";
   const std::string only_batch = FlagValue(argc, argv, "batch");
   const std::string only_keys = FlagValue(argc, argv, "keys");
+  // --min_split_keys=N plans split-K with splits of at least N keys (the launcher's default
+  // otherwise).
+  const int min_split_keys =
+      std::stoi(FlagValue(argc, argv, "min_split_keys", std::to_string(cuda::kDecodeMinSplitKeys)));
   int num_sms = 0;
   CUDA_OK(cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, 0));
   cudaDeviceProp prop;
@@ -184,6 +189,7 @@ int main(int argc, char** argv) {
             : std::vector<int64_t>{8192, 16384, 32768, 65536, 131072, 262144};
   if (!only_keys.empty()) lengths = {std::stoll(only_keys)};
   report["scattered_pages"] = scatter;
+  report["min_split_keys"] = min_split_keys;
   std::printf("Dense paged decode, Llama-3-8B heads, bf16, page 64 (one layer)\n");
   std::printf("%6s %8s %10s %10s %6s\n", "batch", "keys", "ms", "TB/s", "splits");
   std::map<std::pair<int, int64_t>, double> dense_ms;
@@ -191,10 +197,10 @@ int main(int argc, char** argv) {
     for (int64_t len : lengths) {
       Batch b;
       BuildBatch(b, random, batch, len, false, false, scatter);
-      const double ms = DecodeMs(b, num_sms, &workspace, &workspace_bytes);
+      const double ms = DecodeMs(b, num_sms, min_split_keys, &workspace, &workspace_bytes);
       dense_ms[{batch, len}] = ms;
       const double tbs = b.kv_bytes / (ms * 1e-3) / 1e12;
-      const int splits = cuda::PlanDecode(b.attention, num_sms).splits;
+      const int splits = cuda::PlanDecode(b.attention, num_sms, min_split_keys).splits;
       std::printf("%6d %8lld %10.4f %10.3f %6d\n", batch, (long long)len, ms, tbs, splits);
       report["dense"].push_back({{"batch", batch},
                                  {"keys", len},
@@ -207,31 +213,38 @@ int main(int argc, char** argv) {
   std::printf(
       "\nHybrid decode: 4 of 8 KV heads streaming (sink 128, local 256), budget 4096, "
       "reuse 4\n");
-  std::printf("%6s %8s %8s %10s %10s %10s %10s %8s\n", "batch", "keys", "scoring", "select ms",
-              "attn ms", "step ms", "dense ms", "speedup");
+  std::printf("%6s %8s %8s %10s %8s %8s %10s %10s %10s %8s\n", "batch", "keys", "scoring",
+              "select ms", "score", "top-k", "attn ms", "step ms", "dense ms", "speedup");
   for (bool per_kv_head : {false, true}) {
     if (!run_hybrid) break;
     for (int batch : batches) {
       for (int64_t len : lengths) {
         Batch b;
         BuildBatch(b, random, batch, len, true, per_kv_head, scatter);
-        double select_ms = 0;
+        // The selector as a step runs it (scoring, then top-k), and each kernel alone.
+        double select_ms = 0, score_only_ms = 0, topk_only_ms = 0;
         if (b.num_jobs > 0) {
           select_ms = TimeMs([&] {
             STATUS_OK(cuda::ScorePages(b.score, nullptr));
             STATUS_OK(cuda::SelectPages(b.select, nullptr));
           });
+          score_only_ms = TimeMs([&] { STATUS_OK(cuda::ScorePages(b.score, nullptr)); });
+          topk_only_ms = TimeMs([&] { STATUS_OK(cuda::SelectPages(b.select, nullptr)); });
         }
-        const double attention_ms = DecodeMs(b, num_sms, &workspace, &workspace_bytes);
+        const double attention_ms =
+            DecodeMs(b, num_sms, min_split_keys, &workspace, &workspace_bytes);
         const double step_ms = attention_ms + select_ms / kReuse;
         const double dense = dense_ms[{batch, len}];
         const char* mode = per_kv_head ? "kv_head" : "q_head";
-        std::printf("%6d %8lld %8s %10.4f %10.4f %10.4f %10.4f %8.2f\n", batch, (long long)len,
-                    mode, select_ms, attention_ms, step_ms, dense, dense / step_ms);
+        std::printf("%6d %8lld %8s %10.4f %8.4f %8.4f %10.4f %10.4f %10.4f %8.2f\n", batch,
+                    (long long)len, mode, select_ms, score_only_ms, topk_only_ms, attention_ms,
+                    step_ms, dense, dense / step_ms);
         report["hybrid"].push_back({{"batch", batch},
                                     {"keys", len},
                                     {"scoring", mode},
                                     {"select_ms", select_ms},
+                                    {"score_only_ms", score_only_ms},
+                                    {"topk_only_ms", topk_only_ms},
                                     {"attention_ms", attention_ms},
                                     {"step_ms", step_ms},
                                     {"dense_ms", dense},

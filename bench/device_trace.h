@@ -7,6 +7,8 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -23,6 +25,10 @@ struct DeviceTraceSummary {
   double max_gap_us = 0;        // the longest idle stretch inside the window
   double mean_step_gap_us = 0;  // idle from a step's last activity to the next one's first
   double max_step_gap_us = 0;
+  // Idle time inside the window by what ended it: "previous -> next" activity names, the
+  // largest totals first (at most kIdleCauses), in microseconds per step.
+  static constexpr int kIdleCauses = 8;
+  std::vector<std::pair<std::string, double>> idle_by_neighbours;
 };
 
 // One activity on the device, in device-clock nanoseconds.
@@ -30,6 +36,7 @@ struct DeviceInterval {
   uint64_t start = 0;
   uint64_t end = 0;
   bool kernel = true;  // else a copy or memset
+  std::string name;    // the kernel's name without namespaces and template arguments
 };
 
 // The summary of `activity` (any order) over the window [step_starts.front(), window_end):

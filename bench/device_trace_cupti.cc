@@ -2,9 +2,11 @@
 // not serialize them), memcpys and memsets, with start and end on the device clock.
 #include <cuda_runtime_api.h>
 #include <cupti.h>
+#include <cxxabi.h>
 
 #include <cstdlib>
 #include <mutex>
+#include <string>
 
 #include "absl/strings/str_cat.h"
 #include "bench/device_trace.h"
@@ -19,6 +21,34 @@ constexpr size_t kBufferBytes = 8 << 20;
 std::mutex recorded_mu;
 std::vector<DeviceInterval>* recorded = nullptr;  // the running trace's records
 
+// "ns::(anonymous namespace)::Kernel<1, 2>(Args)" -> "Kernel".
+std::string ShortKernelName(const char* mangled) {
+  if (mangled == nullptr) return "kernel";
+  int status = 0;
+  char* demangled = abi::__cxa_demangle(mangled, nullptr, nullptr, &status);
+  std::string name = status == 0 && demangled != nullptr ? demangled : mangled;
+  std::free(demangled);
+  // Cut the arguments and template arguments: the first '(' or '<' outside a namespace.
+  const size_t anonymous = name.rfind("(anonymous namespace)::");
+  const size_t from = anonymous == std::string::npos ? 0 : anonymous + 23;
+  name = name.substr(0, name.find_first_of("(<", from));
+  const size_t colon = name.rfind("::");
+  return colon == std::string::npos ? name : name.substr(colon + 2);
+}
+
+const char* CopyName(uint8_t kind) {
+  switch (kind) {
+    case CUPTI_ACTIVITY_MEMCPY_KIND_HTOD:
+      return "copy HtoD";
+    case CUPTI_ACTIVITY_MEMCPY_KIND_DTOH:
+      return "copy DtoH";
+    case CUPTI_ACTIVITY_MEMCPY_KIND_DTOD:
+      return "copy DtoD";
+    default:
+      return "copy";
+  }
+}
+
 void CUPTIAPI BufferRequested(uint8_t** buffer, size_t* size, size_t* max_records) {
   *buffer = static_cast<uint8_t*>(std::aligned_alloc(8, kBufferBytes));
   *size = *buffer != nullptr ? kBufferBytes : 0;
@@ -32,17 +62,17 @@ void CUPTIAPI BufferCompleted(CUcontext, uint32_t, uint8_t* buffer, size_t, size
     switch (record->kind) {
       case CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL: {
         const auto* kernel = reinterpret_cast<const CUpti_ActivityKernel10*>(record);
-        parsed.push_back({kernel->start, kernel->end, true});
+        parsed.push_back({kernel->start, kernel->end, true, ShortKernelName(kernel->name)});
         break;
       }
       case CUPTI_ACTIVITY_KIND_MEMCPY: {
         const auto* copy = reinterpret_cast<const CUpti_ActivityMemcpy6*>(record);
-        parsed.push_back({copy->start, copy->end, false});
+        parsed.push_back({copy->start, copy->end, false, CopyName(copy->copyKind)});
         break;
       }
       case CUPTI_ACTIVITY_KIND_MEMSET: {
         const auto* set = reinterpret_cast<const CUpti_ActivityMemset4*>(record);
-        parsed.push_back({set->start, set->end, false});
+        parsed.push_back({set->start, set->end, false, "memset"});
         break;
       }
       default:

@@ -1,4 +1,5 @@
 #include <algorithm>
+#include <map>
 
 #include "bench/device_trace.h"
 
@@ -16,18 +17,35 @@ DeviceTraceSummary SummarizeDeviceActivity(std::vector<DeviceInterval> activity,
             [](const DeviceInterval& a, const DeviceInterval& b) { return a.start < b.start; });
   // Busy time and idle stretches: sweep the clipped intervals in start order.
   uint64_t busy = 0, gap_max = 0, covered_to = window_start;
+  std::map<std::string, uint64_t> idle;  // by "last to end before it -> first after it"
+  std::string last_name = "(window start)";
   for (const DeviceInterval& a : activity) {
     const uint64_t start = std::max(a.start, window_start);
     const uint64_t end = std::min(a.end, window_end);
     if (end <= start) continue;
     (a.kernel ? summary.kernels : summary.copies) += 1;
-    if (start > covered_to) gap_max = std::max(gap_max, start - covered_to);
+    if (start > covered_to) {
+      gap_max = std::max(gap_max, start - covered_to);
+      idle[last_name + " -> " + a.name] += start - covered_to;
+    }
     if (end > covered_to) {
       busy += end - std::max(start, covered_to);
       covered_to = end;
+      last_name = a.name;
     }
   }
-  if (window_end > covered_to) gap_max = std::max(gap_max, window_end - covered_to);
+  if (window_end > covered_to) {
+    gap_max = std::max(gap_max, window_end - covered_to);
+    idle[last_name + " -> (window end)"] += window_end - covered_to;
+  }
+  for (const auto& [names, ns] : idle) {
+    summary.idle_by_neighbours.emplace_back(names, ns * 1e-3 / summary.steps);
+  }
+  std::sort(summary.idle_by_neighbours.begin(), summary.idle_by_neighbours.end(),
+            [](const auto& a, const auto& b) { return a.second > b.second; });
+  if (summary.idle_by_neighbours.size() > DeviceTraceSummary::kIdleCauses) {
+    summary.idle_by_neighbours.resize(DeviceTraceSummary::kIdleCauses);
+  }
   summary.busy_ms = busy * 1e-6;
   summary.busy_fraction = static_cast<double>(busy) / (window_end - window_start);
   summary.max_gap_us = gap_max * 1e-3;

@@ -1,14 +1,16 @@
 // End-to-end long-context engine benchmark, dense against hybrid, on any backend:
 //  * time to first token of one prompt of N tokens, prefilled in chunks as the scheduler
 //    runs it, ending with the first sampled token on the host;
-//  * decode milliseconds per step at batch 1 and 8 with every sequence holding N tokens
+//  * decode milliseconds per step (the mean; the median too in the JSON) at batch 1 and 8
+//    with every sequence holding N tokens
 //    (the first sequence's KV is prefilled once, then imported into distinct pages for
 //    the others, so no two sequences share memory);
 //  * beside dense decode, the time to read the weights and the KV of one step once at
 //    --bandwidth_gbs;
 //  * where the build can trace the device (CUDA, CUPTI), --trace_steps more decode steps
 //    traced: the fraction of their wall time the device was busy and its idle time
-//    between steps ("busy", "gap us").
+//    between steps ("busy", "gap us"), and the JSON attributes idle time to the pairs of
+//    activities around it.
 // The model is synthetic (seeded random weights) at a named geometry, Llama-3-8B by
 // default. Hybrid mode: streaming heads from the Llama-3-8B-Instruct-Gradient-1048k
 // pattern in ../shared at ratio 0.5 (a seeded choice for other geometries or
@@ -98,11 +100,16 @@ std::vector<StepInput> DecodeInputs(const Engine& engine, int batch, int step) {
   return inputs;
 }
 
-// Median milliseconds of a decode step over sequences 0 .. batch - 1, after `warmup`
-// untimed steps (enough for every recurring step shape to be captured as a graph: page
-// selection recurs every reuse_interval steps, and each shape is captured on its second
-// run).
-double DecodeStepMs(Engine& engine, int batch, int warmup, int steps) {
+struct DecodeStepTimes {
+  double mean_ms = 0;  // what a token costs on average: page selection recurs in some steps
+  double median_ms = 0;
+};
+
+// Milliseconds of a decode step over sequences 0 .. batch - 1, after `warmup` untimed
+// steps (enough for every recurring step shape to be captured as a graph: page selection
+// recurs every reuse_interval steps, and each shape is captured on its second run). Keep
+// `steps` a multiple of the reuse interval so that the mean weighs its steps fairly.
+DecodeStepTimes TimeDecodeSteps(Engine& engine, int batch, int warmup, int steps) {
   std::vector<double> ms;
   for (int s = 0; s < warmup + steps; ++s) {
     std::vector<StepInput> inputs = DecodeInputs(engine, batch, s);
@@ -110,8 +117,11 @@ double DecodeStepMs(Engine& engine, int batch, int warmup, int steps) {
     Check(engine.Step(inputs).status(), "decode step");
     if (s >= warmup) ms.push_back(Ms(start));
   }
+  DecodeStepTimes times;
+  for (double m : ms) times.mean_ms += m / ms.size();
   std::sort(ms.begin(), ms.end());
-  return ms[ms.size() / 2];
+  times.median_ms = ms[ms.size() / 2];
+  return times;
 }
 
 // `steps` more decode steps back to back under the device tracer (untimed, since tracing
@@ -137,7 +147,8 @@ nlohmann::json TraceDecodeSteps(Engine& engine, int batch, int steps) {
           {"busy_fraction", summary->busy_fraction},
           {"max_gap_us", summary->max_gap_us},
           {"mean_step_gap_us", summary->mean_step_gap_us},
-          {"max_step_gap_us", summary->max_step_gap_us}};
+          {"max_step_gap_us", summary->max_step_gap_us},
+          {"idle_us_per_step_by_neighbours", summary->idle_by_neighbours}};
 }
 
 struct Setup {
@@ -252,19 +263,20 @@ int Main(int argc, char** argv) {
           row["error"] = fits.ToString();
           --imported;
         } else {
-          const double decode =
-              DecodeStepMs(**engine, static_cast<int>(batch), warmup_steps, steps);
+          const DecodeStepTimes decode =
+              TimeDecodeSteps(**engine, static_cast<int>(batch), warmup_steps, steps);
           nlohmann::json trace =
               trace_steps > 0 ? TraceDecodeSteps(**engine, static_cast<int>(batch), trace_steps)
                               : nlohmann::json();
           std::printf("%8lld %7s %6lld %10.1f %12.2f %14.2f", (long long)context, mode.c_str(),
-                      (long long)batch, ttft, decode, read_once);
+                      (long long)batch, ttft, decode.mean_ms, read_once);
           if (trace.is_object()) {
             std::printf(" %5.1f%% %9.1f", 100 * trace["busy_fraction"].get<double>(),
                         trace["mean_step_gap_us"].get<double>());
           }
           std::printf("\n");
-          row["decode_step_ms"] = decode;
+          row["decode_step_ms"] = decode.mean_ms;
+          row["decode_step_median_ms"] = decode.median_ms;
           row["device_trace"] = trace;
           const ReplayCounters replays = (*engine)->backend().replay_counters();
           row["replay"] = {{"eager", replays.eager},

@@ -84,6 +84,13 @@ class Backend {
   virtual absl::StatusOr<BackendTensor> UploadWeights(const float* host, int64_t elements) = 0;
   // Waits for queued work and reports asynchronous errors.
   virtual absl::Status Synchronize() = 0;
+  // Synchronize, then `bytes` of backend memory at `src` into host memory at `dst`: what a
+  // step reads back at its end (a device backend queues the copy behind the step's work,
+  // so the host waits once).
+  virtual absl::Status SynchronizeAndRead(void* dst, const void* src, size_t bytes) {
+    if (absl::Status status = Synchronize(); !status.ok()) return status;
+    return memory()->CopyToHost(dst, src, bytes);
+  }
   // Marks for the layers of a step (QueueMarks); the default suits a backend whose ops
   // have finished when they return.
   virtual absl::StatusOr<std::unique_ptr<QueueMarks>> NewQueueMarks(int count) {

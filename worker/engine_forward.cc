@@ -209,8 +209,8 @@ absl::Status Engine::Forward(const std::vector<StepInput>& batch, std::vector<St
     RETURN_IF_ERROR(be->Sample({logits, num_samples, vocab, rows_device, words,
                                 reinterpret_cast<float*>(words + n), 20, words + 2 * n,
                                 reinterpret_cast<float*>(words + 22 * n)}));
-    RETURN_IF_ERROR(be->Synchronize());
-    RETURN_IF_ERROR(memory->CopyToHost(sampled.data(), words, sampled.size() * sizeof(int32_t)));
+    RETURN_IF_ERROR(
+        be->SynchronizeAndRead(sampled.data(), words, sampled.size() * sizeof(int32_t)));
   }
   RETURN_IF_ERROR(be->Synchronize());
   for (size_t b = 0; b < batch.size(); ++b) {

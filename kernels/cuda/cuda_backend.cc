@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <memory>
 #include <string_view>
 #include <utility>
@@ -90,6 +91,7 @@ class CudaBackend final : public Backend {
   ~CudaBackend() override {
     graphs_.Clear();
     if (stream_ != nullptr) cudaStreamDestroy(stream_);
+    if (read_back_ != nullptr) cudaFreeHost(read_back_);
   }
   // A stream of its own, since the legacy default stream cannot be captured into a graph;
   // a blocking one, so the synchronous copies of DeviceMemory() stay ordered with it.
@@ -154,12 +156,23 @@ class CudaBackend final : public Backend {
     return tensor;
   }
   absl::Status Synchronize() override {
-    if (recording_) {
-      recording_ = false;
-      // Staged arrays reach the device even when no op followed them.
-      RETURN_IF_ERROR(tape_.empty() ? staging_.Upload(stream_) : RunSegment());
-    }
+    RETURN_IF_ERROR(EndRecording());
     return SynchronizeStream(stream_);
+  }
+  absl::Status SynchronizeAndRead(void* dst, const void* src, size_t bytes) override {
+    RETURN_IF_ERROR(EndRecording());
+    if (bytes > read_back_bytes_) {
+      if (read_back_ != nullptr) cudaFreeHost(read_back_);
+      read_back_ = nullptr;
+      read_back_bytes_ = 0;
+      RETURN_IF_ERROR(CudaStatus(cudaMallocHost(&read_back_, bytes), "cudaMallocHost"));
+      read_back_bytes_ = bytes;
+    }
+    RETURN_IF_ERROR(CudaStatus(
+        cudaMemcpyAsync(read_back_, src, bytes, cudaMemcpyDeviceToHost, stream_), "read-back"));
+    RETURN_IF_ERROR(SynchronizeStream(stream_));
+    std::memcpy(dst, read_back_, bytes);
+    return absl::OkStatus();
   }
 
   absl::StatusOr<std::unique_ptr<QueueMarks>> NewQueueMarks(int count) override {
@@ -194,11 +207,19 @@ class CudaBackend final : public Backend {
   ReplayCounters replay_counters() const override { return graphs_.counters(); }
 
  private:
+  // Runs what a replayable step recorded last; staged arrays reach the device even when
+  // no op followed them.
+  absl::Status EndRecording() {
+    if (!recording_) return absl::OkStatus();
+    recording_ = false;
+    return tape_.empty() ? staging_.Upload(stream_) : RunSegment();
+  }
   // Records the op in a replayable step, running each full segment, else launches it.
   absl::Status Submit(RecordedOp op) {
     if (!recording_) return Launch(op);
     tape_.push_back(std::move(op));
-    return tape_.size() < kSegmentOps ? absl::OkStatus() : RunSegment();
+    const size_t ops = segment_ == 0 ? kFirstSegmentOps : kSegmentOps;
+    return tape_.size() < ops ? absl::OkStatus() : RunSegment();
   }
   absl::Status RunSegment() {
     if (staging_.generation() != staging_generation_) {
@@ -277,11 +298,15 @@ class CudaBackend final : public Backend {
   StagingArena staging_{DeviceMemory()};
   // Ops per segment of a replayable step: four layers of a Llama decode step.
   static constexpr size_t kSegmentOps = 36;
+  // The first segment is about one layer, so the device starts while the host records on.
+  static constexpr size_t kFirstSegmentOps = 10;
   bool recording_ = false;  // in a replayable step: ops go to tape_
   StepTape tape_;           // the segment being recorded
   int segment_ = 0;
   StepGraphCache graphs_;
   int64_t staging_generation_ = 0;
+  void* read_back_ = nullptr;  // pinned host memory of SynchronizeAndRead
+  size_t read_back_bytes_ = 0;
 };
 
 }  // namespace

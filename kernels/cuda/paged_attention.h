@@ -31,8 +31,11 @@ struct DecodeLaunch {
   size_t workspace_bytes = 0;
 };
 // Chooses the split count from the work: enough CTAs to fill `num_sms` SMs a few times
-// over, each split at least 256 keys long. Uses the host hints params.tables.max_kv_len.
-DecodeLaunch PlanDecode(const PagedAttentionParams& params, int num_sms);
+// over, each split at least `min_split_keys` keys long. Uses the host hints
+// params.max_keys or params.tables.max_kv_len.
+inline constexpr int kDecodeMinSplitKeys = 128;
+DecodeLaunch PlanDecode(const PagedAttentionParams& params, int num_sms,
+                        int min_split_keys = kDecodeMinSplitKeys);
 
 // Decode attention: every sequence has one query row (params.tables.max_queries must be
 // 1). Dense heads read every page, or the selected pages when a selection is set;

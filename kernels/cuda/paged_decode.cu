@@ -22,11 +22,9 @@ namespace {
 
 using internal::DecodeArgs;
 
-constexpr int kMinKeysPerSplit = 256;
-
 }  // namespace
 
-DecodeLaunch PlanDecode(const PagedAttentionParams& p, int num_sms) {
+DecodeLaunch PlanDecode(const PagedAttentionParams& p, int num_sms, int min_split_keys) {
   DecodeLaunch launch;
   // CTAs in one wave of the GPU, and the CTAs of one split.
   const int64_t wave =
@@ -38,7 +36,7 @@ DecodeLaunch PlanDecode(const PagedAttentionParams& p, int num_sms) {
   const int heads = per_query_head ? p.num_q_heads : p.kv.num_kv_heads;
   const int64_t units = int64_t{std::max(1, p.tables.num_seqs)} * std::max(1, heads);
   const int64_t keys = p.max_keys > 0 ? p.max_keys : p.tables.max_kv_len;
-  const int64_t longest = std::clamp<int64_t>(keys / kMinKeysPerSplit, 1, 128);
+  const int64_t longest = std::clamp<int64_t>(keys / std::max(1, min_split_keys), 1, 128);
   // The fewest splits whose last wave is nearly full (the wave efficiency of FA3's
   // heuristic): efficiency = CTAs / (waves * wave), at least 0.9 of the best.
   auto efficiency = [&](int64_t splits) {

@@ -351,7 +351,8 @@ absl::Status MapPools(const PagedKvLayer& kv, Sm90Args* args, PoolMaps* maps) {
     return absl::OkStatus();
   }
   for (auto [pool, map] : {std::pair{&kv.dense, &maps->dense}, {&kv.streaming, &maps->streaming}}) {
-    if (pool->base == nullptr) continue;
+    // A layer without heads of a kind has no pages of it (stride 0) and never reads them.
+    if (pool->base == nullptr || pool->num_heads == 0 || pool->page_stride == 0) continue;
     ASSIGN_OR_RETURN(*map, EncodePoolTensorMap(*pool, kv.head_dim, kv.page_size));
   }
   args->tensor_copies = 1;

@@ -74,15 +74,40 @@ struct Shared {
   int32_t chosen;
 };
 
-// The largest logit not among `excluded` (lowest id on ties).
+// The largest logit not among `excluded` (lowest id on ties). The row is read as 16-byte
+// chunks, kLoadsInFlight of them per thread before any compare (one block reads the
+// whole row, so its loads must overlap), between scalar reads of the unaligned ends.
 __device__ BestLogit ArgMax(const float* logits, int vocab, const int32_t* excluded, int n,
                             Shared& s) {
+  constexpr int kLoadsInFlight = 8;
   BestLogit best{-INFINITY, vocab};
-  for (int i = threadIdx.x; i < vocab; i += kThreads) {
+  auto consider = [&](float value, int i) {
     bool skip = false;
     for (int e = 0; e < n; ++e) skip = skip || excluded[e] == i;
-    if (!skip) best = BetterLogit()(best, BestLogit{logits[i], i});
+    if (!skip) best = BetterLogit()(best, BestLogit{value, i});
+  };
+  const int head =
+      min(vocab, static_cast<int>((16 - reinterpret_cast<uintptr_t>(logits) % 16) % 16 / 4));
+  const int quads = (vocab - head) / 4;
+  const float4* body = reinterpret_cast<const float4*>(logits + head);
+  for (int i = threadIdx.x; i < head; i += kThreads) consider(logits[i], i);
+  for (int q0 = threadIdx.x; q0 < quads; q0 += kThreads * kLoadsInFlight) {
+    float4 v[kLoadsInFlight];
+#pragma unroll
+    for (int u = 0; u < kLoadsInFlight; ++u) {
+      if (q0 + u * kThreads < quads) v[u] = body[q0 + u * kThreads];
+    }
+#pragma unroll
+    for (int u = 0; u < kLoadsInFlight; ++u) {
+      if (q0 + u * kThreads >= quads) break;
+      const int i = head + 4 * (q0 + u * kThreads);
+      consider(v[u].x, i);
+      consider(v[u].y, i + 1);
+      consider(v[u].z, i + 2);
+      consider(v[u].w, i + 3);
+    }
   }
+  for (int i = head + 4 * quads + threadIdx.x; i < vocab; i += kThreads) consider(logits[i], i);
   const BestLogit result = Reduce(s.temp.reduce).Reduce(best, BetterLogit());
   if (threadIdx.x == 0) s.best = result;
   __syncthreads();

@@ -46,6 +46,27 @@ TEST(DeviceTraceSummaryTest, AStepThatLagsItsMarkCountsNoNegativeGap) {
   EXPECT_DOUBLE_EQ(s.busy_fraction, 1.0);
 }
 
+TEST(DeviceTraceSummaryTest, IdleTimeIsAttributedToTheActivitiesAroundIt) {
+  // Two steps: gemm 0-100, idle 40, copy 140-150, idle 10, attention 160-200 | gemm
+  // 200-300, idle 40, copy 340-350, attention 350-400. The copy overlapping the gemm's end
+  // in step 1 (290-295) ends no idle stretch.
+  const DeviceTraceSummary s = SummarizeDeviceActivity({{0, 100, true, "gemm"},
+                                                        {140, 150, false, "copy HtoD"},
+                                                        {160, 200, true, "attention"},
+                                                        {200, 300, true, "gemm"},
+                                                        {290, 295, false, "copy HtoD"},
+                                                        {340, 350, false, "copy HtoD"},
+                                                        {350, 400, true, "attention"}},
+                                                       {0, 200}, 420);
+  ASSERT_EQ(s.idle_by_neighbours.size(), 3u);
+  EXPECT_EQ(s.idle_by_neighbours[0].first, "gemm -> copy HtoD");
+  EXPECT_DOUBLE_EQ(s.idle_by_neighbours[0].second, 0.08 / 2);  // 80 ns over 2 steps
+  EXPECT_EQ(s.idle_by_neighbours[1].first, "attention -> (window end)");
+  EXPECT_DOUBLE_EQ(s.idle_by_neighbours[1].second, 0.02 / 2);
+  EXPECT_EQ(s.idle_by_neighbours[2].first, "copy HtoD -> attention");
+  EXPECT_DOUBLE_EQ(s.idle_by_neighbours[2].second, 0.01 / 2);
+}
+
 TEST(DeviceTraceSummaryTest, AnEmptyWindowSummarizesToZeros) {
   const DeviceTraceSummary s = SummarizeDeviceActivity({{0, 10, true}}, {}, 100);
   EXPECT_EQ(s.steps, 0);

@@ -187,22 +187,27 @@ absl::Status HybridAttention::SelectOnHost(int layer, const AttentionPlan& plan,
 
 absl::Status HybridAttention::SelectOnDevice(int layer, const AttentionPlan& plan, QueryRows q) {
   const auto batch = plan.batch();
-  const int keys_per_layer =
-      config_.scoring == PageScoring::kPerKvHead ? store_->config().num_kv_heads : num_q_heads_;
-  selection_slot_.assign(batch.size() * num_q_heads_, -1);
+  const int group = num_q_heads_ / store_->config().num_kv_heads;
+  const bool per_kv = config_.scoring == PageScoring::kPerKvHead;
+  const int keys_per_layer = per_kv ? store_->config().num_kv_heads : num_q_heads_;
   job_rows_.resize(jobs_.size());
   for (const Selection& sel : selections_) {
-    const AttentionSequence& s = batch[sel.b];
-    ASSIGN_OR_RETURN(const int32_t first_row, device_rows_->FirstRow(s.seq));
-    const int32_t row = first_row + layer * keys_per_layer + sel.key;
+    ASSIGN_OR_RETURN(const int32_t first_row, device_rows_->FirstRow(batch[sel.b].seq));
     if (sel.job >= 0) {
-      selector_.MarkComputed(s.seq, layer, sel.key, s.decode_step);
-      job_rows_[sel.job] = row;
+      selector_.MarkComputed(batch[sel.b].seq, layer, sel.key, batch[sel.b].decode_step);
+      job_rows_[sel.job] = first_row + layer * keys_per_layer + sel.key;
     } else {
       selector_.CountReuse();
     }
-    for (int h = sel.first_q_head; h < sel.first_q_head + sel.num_q_heads; ++h) {
-      selection_slot_[sel.b * num_q_heads_ + h] = row;
+  }
+  // Every head of a selecting sequence gets its slot, streaming heads too (attention never
+  // reads a streaming head's selection), so the slots do not depend on the layer's pattern.
+  selection_slot_.assign(batch.size() * num_q_heads_, -1);
+  for (size_t b = 0; b < batch.size(); ++b) {
+    if (!plan.selects(b)) continue;
+    ASSIGN_OR_RETURN(const int32_t first_row, device_rows_->FirstRow(batch[b].seq));
+    for (int h = 0; h < num_q_heads_; ++h) {
+      selection_slot_[b * num_q_heads_ + h] = first_row + (per_kv ? h / group : h);
     }
   }
   if (!jobs_.empty()) {
@@ -220,7 +225,10 @@ absl::Status HybridAttention::SelectOnDevice(int layer, const AttentionPlan& pla
     params.selected_stride = device_rows_->stride();
     RETURN_IF_ERROR(backend_->SelectPages(params));
   }
-  ASSIGN_OR_RETURN(selection_slot_device_, StageVector(backend_, selection_slot_));
+  if (selection_slot_device_ == nullptr || selection_slot_ != staged_selection_slot_) {
+    ASSIGN_OR_RETURN(selection_slot_device_, StageVector(backend_, selection_slot_));
+    staged_selection_slot_ = selection_slot_;
+  }
   return absl::OkStatus();
 }
 
@@ -233,7 +241,8 @@ absl::Status HybridAttention::Run(int layer, const AttentionPlan& plan, const vo
     return absl::InvalidArgumentError("attention: q_row_stride is below a row's width");
   }
   if (layer == 0) {
-    retired_scores_.clear();  // the previous step has finished
+    retired_scores_.clear();           // the previous step has finished
+    selection_slot_device_ = nullptr;  // staged arrays last one step
     // Every selecting sequence gets its selection rows before any op of the step names
     // the row buffers: growing them later would free buffers that ops recorded earlier in
     // a replayable step still name.
@@ -255,9 +264,13 @@ absl::Status HybridAttention::Run(int layer, const AttentionPlan& plan, const vo
   params.sink = config_.sink;
   params.local = plan.local();
   if (plan.any_selects() && device_rows_ != nullptr) {
+    // The layer's rows: slots count from its first one.
+    const int64_t first_row_of_layer =
+        int64_t{layer} *
+        (config_.scoring == PageScoring::kPerKvHead ? c.num_kv_heads : num_q_heads_);
     params.selection_slot = selection_slot_device_;
-    params.selection_counts = device_rows_->counts();
-    params.selected_pages = device_rows_->pages();
+    params.selection_counts = device_rows_->counts() + first_row_of_layer;
+    params.selected_pages = device_rows_->pages() + first_row_of_layer * device_rows_->stride();
     params.selection_stride = device_rows_->stride();
   } else if (plan.any_selects()) {
     params.selection_begin = selection_begin_device_;

@@ -96,7 +96,10 @@ class HybridAttention {
   std::vector<Selection> selections_;
   std::vector<PageScoreJob> jobs_;
   std::vector<int32_t> job_rows_;
+  // Slots relative to the layer's first selection row (the attention params' row arrays
+  // start there), so every layer of a step has the same slots and stages them once.
   std::vector<int32_t> selection_slot_;
+  std::vector<int32_t> staged_selection_slot_;  // what selection_slot_device_ holds this step
   const int32_t* selection_slot_device_ = nullptr;
   std::vector<float> scores_;
   Buffer scores_device_;

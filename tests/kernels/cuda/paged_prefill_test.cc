@@ -46,7 +46,14 @@ KvStoreConfig StoreConfig(const PrefillCase& c) {
   if (c.streaming_ratio > 0.0 && c.streaming_ratio < 1.0) {
     for (int h = 1; h < c.num_kv_heads; h += 2) streaming[h] = true;
   }
-  config.layout = HeadLayout::FromStreamingMask({streaming});
+  // With one kind of head only, a second (unused) layer of the other kind gives the
+  // attended layer 0 a pool of that kind with pages but no rows of its own, as a model
+  // whose layers differ in their streaming heads has.
+  std::vector<bool> complement(c.num_kv_heads, c.streaming_ratio < 1.0);
+  const bool one_kind = c.streaming_ratio <= 0.0 || c.streaming_ratio >= 1.0;
+  config.layout = one_kind ? HeadLayout::FromStreamingMask({streaming, complement})
+                           : HeadLayout::FromStreamingMask({streaming});
+  config.num_layers = one_kind ? 2 : 1;
   config.prefill_local = c.prefill_local;
   return config;
 }
