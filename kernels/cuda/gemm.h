@@ -35,7 +35,9 @@ class GemmRunner {
 // once: one warp per one to four rows of w, 16-byte loads kept in flight, x from cache.
 // Needs bf16 x and w, k a multiple of 8 and 16-byte aligned x and w (SkinnyGemmSupported);
 // y bf16 or float32, bias added. Variants 0 .. SkinnyGemmVariants() - 1 differ in rows of
-// w per warp and loads in flight; GemmRunner times each beside cuBLASLt's candidates.
+// w per warp and loads in flight; on sm_90 the last one streams w by bulk copies through
+// shared memory instead (skinny_gemm_bulk.cu). GemmRunner times each beside cuBLASLt's
+// candidates.
 inline constexpr int64_t kSkinnyGemmMaxRows = 8;
 bool SkinnyGemmSupported(const GemmParams& params);
 int SkinnyGemmVariants();

@@ -9,21 +9,14 @@
 #include "kernels/cuda/chained_launch.cuh"
 #include "kernels/cuda/cuda_status.h"
 #include "kernels/cuda/gemm.h"
+#include "kernels/cuda/skinny_gemm_args.h"
 
 namespace lserve::cuda {
 namespace {
 
-constexpr int kWarpsPerBlock = 4;
+using internal::SkinnyArgs;
 
-struct SkinnyArgs {
-  const uint16_t* x;
-  const uint16_t* w;
-  const uint16_t* bias;
-  void* y;
-  int m;
-  int64_t n;
-  int64_t k;
-};
+constexpr int kWarpsPerBlock = 4;
 
 // The shapes the runner times: rows of w per warp (each x chunk loaded serves them all) and
 // 16-byte chunks of each row in flight per lane.
@@ -177,6 +170,9 @@ absl::Status LaunchVariant(const SkinnyArgs& args, bool f32_out, bool silu_mul, 
   if (variant < 0 || variant >= SkinnyGemmVariants()) {
     return absl::InvalidArgumentError(absl::StrCat("skinny GEMM: no variant ", variant));
   }
+  if (variant == static_cast<int>(std::size(kVariants))) {
+    return internal::LaunchSkinnyGemmBulk(args, f32_out, silu_mul, s);
+  }
   switch (variant) {
     case 0:
       LaunchForRows<kVariants[0].w_rows, kVariants[0].unroll>(args, f32_out, silu_mul, s);
@@ -202,7 +198,11 @@ bool SkinnyGemmSupported(const GemmParams& p) {
          internal::IsAligned16(p.x) && internal::IsAligned16(p.w);
 }
 
-int SkinnyGemmVariants() { return static_cast<int>(std::size(kVariants)); }
+// The register-loading variants, then on sm_90 the bulk-copy one.
+int SkinnyGemmVariants() {
+  static const bool bulk = internal::SkinnyGemmBulkAvailable();
+  return static_cast<int>(std::size(kVariants)) + (bulk ? 1 : 0);
+}
 
 absl::Status SkinnyGemm(const GemmParams& p, void* stream, int variant) {
   if (!SkinnyGemmSupported(p)) {
