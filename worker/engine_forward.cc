@@ -211,8 +211,9 @@ absl::Status Engine::Forward(const std::vector<StepInput>& batch, std::vector<St
                                 reinterpret_cast<float*>(words + 22 * n)}));
     RETURN_IF_ERROR(
         be->SynchronizeAndRead(sampled.data(), words, sampled.size() * sizeof(int32_t)));
+  } else {
+    RETURN_IF_ERROR(be->Synchronize());
   }
-  RETURN_IF_ERROR(be->Synchronize());
   for (size_t b = 0; b < batch.size(); ++b) {
     StepOutput& out = (*outputs)[b];
     const StepInput& input = batch[b];

@@ -51,4 +51,26 @@ bool ChainedLaunchEnabled() {
   return known == 2;
 }
 
+bool IsSm90Device(int device) {
+  int major = 0;
+  int minor = 0;
+  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return false;
+  }
+  return major == 9 && minor == 0;
+}
+
+int CurrentDeviceMultiprocessors() {
+  static const int count = [] {
+    int device = 0;
+    int sms = 132;
+    (void)cudaGetDevice(&device);
+    (void)cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+    return sms;
+  }();
+  return count;
+}
+
 }  // namespace lserve::cuda

@@ -22,6 +22,13 @@ absl::StatusOr<bool> StreamIsCapturing(void* stream);
 // compute capability 9.0 or later, unless LSERVE_PDL=0.
 bool ChainedLaunchEnabled();
 
+// Whether `device` is of compute capability 9.0, where the sm_90a kernels (wgmma, tensor
+// and bulk copies) run. False when it cannot be read (leaving no pending error).
+bool IsSm90Device(int device);
+
+// Multiprocessors of the current device, read once per process (132 when unreadable).
+int CurrentDeviceMultiprocessors();
+
 }  // namespace lserve::cuda
 
 #endif  // LSERVE_KERNELS_CUDA_DEVICE_H_

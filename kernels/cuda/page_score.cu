@@ -393,14 +393,7 @@ absl::Status ScorePages(const ScorePagesParams& p, void* stream) {
   }
   // One wave of blocks in all, each looping over its share of the tiles, so the per-block
   // set-up (finding the group, loading its queries) is paid once per resident block.
-  static const int sms = [] {
-    int device = 0;
-    int count = 132;
-    (void)cudaGetDevice(&device);
-    (void)cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device);
-    return count;
-  }();
-  const int64_t resident = int64_t{sms} * blocks_per_sm;
+  const int64_t resident = int64_t{CurrentDeviceMultiprocessors()} * blocks_per_sm;
   const int pages_per_tile = kScoreTilePages / logical_per_page;
   const int64_t pages = (int64_t{p.tables.max_kv_len} + p.kv.page_size - 1) / p.kv.page_size;
   const int64_t per_job_cap = std::max<int64_t>(1, resident / p.num_jobs);

@@ -26,6 +26,7 @@
 #include "common/status_macros.h"
 #include "kernels/cuda/bf16_vec.cuh"
 #include "kernels/cuda/cuda_status.h"
+#include "kernels/cuda/device.h"
 #include "kernels/cuda/mma_sm80.cuh"
 #include "kernels/cuda/paged_kv.cuh"
 #include "kernels/cuda/paged_prefill_sm90.cuh"
@@ -376,16 +377,7 @@ absl::Status Launch(const Sm90Args& args, const PoolMaps& maps, int num_sms, cud
 
 }  // namespace prefill_sm90
 
-bool PrefillSm90Supported(int device) {
-  int major = 0;
-  int minor = 0;
-  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess) {
-    (void)cudaGetLastError();
-    return false;
-  }
-  return major == 9 && minor == 0;
-}
+bool PrefillSm90Supported(int device) { return IsSm90Device(device); }
 
 absl::Status PagedPrefillAttentionSm90(const PagedAttentionParams& p, void* workspace, int num_sms,
                                        void* stream) {

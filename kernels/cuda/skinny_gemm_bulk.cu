@@ -167,14 +167,6 @@ __global__ void __launch_bounds__(kBulkThreads, 1) SkinnyGemmBulkKernel(SkinnyAr
 #endif
 }
 
-int MultiprocessorCount() {
-  int device = 0;
-  int count = 132;
-  (void)cudaGetDevice(&device);
-  (void)cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device);
-  return count;
-}
-
 template <int kMaxM, bool kF32Out, bool kSiluMul>
 absl::Status Launch(const SkinnyArgs& a, cudaStream_t stream) {
   constexpr auto kernel = SkinnyGemmBulkKernel<kMaxM, kF32Out, kSiluMul>;
@@ -182,7 +174,7 @@ absl::Status Launch(const SkinnyArgs& a, cudaStream_t stream) {
   static const cudaError_t configured =
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSharedBytes);
   if (configured != cudaSuccess) return CudaStatus(configured, "configuring SkinnyGemmBulkKernel");
-  static const int sms = MultiprocessorCount();
+  const int sms = CurrentDeviceMultiprocessors();
   const int64_t tiles = (a.n + kOutputsPerTile<kSiluMul> - 1) / kOutputsPerTile<kSiluMul>;
   const unsigned grid = static_cast<unsigned>(std::clamp<int64_t>(tiles, 1, sms));
   LaunchChained(kernel, dim3(grid), dim3(kBulkThreads), kSharedBytes, stream, a);
@@ -199,15 +191,11 @@ absl::Status LaunchForKind(const SkinnyArgs& a, bool f32_out, bool silu_mul, cud
 
 bool SkinnyGemmBulkAvailable() {
   int device = 0;
-  int major = 0;
-  int minor = 0;
-  if (cudaGetDevice(&device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess) {
+  if (cudaGetDevice(&device) != cudaSuccess) {
     (void)cudaGetLastError();
     return false;
   }
-  return major == 9 && minor == 0;
+  return IsSm90Device(device);
 }
 
 absl::Status LaunchSkinnyGemmBulk(const SkinnyArgs& args, bool f32_out, bool silu_mul,

@@ -185,21 +185,16 @@ absl::Status HybridAttention::SelectOnHost(int layer, const AttentionPlan& plan,
   return absl::OkStatus();
 }
 
+int32_t HybridAttention::FirstSelectionRowOfLayer(int layer) const {
+  const int keys_per_layer =
+      config_.scoring == PageScoring::kPerKvHead ? store_->config().num_kv_heads : num_q_heads_;
+  return layer * keys_per_layer;
+}
+
 absl::Status HybridAttention::SelectOnDevice(int layer, const AttentionPlan& plan, QueryRows q) {
   const auto batch = plan.batch();
   const int group = num_q_heads_ / store_->config().num_kv_heads;
   const bool per_kv = config_.scoring == PageScoring::kPerKvHead;
-  const int keys_per_layer = per_kv ? store_->config().num_kv_heads : num_q_heads_;
-  job_rows_.resize(jobs_.size());
-  for (const Selection& sel : selections_) {
-    ASSIGN_OR_RETURN(const int32_t first_row, device_rows_->FirstRow(batch[sel.b].seq));
-    if (sel.job >= 0) {
-      selector_.MarkComputed(batch[sel.b].seq, layer, sel.key, batch[sel.b].decode_step);
-      job_rows_[sel.job] = first_row + layer * keys_per_layer + sel.key;
-    } else {
-      selector_.CountReuse();
-    }
-  }
   // Every head of a selecting sequence gets its slot, streaming heads too (attention never
   // reads a streaming head's selection), so the slots do not depend on the layer's pattern.
   selection_slot_.assign(batch.size() * num_q_heads_, -1);
@@ -208,6 +203,16 @@ absl::Status HybridAttention::SelectOnDevice(int layer, const AttentionPlan& pla
     ASSIGN_OR_RETURN(const int32_t first_row, device_rows_->FirstRow(batch[b].seq));
     for (int h = 0; h < num_q_heads_; ++h) {
       selection_slot_[b * num_q_heads_ + h] = first_row + (per_kv ? h / group : h);
+    }
+  }
+  job_rows_.resize(jobs_.size());
+  for (const Selection& sel : selections_) {
+    if (sel.job >= 0) {
+      selector_.MarkComputed(batch[sel.b].seq, layer, sel.key, batch[sel.b].decode_step);
+      job_rows_[sel.job] = FirstSelectionRowOfLayer(layer) +
+                           selection_slot_[sel.b * num_q_heads_ + sel.first_q_head];
+    } else {
+      selector_.CountReuse();
     }
   }
   if (!jobs_.empty()) {
@@ -265,9 +270,7 @@ absl::Status HybridAttention::Run(int layer, const AttentionPlan& plan, const vo
   params.local = plan.local();
   if (plan.any_selects() && device_rows_ != nullptr) {
     // The layer's rows: slots count from its first one.
-    const int64_t first_row_of_layer =
-        int64_t{layer} *
-        (config_.scoring == PageScoring::kPerKvHead ? c.num_kv_heads : num_q_heads_);
+    const int64_t first_row_of_layer = FirstSelectionRowOfLayer(layer);
     params.selection_slot = selection_slot_device_;
     params.selection_counts = device_rows_->counts() + first_row_of_layer;
     params.selected_pages = device_rows_->pages() + first_row_of_layer * device_rows_->stride();

@@ -79,6 +79,8 @@ class HybridAttention {
   absl::Status ScoreJobs(int layer, const AttentionPlan& plan, QueryRows q, float* scores);
   // Host-visible memory: top-k on the host, selections kept by selector_.
   absl::Status SelectOnHost(int layer, const AttentionPlan& plan, QueryRows q);
+  // Offset of a layer's rows within a sequence's block of selection rows.
+  int32_t FirstSelectionRowOfLayer(int layer) const;
   // Device memory: top-k on the device into device_rows_, no copy to the host.
   absl::Status SelectOnDevice(int layer, const AttentionPlan& plan, QueryRows q);
 
