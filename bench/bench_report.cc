@@ -6,6 +6,9 @@
 #include <fstream>
 #include <thread>
 
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_split.h"
+
 namespace lserve::bench {
 namespace {
 
@@ -29,6 +32,19 @@ std::string FlagValue(int argc, char** argv, const std::string& name, const std:
     if (arg.rfind(prefix, 0) == 0) return arg.substr(prefix.size());
   }
   return fallback;
+}
+
+std::vector<int64_t> IntList(const std::string& text, const char* program) {
+  std::vector<int64_t> values;
+  for (absl::string_view part : absl::StrSplit(text, ',', absl::SkipEmpty())) {
+    int64_t value = 0;
+    if (!absl::SimpleAtoi(part, &value) || value <= 0) {
+      std::fprintf(stderr, "%s: bad number '%s'\n", program, std::string(part).c_str());
+      std::exit(2);
+    }
+    values.push_back(value);
+  }
+  return values;
 }
 
 nlohmann::json Provenance(int argc, char** argv) {

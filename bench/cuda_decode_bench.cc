@@ -164,7 +164,7 @@ int main(int argc, char** argv) {
   const std::string json_path = FlagValue(argc, argv, "json");
   const bool quick = FlagValue(argc, argv, "quick") == "1";
   // --scatter=0 lays each sequence's pages out in order (the paging cost in isolation);
-  // --batch=N, --keys=N, --hybrid=0 narrow the sweep (e.g. for a profiler).
+  // --batch=N[,N...], --keys=N[,N...], --hybrid=0 narrow the sweep (e.g. for a profiler).
   const bool scatter = FlagValue(argc, argv, "scatter", "1") == "1";
   const bool run_hybrid = FlagValue(argc, argv, "hybrid", "1") == "1";
   const std::string only_batch = FlagValue(argc, argv, "batch");
@@ -183,11 +183,15 @@ int main(int argc, char** argv) {
   nlohmann::json report = Provenance(argc, argv);
   report["gpu"] = prop.name;
   std::vector<int> batches = {1, 8, 32};
-  if (!only_batch.empty()) batches = {std::stoi(only_batch)};
+  if (!only_batch.empty()) {
+    batches.clear();
+    for (int64_t batch : IntList(only_batch, "cuda_decode_bench"))
+      batches.push_back(static_cast<int>(batch));
+  }
   std::vector<int64_t> lengths =
       quick ? std::vector<int64_t>{8192, 32768}
             : std::vector<int64_t>{8192, 16384, 32768, 65536, 131072, 262144};
-  if (!only_keys.empty()) lengths = {std::stoll(only_keys)};
+  if (!only_keys.empty()) lengths = IntList(only_keys, "cuda_decode_bench");
   report["scattered_pages"] = scatter;
   report["min_split_keys"] = min_split_keys;
   std::printf("Dense paged decode, Llama-3-8B heads, bf16, page 64 (one layer)\n");

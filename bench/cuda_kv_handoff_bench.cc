@@ -41,14 +41,6 @@ void Check(const absl::Status& status, const char* what) {
   std::exit(1);
 }
 
-std::vector<int64_t> IntList(const std::string& text) {
-  std::vector<int64_t> out;
-  for (absl::string_view part : absl::StrSplit(text, ',', absl::SkipEmpty())) {
-    out.push_back(std::stoll(std::string(part)));
-  }
-  return out;
-}
-
 int64_t FreeBytes(int device) {
   size_t free = 0, total = 0;
   cudaSetDevice(device);
@@ -173,13 +165,14 @@ nlohmann::json StagingCopyBandwidth(int repeats) {
 
 int Main(int argc, char** argv) {
   using bench::FlagValue;
-  const std::vector<int64_t> lengths =
-      IntList(FlagValue(argc, argv, "lengths", "8192,16384,32768,65536,131072"));
+  using bench::IntList;
+  const std::vector<int64_t> lengths = IntList(
+      FlagValue(argc, argv, "lengths", "8192,16384,32768,65536,131072"), "cuda_kv_handoff_bench");
   const std::vector<std::string> modes =
       absl::StrSplit(FlagValue(argc, argv, "modes", "dense,hybrid"), ',', absl::SkipEmpty());
   const int repeats = std::stoi(FlagValue(argc, argv, "repeats", "3"));
   const std::vector<int64_t> raw_mib =
-      IntList(FlagValue(argc, argv, "raw_mib", "16,64,256,1024,4096"));
+      IntList(FlagValue(argc, argv, "raw_mib", "16,64,256,1024,4096"), "cuda_kv_handoff_bench");
   const std::string gates = FlagValue(argc, argv, "gates");
   const std::vector<std::string> layouts =
       absl::StrSplit(FlagValue(argc, argv, "layouts", "fresh,scattered"), ',', absl::SkipEmpty());

@@ -45,19 +45,6 @@ double Ms(Clock::time_point start) {
   return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
 }
 
-std::vector<int64_t> IntList(const std::string& text) {
-  std::vector<int64_t> values;
-  for (absl::string_view part : absl::StrSplit(text, ',', absl::SkipEmpty())) {
-    int64_t value = 0;
-    if (!absl::SimpleAtoi(part, &value) || value <= 0) {
-      std::fprintf(stderr, "engine_context_bench: bad number '%s'\n", std::string(part).c_str());
-      std::exit(2);
-    }
-    values.push_back(value);
-  }
-  return values;
-}
-
 void Check(const absl::Status& status, const char* what) {
   if (!status.ok()) {
     std::fprintf(stderr, "engine_context_bench: %s: %s\n", what, status.ToString().c_str());
@@ -164,6 +151,7 @@ absl::StatusOr<std::unique_ptr<Engine>> MakeEngine(const Setup& setup, uint64_t 
 
 int Main(int argc, char** argv) {
   using bench::FlagValue;
+  using bench::IntList;
   const std::string geometry = FlagValue(argc, argv, "geometry", "llama3-8b");
   ModelConfig config = geometry == "tiny"   ? TinySyntheticConfig()
                        : geometry == "100m" ? Synthetic100MConfig()
@@ -171,9 +159,10 @@ int Main(int argc, char** argv) {
   if (const std::string layers = FlagValue(argc, argv, "layers"); !layers.empty()) {
     config.num_layers = std::stoi(layers);
   }
-  const std::vector<int64_t> contexts =
-      IntList(FlagValue(argc, argv, "contexts", "32768,65536,131072,262144"));
-  const std::vector<int64_t> batches = IntList(FlagValue(argc, argv, "batches", "1,8"));
+  const std::vector<int64_t> contexts = IntList(
+      FlagValue(argc, argv, "contexts", "32768,65536,131072,262144"), "engine_context_bench");
+  const std::vector<int64_t> batches =
+      IntList(FlagValue(argc, argv, "batches", "1,8"), "engine_context_bench");
   const std::vector<std::string> modes =
       absl::StrSplit(FlagValue(argc, argv, "modes", "dense,hybrid"), ',', absl::SkipEmpty());
   const int64_t chunk = std::stoll(FlagValue(argc, argv, "chunk", "8192"));

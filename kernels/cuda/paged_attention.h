@@ -32,7 +32,9 @@ struct DecodeLaunch {
 };
 // Chooses the split count from the work: enough CTAs to fill `num_sms` SMs a few times
 // over, each split at least `min_split_keys` keys long. Uses the host hints
-// params.max_keys or params.tables.max_kv_len.
+// params.max_keys or params.tables.max_kv_len, and the pools' head counts
+// (params.kv.dense.num_heads, params.kv.streaming.num_heads): the dense heads' long
+// ranges size the launch, the streaming heads' short ones fill in.
 inline constexpr int kDecodeMinSplitKeys = 128;
 DecodeLaunch PlanDecode(const PagedAttentionParams& params, int num_sms,
                         int min_split_keys = kDecodeMinSplitKeys);

@@ -29,11 +29,18 @@ DecodeLaunch PlanDecode(const PagedAttentionParams& p, int num_sms, int min_spli
   // CTAs in one wave of the GPU, and the CTAs of one split.
   const int64_t wave =
       int64_t{std::max(1, num_sms)} * internal::DecodeMmaBlocksPerSm(p.kv.head_dim);
-  // Units of work: (sequence, KV head), or (sequence, query head) when the query heads of
-  // a group may read different pages.
+  // Units of work: (sequence, dense KV head), or (sequence, dense query head) when the
+  // query heads of a group may read different pages. Streaming heads read the sink and the
+  // window only: their short CTAs fill in around the long ones, so they size the launch
+  // only in a layer without dense heads (or when the pools' head counts are not given).
   const bool per_query_head =
       (p.selection_begin != nullptr || p.selection_slot != nullptr) && !p.selection_per_kv_head;
-  const int heads = per_query_head ? p.num_q_heads : p.kv.num_kv_heads;
+  const bool counts_given = p.kv.dense.num_heads + p.kv.streaming.num_heads == p.kv.num_kv_heads;
+  const int long_kv_heads =
+      counts_given && p.kv.dense.num_heads > 0 ? p.kv.dense.num_heads : p.kv.num_kv_heads;
+  const int group = p.kv.num_kv_heads > 0 ? p.num_q_heads / p.kv.num_kv_heads : 1;
+  const bool dense_present = !counts_given || p.kv.dense.num_heads > 0;
+  const int heads = per_query_head && dense_present ? long_kv_heads * group : long_kv_heads;
   const int64_t units = int64_t{std::max(1, p.tables.num_seqs)} * std::max(1, heads);
   const int64_t keys = p.max_keys > 0 ? p.max_keys : p.tables.max_kv_len;
   const int64_t longest = std::clamp<int64_t>(keys / std::max(1, min_split_keys), 1, 128);

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "kernels/cuda/device.h"
+#include "kernels/cuda/paged_attention.h"
 #include "tests/kernels/cuda/paged_kv_twin.h"
 
 namespace lserve::cuda {
@@ -171,6 +172,33 @@ TEST_F(PagedDecodeTest, SelectedPagesPerQueryHeadAndPerKvHead) {
       RunCase({page_size, 128, 2, 4, {3, 900, 1500, 5000, 20000}, true, scoring});
     }
   }
+}
+
+// Llama-3-8B's heads with half the KV heads streaming, one sequence at the selection
+// budget: the 16 dense query heads' long ranges size the split count, so their CTAs alone
+// cover every SM; counted as 32 long ranges, half the SMs would idle after the streaming
+// heads' short CTAs.
+TEST_F(PagedDecodeTest, SplitPlanIsSizedByTheDenseHeads) {
+  const int32_t slot = 0;  // the plan reads no selection, only whether one is set
+  PagedAttentionParams p;
+  p.kv.head_dim = 128;
+  p.kv.page_size = 64;
+  p.kv.num_kv_heads = 8;
+  p.num_q_heads = 32;
+  p.tables.num_seqs = 1;
+  p.tables.max_kv_len = 131072;
+  p.max_keys = 4096 + 64;
+  p.selection_slot = &slot;
+  const int every_head_long = PlanDecode(p, 132).splits;
+  p.kv.dense.num_heads = 4;
+  p.kv.streaming.num_heads = 4;
+  const int dense_heads_long = PlanDecode(p, 132).splits;
+  EXPECT_GT(dense_heads_long, every_head_long);
+  EXPECT_GE(16 * dense_heads_long, 132);
+  EXPECT_LE(int64_t{dense_heads_long} * kDecodeMinSplitKeys, p.max_keys);
+  // Scored per KV head, the group shares its loads: four long ranges.
+  p.selection_per_kv_head = true;
+  EXPECT_GE(PlanDecode(p, 132).splits, dense_heads_long);
 }
 
 TEST_F(PagedDecodeTest, SeventyThousandTokensMixedWithShortOnes) {
