@@ -99,6 +99,7 @@ void BuildBatch(Batch& b, const RandomSource& random, int batch, int64_t len, bo
   a.scale = 1.0f / std::sqrt(float(kDim));
   a.sink = kSink;
   a.local = b.memory.Keep(DeviceCopy(local));
+  a.max_streaming_keys = kSink + kLocal;
   b.kv_bytes = double(batch) * len * kKvHeads * kDim * 2 * 2;
   if (!hybrid || len <= kBudget) return;
   // Selection: one job per (sequence, dense KV head, query head) or per (sequence, KV head).

@@ -1,6 +1,6 @@
 // The GEMMs of a decode step, where the work is streaming the weights once: Llama-3-8B's
 // joined projections (qkv 6144x4096, o 4096x4096, gate_up 28672x4096, down 4096x14336),
-// bf16, at a few rows.
+// bf16, at a few rows, and the lm_head product (logits 128256x4096, float32 out).
 //  * per shape: each few-row GEMM variant and the runner's choice (cuBLASLt candidates and
 //    those variants, timed on first use), as microseconds and weight bytes per second, the
 //    weights of a different layer at every call so nothing stays in L2;
@@ -27,9 +27,13 @@ namespace {
 struct Shape {
   const char* name;
   int64_t n, k;
+  DType out_dtype = DType::kBF16;
 };
 constexpr Shape kShapes[] = {
     {"qkv", 6144, 4096}, {"o", 4096, 4096}, {"gate_up", 28672, 4096}, {"down", 4096, 14336}};
+// Once per step, after the layers; timed per shape only, over kLogitsCopies weight copies.
+constexpr Shape kLogits = {"logits", 128256, 4096, DType::kF32};
+constexpr int kLogitsCopies = 4;
 
 struct Layer {
   std::vector<const void*> weights;  // one per shape
@@ -44,7 +48,7 @@ GemmParams Params(const void* x, const void* w, void* y, int64_t m, const Shape&
   p.n = shape.n;
   p.k = shape.k;
   p.dtype = DType::kBF16;
-  p.out_dtype = DType::kBF16;
+  p.out_dtype = shape.out_dtype;
   return p;
 }
 
@@ -78,9 +82,17 @@ int Main(int argc, char** argv) {
   void* x = nullptr;
   void* y = nullptr;
   CUDA_OK(cudaMalloc(&x, max_rows * 28672 * 2));
-  CUDA_OK(cudaMalloc(&y, max_rows * 28672 * 2));
+  CUDA_OK(cudaMalloc(&y, max_rows * kLogits.n * 4));
   random.Fill(memory.Keep(x), max_rows * 28672 * 2);
   memory.Keep(y);
+  std::vector<const void*> logits_weights;
+  for (int i = 0; i < kLogitsCopies; ++i) {
+    const size_t bytes = static_cast<size_t>(kLogits.n * kLogits.k) * 2;
+    void* w = nullptr;
+    CUDA_OK(cudaMalloc(&w, bytes));
+    random.Fill(memory.Keep(w), bytes);
+    logits_weights.push_back(w);
+  }
   auto runner = cuda::GemmRunner::Create();
   STATUS_OK(runner.status());
   cudaStream_t stream = nullptr;
@@ -93,13 +105,17 @@ int Main(int argc, char** argv) {
   for (int v = 0; v < cuda::SkinnyGemmVariants(); ++v) std::printf("   variant %d  ", v);
   std::printf("   runner\n");
   for (int64_t m : row_counts) {
-    for (size_t index = 0; index < std::size(kShapes); ++index) {
-      const Shape& shape = kShapes[index];
+    for (size_t index = 0; index <= std::size(kShapes); ++index) {
+      const bool logits = index == std::size(kShapes);
+      const Shape& shape = logits ? kLogits : kShapes[index];
       const double bytes = 2.0 * shape.n * shape.k;
       nlohmann::json row = {{"shape", shape.name}, {"rows", m}, {"n", shape.n}, {"k", shape.k}};
       std::printf("%-8s %4lld %10.1f", shape.name, static_cast<long long>(m), bytes / 1e6);
       int layer = 0;
-      auto next_weight = [&] { return weights[layer++ % layers].weights[index]; };
+      auto next_weight = [&] {
+        return logits ? logits_weights[layer++ % kLogitsCopies]
+                      : weights[layer++ % layers].weights[index];
+      };
       for (int v = 0; v < cuda::SkinnyGemmVariants(); ++v) {
         if (m > cuda::kSkinnyGemmMaxRows) {
           std::printf("  %14s", "-");

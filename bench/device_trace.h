@@ -29,6 +29,12 @@ struct DeviceTraceSummary {
   // largest totals first (at most kIdleCauses), in microseconds per step.
   static constexpr int kIdleCauses = 8;
   std::vector<std::pair<std::string, double>> idle_by_neighbours;
+  // Busy time by activity name, the largest first (at most kBusyKinds), in microseconds per
+  // step. Where activities overlap, the time goes to the one that started first: a kernel
+  // launched early (programmatic dependent launch) and waiting for its predecessor counts
+  // from when the predecessor ends.
+  static constexpr int kBusyKinds = 12;
+  std::vector<std::pair<std::string, double>> busy_by_activity;
 };
 
 // One activity on the device, in device-clock nanoseconds.

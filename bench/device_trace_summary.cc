@@ -18,6 +18,7 @@ DeviceTraceSummary SummarizeDeviceActivity(std::vector<DeviceInterval> activity,
   // Busy time and idle stretches: sweep the clipped intervals in start order.
   uint64_t busy = 0, gap_max = 0, covered_to = window_start;
   std::map<std::string, uint64_t> idle;  // by "last to end before it -> first after it"
+  std::map<std::string, uint64_t> busy_by_name;
   std::string last_name = "(window start)";
   for (const DeviceInterval& a : activity) {
     const uint64_t start = std::max(a.start, window_start);
@@ -30,6 +31,7 @@ DeviceTraceSummary SummarizeDeviceActivity(std::vector<DeviceInterval> activity,
     }
     if (end > covered_to) {
       busy += end - std::max(start, covered_to);
+      busy_by_name[a.name] += end - std::max(start, covered_to);
       covered_to = end;
       last_name = a.name;
     }
@@ -38,14 +40,17 @@ DeviceTraceSummary SummarizeDeviceActivity(std::vector<DeviceInterval> activity,
     gap_max = std::max(gap_max, window_end - covered_to);
     idle[last_name + " -> (window end)"] += window_end - covered_to;
   }
-  for (const auto& [names, ns] : idle) {
-    summary.idle_by_neighbours.emplace_back(names, ns * 1e-3 / summary.steps);
-  }
-  std::sort(summary.idle_by_neighbours.begin(), summary.idle_by_neighbours.end(),
-            [](const auto& a, const auto& b) { return a.second > b.second; });
-  if (summary.idle_by_neighbours.size() > DeviceTraceSummary::kIdleCauses) {
-    summary.idle_by_neighbours.resize(DeviceTraceSummary::kIdleCauses);
-  }
+  // Microseconds per step by name, the largest `keep` first.
+  auto per_step = [&](const std::map<std::string, uint64_t>& ns_by_name, size_t keep) {
+    std::vector<std::pair<std::string, double>> out;
+    for (const auto& [name, ns] : ns_by_name) out.emplace_back(name, ns * 1e-3 / summary.steps);
+    std::sort(out.begin(), out.end(),
+              [](const auto& a, const auto& b) { return a.second > b.second; });
+    if (out.size() > keep) out.resize(keep);
+    return out;
+  };
+  summary.idle_by_neighbours = per_step(idle, DeviceTraceSummary::kIdleCauses);
+  summary.busy_by_activity = per_step(busy_by_name, DeviceTraceSummary::kBusyKinds);
   summary.busy_ms = busy * 1e-6;
   summary.busy_fraction = static_cast<double>(busy) / (window_end - window_start);
   summary.max_gap_us = gap_max * 1e-3;

@@ -135,7 +135,8 @@ nlohmann::json TraceDecodeSteps(Engine& engine, int batch, int steps) {
           {"max_gap_us", summary->max_gap_us},
           {"mean_step_gap_us", summary->mean_step_gap_us},
           {"max_step_gap_us", summary->max_step_gap_us},
-          {"idle_us_per_step_by_neighbours", summary->idle_by_neighbours}};
+          {"idle_us_per_step_by_neighbours", summary->idle_by_neighbours},
+          {"busy_us_per_step_by_activity", summary->busy_by_activity}};
 }
 
 struct Setup {

@@ -127,6 +127,9 @@ struct PagedAttentionParams {
   // Host hint: the most keys one head of the batch reads (0: tables.max_kv_len), e.g. the
   // selection budget; backends size split-K launches with it.
   int64_t max_keys = 0;
+  // Host hint: the most keys one streaming head of the batch reads (sink + window; 0:
+  // unknown), so backends may split those short ranges less than the dense heads' ones.
+  int64_t max_streaming_keys = 0;
   LSERVE_PARAMS_EQUALITY(PagedAttentionParams);
 };
 

@@ -28,13 +28,17 @@ absl::Status RopeAppendKv(const RopeAppendKvParams& params, void* stream);
 // workspace_bytes of float32 scratch hold their partial results (0 when splits == 1).
 struct DecodeLaunch {
   int splits = 1;
+  // CTAs sharing each streaming KV head's range (sink and window), at most `splits`; 0:
+  // `splits`.
+  int streaming_splits = 0;
   size_t workspace_bytes = 0;
 };
 // Chooses the split count from the work: enough CTAs to fill `num_sms` SMs a few times
 // over, each split at least `min_split_keys` keys long. Uses the host hints
 // params.max_keys or params.tables.max_kv_len, and the pools' head counts
 // (params.kv.dense.num_heads, params.kv.streaming.num_heads): the dense heads' long
-// ranges size the launch, the streaming heads' short ones fill in.
+// ranges set the split count, and with params.max_streaming_keys the streaming heads'
+// short ranges get only as many splits as make them about as long as a dense split.
 inline constexpr int kDecodeMinSplitKeys = 128;
 DecodeLaunch PlanDecode(const PagedAttentionParams& params, int num_sms,
                         int min_split_keys = kDecodeMinSplitKeys);

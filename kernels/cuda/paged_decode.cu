@@ -31,8 +31,8 @@ DecodeLaunch PlanDecode(const PagedAttentionParams& p, int num_sms, int min_spli
       int64_t{std::max(1, num_sms)} * internal::DecodeMmaBlocksPerSm(p.kv.head_dim);
   // Units of work: (sequence, dense KV head), or (sequence, dense query head) when the
   // query heads of a group may read different pages. Streaming heads read the sink and the
-  // window only: their short CTAs fill in around the long ones, so they size the launch
-  // only in a layer without dense heads (or when the pools' head counts are not given).
+  // window only: they count as long units only in a layer without dense heads (or when the
+  // pools' head counts are not given); else their CTAs are counted apart.
   const bool per_query_head =
       (p.selection_begin != nullptr || p.selection_slot != nullptr) && !p.selection_per_kv_head;
   const bool counts_given = p.kv.dense.num_heads + p.kv.streaming.num_heads == p.kv.num_kv_heads;
@@ -41,13 +41,24 @@ DecodeLaunch PlanDecode(const PagedAttentionParams& p, int num_sms, int min_spli
   const int group = p.kv.num_kv_heads > 0 ? p.num_q_heads / p.kv.num_kv_heads : 1;
   const bool dense_present = !counts_given || p.kv.dense.num_heads > 0;
   const int heads = per_query_head && dense_present ? long_kv_heads * group : long_kv_heads;
-  const int64_t units = int64_t{std::max(1, p.tables.num_seqs)} * std::max(1, heads);
-  const int64_t keys = p.max_keys > 0 ? p.max_keys : p.tables.max_kv_len;
+  const int64_t seqs = std::max(1, p.tables.num_seqs);
+  const int64_t units = seqs * std::max(1, heads);
+  // Streaming heads beside dense ones, when their range is known to be short.
+  const bool streaming_apart =
+      counts_given && dense_present && p.kv.streaming.num_heads > 0 && p.max_streaming_keys > 0;
+  const int64_t streaming_units = streaming_apart ? seqs * p.kv.streaming.num_heads : 0;
+  int64_t keys = p.max_keys > 0 ? p.max_keys : p.tables.max_kv_len;
+  if (!dense_present && p.max_streaming_keys > 0) keys = p.max_streaming_keys;
   const int64_t longest = std::clamp<int64_t>(keys / std::max(1, min_split_keys), 1, 128);
+  auto streaming_splits = [&](int64_t splits) {
+    if (!streaming_apart) return splits;
+    const int64_t chunk = (keys + splits - 1) / splits;
+    return std::clamp<int64_t>((p.max_streaming_keys + chunk - 1) / chunk, 1, splits);
+  };
   // The fewest splits whose last wave is nearly full (the wave efficiency of FA3's
   // heuristic): efficiency = CTAs / (waves * wave), at least 0.9 of the best.
   auto efficiency = [&](int64_t splits) {
-    const int64_t ctas = units * splits;
+    const int64_t ctas = units * splits + streaming_units * streaming_splits(splits);
     return static_cast<double>(ctas) / (static_cast<double>((ctas + wave - 1) / wave) * wave);
   };
   double best = 0.0;
@@ -59,6 +70,7 @@ DecodeLaunch PlanDecode(const PagedAttentionParams& p, int num_sms, int min_spli
       break;
     }
   }
+  launch.streaming_splits = static_cast<int>(streaming_splits(launch.splits));
   if (launch.splits > 1) {
     // Partial results, then one arrival counter per (sequence, query head).
     launch.workspace_bytes = sizeof(float) * static_cast<size_t>(p.tables.num_seqs) *
@@ -94,6 +106,9 @@ absl::Status PagedDecodeAttention(const PagedAttentionParams& p, const DecodeLau
   const bool any_selection = p.selection_begin != nullptr || p.selection_slot != nullptr;
   args.ctas_per_kv_head = any_selection && !p.selection_per_kv_head ? args.group : 1;
   args.splits = launch.splits;
+  args.streaming_splits = launch.streaming_splits > 0
+                              ? std::min(launch.streaming_splits, launch.splits)
+                              : launch.splits;
   args.page_shift = __builtin_ctz(static_cast<unsigned>(p.kv.page_size));
   if (launch.splits > 1) {
     args.partial_o = static_cast<float*>(workspace);

@@ -27,11 +27,12 @@ struct DecodeArgs : AttentionArgs {
   const int32_t* selection_counts;
   int32_t selection_stride;
   int ctas_per_kv_head;  // 1, or the group when query heads may read different pages
-  int splits;
-  int page_shift;     // log2(page_size)
-  float* partial_o;   // [seq][q head][split][head_dim]
-  float* partial_ml;  // [seq][q head][split][2]: running max (log2 units), sum
-  int32_t* arrivals;  // [seq][q head]: splits done; the last one combines and resets it
+  int splits;            // CTAs per dense head (and the partial results' stride)
+  int streaming_splits;  // CTAs per streaming head, 1..splits
+  int page_shift;        // log2(page_size)
+  float* partial_o;      // [seq][q head][split][head_dim]
+  float* partial_ml;     // [seq][q head][split][2]: running max (log2 units), sum
+  int32_t* arrivals;     // [seq][q head]: splits done; the last one combines and resets it
 };
 
 // The keys one head pass visits, as a virtual range [0, count): every token, the selected

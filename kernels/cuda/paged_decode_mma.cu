@@ -41,46 +41,46 @@ __device__ __forceinline__ void Mma(float (&d)[4], uint32_t a0, uint32_t a2, uin
   MmaBf16(d, a0, 0u, a2, 0u, b0, b1);
 }
 
-// Flash-decoding's combine, fused: the split CTA of query heads [first_head, + heads) of
-// sequence b that finishes last merges the splits' partial results (the weights of split s
-// are exp2(max_s - max)) and writes the output row, then resets the arrival counter for
-// the next launch. `smem` holds at least heads * (splits + 1) floats.
+// Flash-decoding's combine, fused: of the `splits` CTAs of query heads [first_head, + heads)
+// of sequence b, the one that finishes last merges their partial results (the weights of
+// split s are exp2(max_s - max)) and writes the output row, then resets the arrival counter
+// for the next launch. `smem` holds at least heads * (splits + 1) floats.
 template <int kHeadDim>
 __device__ void CombineSplitsIfLast(const DecodeArgs& a, int b, int first_head, int heads,
-                                    int64_t row, uint8_t* smem) {
+                                    int splits, int64_t row, uint8_t* smem) {
   __shared__ bool last;
   __threadfence();  // this CTA's partial results are visible before its arrival counts
   __syncthreads();
   int32_t* arrivals = a.arrivals + int64_t{b} * a.num_q_heads + first_head;
   if (threadIdx.x == 0) {
-    last = atomicAdd(arrivals, 1) == a.splits - 1;
+    last = atomicAdd(arrivals, 1) == splits - 1;
     if (last) *arrivals = 0;
   }
   __syncthreads();
   if (!last) return;
   __threadfence();
   float* weight = reinterpret_cast<float*>(smem);  // [heads][splits]
-  float* inverse_sum = weight + heads * a.splits;  // [heads]
+  float* inverse_sum = weight + heads * splits;    // [heads]
+  // Partial results of head h, split s: entry first + h * a.splits + s.
   const int64_t first = (int64_t{b} * a.num_q_heads + first_head) * a.splits;
-  for (int i = threadIdx.x; i < heads * a.splits; i += blockDim.x) {
-    weight[i] = __ldcg(a.partial_ml + 2 * (first + i));
+  for (int i = threadIdx.x; i < heads * splits; i += blockDim.x) {
+    weight[i] = __ldcg(a.partial_ml + 2 * (first + (i / splits) * a.splits + i % splits));
   }
   __syncthreads();
   const int warp = threadIdx.x >> 5;
   const int lane = threadIdx.x & 31;
   for (int h = warp; h < heads; h += blockDim.x >> 5) {
     float merged_max = kNegInf;
-    for (int s = lane; s < a.splits; s += 32)
-      merged_max = fmaxf(merged_max, weight[h * a.splits + s]);
+    for (int s = lane; s < splits; s += 32) merged_max = fmaxf(merged_max, weight[h * splits + s]);
 #pragma unroll
     for (int offset = 16; offset > 0; offset >>= 1) {
       merged_max = fmaxf(merged_max, __shfl_xor_sync(0xFFFFFFFFu, merged_max, offset));
     }
     float sum = 0.0f;
-    for (int s = lane; s < a.splits; s += 32) {
-      const float m = weight[h * a.splits + s];
+    for (int s = lane; s < splits; s += 32) {
+      const float m = weight[h * splits + s];
       const float w = m == kNegInf ? 0.0f : exp2f(m - merged_max);
-      weight[h * a.splits + s] = w;
+      weight[h * splits + s] = w;
       sum += w * __ldcg(a.partial_ml + 2 * (first + h * a.splits + s) + 1);
     }
 #pragma unroll
@@ -95,8 +95,8 @@ __device__ void CombineSplitsIfLast(const DecodeArgs& a, int b, int first_head, 
     const int c = i % kHeadDim;
     const float* partial = a.partial_o + (first + int64_t{h} * a.splits) * kHeadDim + c;
     float out = 0.0f;
-    for (int s = 0; s < a.splits; ++s) {
-      const float w = weight[h * a.splits + s];
+    for (int s = 0; s < splits; ++s) {
+      const float w = weight[h * splits + s];
       if (w != 0.0f) out += w * __ldcg(partial + int64_t{s} * kHeadDim);
     }
     a.out[row * a.out_row_stride + int64_t{first_head + h} * kHeadDim + c] =
@@ -118,6 +118,9 @@ __global__ void __launch_bounds__(kMmaThreads, 2) DecodeMmaKernel(DecodeArgs a) 
   const int own_head = blockIdx.y % a.ctas_per_kv_head;
   const int b = blockIdx.z;
   const bool streaming = a.kv.kv_head_streaming[kv_head] != 0;
+  // A streaming head's short range has fewer splits: the CTAs past them have no work.
+  const int splits = streaming ? a.streaming_splits : a.splits;
+  if (split >= splits) return;
   const int slot = a.kv.kv_head_slot[kv_head];
   const KvPoolView& pool = streaming ? a.kv.streaming : a.kv.dense;
   const int64_t value_offset = ValueOffset(pool, a.kv.page_size, kHeadDim);
@@ -164,8 +167,7 @@ __global__ void __launch_bounds__(kMmaThreads, 2) DecodeMmaKernel(DecodeArgs a) 
     }
   }
   // Splits start at multiples of the tile, so a tile of a page range lies in one page.
-  const int32_t chunk =
-      ((range.count + a.splits - 1) / a.splits + kTileKeys - 1) & ~(kTileKeys - 1);
+  const int32_t chunk = ((range.count + splits - 1) / splits + kTileKeys - 1) & ~(kTileKeys - 1);
   const int32_t begin = split * chunk;
   const int32_t end = min(range.count, begin + chunk);
   const bool row_active = g < a.group && (shared || g == pass);
@@ -361,7 +363,7 @@ __global__ void __launch_bounds__(kMmaThreads, 2) DecodeMmaKernel(DecodeArgs a) 
       }
     }
     const int head = first_q + h;
-    if (a.splits == 1) {
+    if (splits == 1) {
       a.out[row * a.out_row_stride + int64_t{head} * kHeadDim + c] =
           FloatToBf16(sum > 0.0f ? out / sum : 0.0f);
     } else {
@@ -373,10 +375,10 @@ __global__ void __launch_bounds__(kMmaThreads, 2) DecodeMmaKernel(DecodeArgs a) 
       }
     }
   }
-  if (a.splits > 1) {
+  if (splits > 1) {
     const int first_head = shared ? 0 : pass;
     const int heads = shared ? a.group : 1;
-    CombineSplitsIfLast<kHeadDim>(a, b, first_q + first_head, heads, row, smem);
+    CombineSplitsIfLast<kHeadDim>(a, b, first_q + first_head, heads, splits, row, smem);
   }
 }
 

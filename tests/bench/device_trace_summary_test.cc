@@ -65,6 +65,15 @@ TEST(DeviceTraceSummaryTest, IdleTimeIsAttributedToTheActivitiesAroundIt) {
   EXPECT_DOUBLE_EQ(s.idle_by_neighbours[1].second, 0.02 / 2);
   EXPECT_EQ(s.idle_by_neighbours[2].first, "copy HtoD -> attention");
   EXPECT_DOUBLE_EQ(s.idle_by_neighbours[2].second, 0.01 / 2);
+  // Busy time by name, overlaps to the earlier start: gemm 200 ns, attention 90, the copies
+  // 20 (the one inside the gemm adds nothing), over 2 steps.
+  ASSERT_EQ(s.busy_by_activity.size(), 3u);
+  EXPECT_EQ(s.busy_by_activity[0].first, "gemm");
+  EXPECT_DOUBLE_EQ(s.busy_by_activity[0].second, 0.2 / 2);
+  EXPECT_EQ(s.busy_by_activity[1].first, "attention");
+  EXPECT_DOUBLE_EQ(s.busy_by_activity[1].second, 0.09 / 2);
+  EXPECT_EQ(s.busy_by_activity[2].first, "copy HtoD");
+  EXPECT_DOUBLE_EQ(s.busy_by_activity[2].second, 0.02 / 2);
 }
 
 TEST(DeviceTraceSummaryTest, AnEmptyWindowSummarizesToZeros) {

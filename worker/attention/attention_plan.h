@@ -41,6 +41,12 @@ class AttentionPlan {
   const PageTableView& tables() const { return tables_; }
   const int32_t* q_indptr() const { return q_indptr_device_; }
   const int32_t* local() const { return local_device_; }
+  // The longest streaming window of the batch's sequences (host).
+  int32_t max_local() const {
+    int32_t longest = 0;
+    for (int32_t window : local_) longest = window > longest ? window : longest;
+    return longest;
+  }
   // Whether sequence b's dense heads read selected pages in this step.
   bool selects(size_t b) const { return selects_[b] != 0; }
   bool any_selects() const { return any_selects_; }

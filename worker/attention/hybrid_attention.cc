@@ -268,6 +268,7 @@ absl::Status HybridAttention::Run(int layer, const AttentionPlan& plan, const vo
   params.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
   params.sink = config_.sink;
   params.local = plan.local();
+  params.max_streaming_keys = config_.sink + plan.max_local();
   if (plan.any_selects() && device_rows_ != nullptr) {
     // The layer's rows: slots count from its first one.
     const int64_t first_row_of_layer = FirstSelectionRowOfLayer(layer);

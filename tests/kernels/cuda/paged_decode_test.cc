@@ -177,7 +177,7 @@ TEST_F(PagedDecodeTest, SelectedPagesPerQueryHeadAndPerKvHead) {
 // Llama-3-8B's heads with half the KV heads streaming, one sequence at the selection
 // budget: the 16 dense query heads' long ranges size the split count, so their CTAs alone
 // cover every SM; counted as 32 long ranges, half the SMs would idle after the streaming
-// heads' short CTAs.
+// heads' short CTAs. Those get fewer splits when their length is known.
 TEST_F(PagedDecodeTest, SplitPlanIsSizedByTheDenseHeads) {
   const int32_t slot = 0;  // the plan reads no selection, only whether one is set
   PagedAttentionParams p;
@@ -199,6 +199,14 @@ TEST_F(PagedDecodeTest, SplitPlanIsSizedByTheDenseHeads) {
   // Scored per KV head, the group shares its loads: four long ranges.
   p.selection_per_kv_head = true;
   EXPECT_GE(PlanDecode(p, 132).splits, dense_heads_long);
+  // With the streaming heads' 384 keys known, they take about a dense split's length each.
+  p.selection_per_kv_head = false;
+  p.max_streaming_keys = 384;
+  const DecodeLaunch apart = PlanDecode(p, 132);
+  const int64_t dense_chunk = (p.max_keys + apart.splits - 1) / apart.splits;
+  EXPECT_GE(apart.streaming_splits, 1);
+  EXPECT_LT(apart.streaming_splits, apart.splits);
+  EXPECT_EQ(apart.streaming_splits, (384 + dense_chunk - 1) / dense_chunk);
 }
 
 TEST_F(PagedDecodeTest, SeventyThousandTokensMixedWithShortOnes) {
