@@ -130,6 +130,10 @@ struct PagedAttentionParams {
   // Host hint: the most keys one streaming head of the batch reads (sink + window; 0:
   // unknown), so backends may split those short ranges less than the dense heads' ones.
   int64_t max_streaming_keys = 0;
+  // Host hint: the op right before this one (e.g. the step's KV append) writes no
+  // selection array, page table or length, and of the pools only each sequence's newest
+  // row; backends may then start reading K/V while it still runs.
+  bool selection_settled = false;
   LSERVE_PARAMS_EQUALITY(PagedAttentionParams);
 };
 

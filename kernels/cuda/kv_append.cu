@@ -70,7 +70,7 @@ __device__ __forceinline__ void CopyRotatedChunk(const AppendArgs& a, int64_t ro
 
 // One block per (sequence, KV head) and stride of logical pages: it copies the rows that
 // land in each logical page (rotating k first when RoPE is fused), then (dense heads)
-// recomputes the page's kmax/kmin from the keys it holds, with the CPU's comparisons (so
+// folds them into the page's kmax/kmin in row order, with the CPU's comparisons (so
 // signed zeros come out the same). Blocks past those rotate the q rows when RoPE is fused.
 __global__ void __launch_bounds__(kAppendThreads) AppendKernel(AppendArgs a) {
   ChainWait();
@@ -129,10 +129,15 @@ __global__ void __launch_bounds__(kAppendThreads) AppendKernel(AppendArgs a) {
         internal::KmaxRow(pool, start.page, slot, j, page_size, page_size / logical, d);
     uint16_t* kmin = kmax + internal::KminOffset(pool, page_size / logical, d);
     const uint16_t* first_key = internal::KeyRow(pool, start, slot, page_size, d);
+    // A logical page that this append starts begins from its first key; one it continues
+    // folds the new keys into the statistics of the keys before them (bf16 values, so
+    // stored statistics are the exact running max and min).
+    const bool fresh = lo == lp * logical;
+    const int first_new = static_cast<int>(lo - lp * logical);
     for (int c = threadIdx.x; c < d; c += blockDim.x) {
-      float high = Bf16ToFloat(first_key[c]);
-      float low = high;
-      for (int r = 1; r < hi - lp * logical; ++r) {
+      float high = fresh ? Bf16ToFloat(first_key[c]) : Bf16ToFloat(kmax[c]);
+      float low = fresh ? high : Bf16ToFloat(kmin[c]);
+      for (int r = fresh ? 1 : first_new; r < hi - lp * logical; ++r) {
         const float key = Bf16ToFloat(first_key[int64_t{r} * d + c]);
         high = high < key ? key : high;  // std::max
         low = key < low ? key : low;     // std::min

@@ -47,46 +47,81 @@ constexpr int kElementwiseThreads = 256;
 // Grid-stride loops cover the rest; this many blocks fill any current GPU several times.
 constexpr int64_t kMaxElementwiseBlocks = 1 << 16;
 
+// Vectors of a row each thread keeps in registers between the passes (rows up to
+// kRmsNormCached * kRmsNormMaxThreads vectors; the rest are re-read).
+constexpr int kRmsNormCached = 2;
+
 // One block per row. Pass 1 reduces the sum of squares (with a residual, of
-// residual + x, rounded to bf16 and stored back into the residual); pass 2 re-reads the
-// row (from L1/L2) and writes it. Each thread touches the same elements in both passes,
-// and the reduction's barrier separates them, so out may alias x.
+// residual + x, rounded to bf16 and stored back into the residual); pass 2 scales the row
+// and writes it, from the values pass 1 kept in registers (re-read from L1/L2 past
+// them). Each thread touches the same elements in both passes, and the reduction's
+// barrier separates them, so out may alias x. The norm weight, which no kernel writes,
+// is read before waiting for the previous kernel.
 template <int kVec>
 __global__ void RmsNormKernel(RmsNormArgs p) {
-  ChainWait();
   const int64_t row = blockIdx.x;
+  const int64_t num_vectors = p.dim / kVec;
+  float weights[kRmsNormCached][kVec];
+  float values[kRmsNormCached][kVec];
+#pragma unroll
+  for (int i = 0; i < kRmsNormCached; ++i) {
+    const int64_t v = threadIdx.x + int64_t{i} * blockDim.x;
+    if (v < num_vectors) internal::LoadBf16<kVec>(p.weight + v * kVec, weights[i]);
+  }
+  ChainWait();
   const uint16_t* x = p.x + row * p.x_row_stride;
   uint16_t* out = p.out + row * p.out_row_stride;
   uint16_t* residual = p.residual != nullptr ? p.residual + row * p.dim : nullptr;
-  const int64_t num_vectors = p.dim / kVec;
 
-  float sum_squares = 0.0f;
-  for (int64_t v = threadIdx.x; v < num_vectors; v += blockDim.x) {
-    float values[kVec];
-    internal::LoadBf16<kVec>(x + v * kVec, values);
-    if (residual != nullptr) {
-      float sums[kVec];
-      internal::LoadBf16<kVec>(residual + v * kVec, sums);
+  // The row's values at vector v (with a residual, the rounded sum, stored back).
+  auto load = [&](int64_t v, float(&dst)[kVec]) {
+    internal::LoadBf16<kVec>(x + v * kVec, dst);
+    if (residual == nullptr) return;
+    float sums[kVec];
+    internal::LoadBf16<kVec>(residual + v * kVec, sums);
 #pragma unroll
-      for (int k = 0; k < kVec; ++k) sums[k] += values[k];
-      internal::StoreBf16<kVec>(residual + v * kVec, sums);
-      internal::LoadBf16<kVec>(residual + v * kVec, values);  // the rounded sum
+    for (int k = 0; k < kVec; ++k) {
+      dst[k] = internal::Bf16ToFloat(internal::FloatToBf16(sums[k] + dst[k]));
     }
+    internal::StoreBf16<kVec>(residual + v * kVec, dst);
+  };
+  float sum_squares = 0.0f;
 #pragma unroll
-    for (int k = 0; k < kVec; ++k) sum_squares += values[k] * values[k];
+  for (int i = 0; i < kRmsNormCached; ++i) {
+    const int64_t v = threadIdx.x + int64_t{i} * blockDim.x;
+    if (v >= num_vectors) break;
+    load(v, values[i]);
+#pragma unroll
+    for (int k = 0; k < kVec; ++k) sum_squares += values[i][k] * values[i][k];
+  }
+  for (int64_t v = threadIdx.x + int64_t{kRmsNormCached} * blockDim.x; v < num_vectors;
+       v += blockDim.x) {
+    float rest[kVec];
+    load(v, rest);
+#pragma unroll
+    for (int k = 0; k < kVec; ++k) sum_squares += rest[k] * rest[k];
   }
   sum_squares = internal::BlockSum(sum_squares);
   const float inv_rms = rsqrtf(sum_squares / static_cast<float>(p.dim) + p.eps);
 
-  const uint16_t* normed = residual != nullptr ? residual : x;
-  for (int64_t v = threadIdx.x; v < num_vectors; v += blockDim.x) {
-    float values[kVec];
-    float weights[kVec];
-    internal::LoadBf16<kVec>(normed + v * kVec, values);
-    internal::LoadBf16<kVec>(p.weight + v * kVec, weights);
 #pragma unroll
-    for (int k = 0; k < kVec; ++k) values[k] = weights[k] * (values[k] * inv_rms);
-    internal::StoreBf16<kVec>(out + v * kVec, values);
+  for (int i = 0; i < kRmsNormCached; ++i) {
+    const int64_t v = threadIdx.x + int64_t{i} * blockDim.x;
+    if (v >= num_vectors) break;
+#pragma unroll
+    for (int k = 0; k < kVec; ++k) values[i][k] = weights[i][k] * (values[i][k] * inv_rms);
+    internal::StoreBf16<kVec>(out + v * kVec, values[i]);
+  }
+  const uint16_t* normed = residual != nullptr ? residual : x;
+  for (int64_t v = threadIdx.x + int64_t{kRmsNormCached} * blockDim.x; v < num_vectors;
+       v += blockDim.x) {
+    float rest[kVec];
+    float weight[kVec];
+    internal::LoadBf16<kVec>(normed + v * kVec, rest);
+    internal::LoadBf16<kVec>(p.weight + v * kVec, weight);
+#pragma unroll
+    for (int k = 0; k < kVec; ++k) rest[k] = weight[k] * (rest[k] * inv_rms);
+    internal::StoreBf16<kVec>(out + v * kVec, rest);
   }
 }
 

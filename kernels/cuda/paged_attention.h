@@ -17,8 +17,8 @@
 namespace lserve::cuda {
 
 // Writes every row's K and V into its pool; for each logical page of a dense head that
-// received keys, kmax/kmin are recomputed from the keys it holds (which equals folding
-// the new keys into the old statistics, a logical page's first key starting afresh).
+// received keys, the new keys are folded into its kmax/kmin in row order (a logical page's
+// first key starting afresh), which equals a recomputation over the keys it holds.
 absl::Status AppendKv(const AppendKvParams& params, void* stream);
 // RoPE of q and k fused into the append (Backend::RopeAppendKv), one launch; layouts it
 // cannot fuse (head_dim not a multiple of 16, unaligned rows) run as three.

@@ -110,6 +110,7 @@ absl::Status PagedDecodeAttention(const PagedAttentionParams& p, const DecodeLau
                               ? std::min(launch.streaming_splits, launch.splits)
                               : launch.splits;
   args.page_shift = __builtin_ctz(static_cast<unsigned>(p.kv.page_size));
+  args.early_loads = p.selection_settled;
   if (launch.splits > 1) {
     args.partial_o = static_cast<float*>(workspace);
     const size_t heads = static_cast<size_t>(p.tables.num_seqs) * p.num_q_heads;

@@ -29,10 +29,13 @@ struct DecodeArgs : AttentionArgs {
   int ctas_per_kv_head;  // 1, or the group when query heads may read different pages
   int splits;            // CTAs per dense head (and the partial results' stride)
   int streaming_splits;  // CTAs per streaming head, 1..splits
-  int page_shift;        // log2(page_size)
-  float* partial_o;      // [seq][q head][split][head_dim]
-  float* partial_ml;     // [seq][q head][split][2]: running max (log2 units), sum
-  int32_t* arrivals;     // [seq][q head]: splits done; the last one combines and resets it
+  // K/V loads may start before the previous kernel ends (it appends only the newest keys,
+  // and the selection and tables are older): PagedAttentionParams::selection_settled.
+  bool early_loads;
+  int page_shift;     // log2(page_size)
+  float* partial_o;   // [seq][q head][split][head_dim]
+  float* partial_ml;  // [seq][q head][split][2]: running max (log2 units), sum
+  int32_t* arrivals;  // [seq][q head]: splits done; the last one combines and resets it
 };
 
 // The keys one head pass visits, as a virtual range [0, count): every token, the selected

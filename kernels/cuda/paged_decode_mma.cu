@@ -106,7 +106,8 @@ __device__ void CombineSplitsIfLast(const DecodeArgs& a, int b, int first_head, 
 
 template <int kHeadDim>
 __global__ void __launch_bounds__(kMmaThreads, 2) DecodeMmaKernel(DecodeArgs a) {
-  ChainWait();
+  // Without early loads, wait for the previous kernel before reading anything.
+  if (!a.early_loads) ChainWait();
   extern __shared__ __align__(128) uint8_t smem[];
   constexpr int kChunks = kHeadDim / 8;  // 16-byte chunks per row
   const int warp = threadIdx.x >> 5;
@@ -172,15 +173,6 @@ __global__ void __launch_bounds__(kMmaThreads, 2) DecodeMmaKernel(DecodeArgs a) 
   const int32_t end = min(range.count, begin + chunk);
   const bool row_active = g < a.group && (shared || g == pass);
 
-  // Q as A fragments: row g, channels ks*16 + 2t (+1) and ks*16 + 8 + 2t (+1).
-  uint32_t q[kHeadDim / 16][2];
-  const uint32_t* q_row = reinterpret_cast<const uint32_t*>(
-      a.q + row * a.q_row_stride + int64_t{first_q + (row_active ? g : 0)} * kHeadDim);
-#pragma unroll
-  for (int ks = 0; ks < kHeadDim / 16; ++ks) {
-    q[ks][0] = row_active ? q_row[ks * 8 + t] : 0u;
-    q[ks][1] = row_active ? q_row[ks * 8 + 4 + t] : 0u;
-  }
   float o[kHeadDim / 8][4];
 #pragma unroll
   for (int n = 0; n < kHeadDim / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
@@ -254,9 +246,40 @@ __global__ void __launch_bounds__(kMmaThreads, 2) DecodeMmaKernel(DecodeArgs a) 
     }
     masks = (masks & ~(uint64_t{0xFFFF} << (16 * stage))) | (uint64_t{keys} << (16 * stage));
   };
-  for (int s = 0; s < kMmaStages - 1; ++s) {
-    if (s < mine) issue(s);
-    CpAsyncCommit();
+  auto issue_prologue = [&] {
+    for (int s = 0; s < kMmaStages - 1; ++s) {
+      if (s < mine) issue(s);
+      CpAsyncCommit();
+    }
+  };
+  // Early loads: the previous kernel (the step's KV append) writes only each sequence's
+  // newest key, so a warp whose first tiles do not hold it copies them while that kernel
+  // still runs, then waits for it.
+  bool prologue_issued = false;
+  if (a.early_loads) {
+    auto holds_newest_key = [&](int32_t i) {
+      const int32_t first_key = begin + (warp + i * kMmaWarps) * kTileKeys;
+      if (range.mode == 2) return first_key + kTileKeys >= range.count;
+      const int32_t row0 = first_key & ((1 << a.page_shift) - 1);
+      return (tile_page(i).x << a.page_shift) + row0 + kTileKeys >= len;
+    };
+    bool early = true;
+    for (int s = 0; s < kMmaStages - 1 && s < mine; ++s) early = early && !holds_newest_key(s);
+    if (early) {
+      issue_prologue();
+      prologue_issued = true;
+    }
+    ChainWait();
+  }
+  if (!prologue_issued) issue_prologue();
+  // Q as A fragments: row g, channels ks*16 + 2t (+1) and ks*16 + 8 + 2t (+1).
+  uint32_t q[kHeadDim / 16][2];
+  const uint32_t* q_row = reinterpret_cast<const uint32_t*>(
+      a.q + row * a.q_row_stride + int64_t{first_q + (row_active ? g : 0)} * kHeadDim);
+#pragma unroll
+  for (int ks = 0; ks < kHeadDim / 16; ++ks) {
+    q[ks][0] = row_active ? q_row[ks * 8 + t] : 0u;
+    q[ks][1] = row_active ? q_row[ks * 8 + 4 + t] : 0u;
   }
   const int matrix = lane >> 3;
   for (int32_t i = 0; i < mine; ++i) {

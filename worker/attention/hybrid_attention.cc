@@ -269,6 +269,9 @@ absl::Status HybridAttention::Run(int layer, const AttentionPlan& plan, const vo
   params.sink = config_.sink;
   params.local = plan.local();
   params.max_streaming_keys = config_.sink + plan.max_local();
+  // The op before this one is the layer's RoPE + KV append unless scoring and top-k ran
+  // for it (Select), which write the selection.
+  params.selection_settled = !plan.any_selects() || jobs_.empty();
   if (plan.any_selects() && device_rows_ != nullptr) {
     // The layer's rows: slots count from its first one.
     const int64_t first_row_of_layer = FirstSelectionRowOfLayer(layer);
