@@ -199,6 +199,10 @@ struct ScorePagesParams {
   const PageScoreJob* jobs = nullptr;
   int num_jobs = 0;
   float* scores = nullptr;
+  // Host hint: the op right before this one is the step's KV append, which writes q and
+  // only each sequence's newest key and its logical page's statistics; backends may then
+  // start copying the older statistics while it runs.
+  bool after_append = false;
   LSERVE_PARAMS_EQUALITY(ScorePagesParams);
 };
 

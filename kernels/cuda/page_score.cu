@@ -58,6 +58,7 @@ struct ScoreArgs {
   float* scores;
   int num_jobs;
   int64_t resident_blocks;  // blocks the device runs at once
+  bool early_loads;         // ScorePagesParams::after_append
 };
 
 // Each block scores tiles of its group's physical pages (the group's blocks, gridDim.x per
@@ -73,7 +74,8 @@ struct ScoreArgs {
 // them in distinct banks.
 template <int kHeadDim>
 __global__ void __launch_bounds__(kScoreThreads, 2) ScoreKernel(ScoreArgs a) {
-  ChainWait();
+  // Without early loads, wait for the previous kernel before reading anything.
+  if (!a.early_loads) ChainWait();
   extern __shared__ __align__(16) uint16_t staged[];
   __shared__ __align__(16) float q_pos[kScoreHeadsPerPass][kHeadDim];
   __shared__ __align__(16) float q_neg[kScoreHeadsPerPass][kHeadDim];
@@ -204,7 +206,6 @@ __global__ void __launch_bounds__(kScoreThreads, 2) ScoreKernel(ScoreArgs a) {
     }
   };
   const bool one_pass = group.heads <= kScoreHeadsPerPass;
-  if (one_pass) load_q(0, group.heads);  // visible from the barrier before the first tile
   const int half = threadIdx.x % kScoreLanesPerPage;  // which four partial sums
   const int pair = threadIdx.x / kScoreLanesPerPage;
   const int pair_segment = pair % pages_per_tile;
@@ -220,11 +221,22 @@ __global__ void __launch_bounds__(kScoreThreads, 2) ScoreKernel(ScoreArgs a) {
                                   ? max(int64_t{1}, group_blocks * a.resident_blocks / grid_blocks)
                                   : group_blocks;
   if (rank >= tile_stride) return;
+  // Early loads: the previous kernel (the step's append) changes only the statistics of
+  // the newest logical page, so a first tile without it is copied while that kernel runs;
+  // the queries it writes are read after the wait.
+  const bool first_early =
+      a.early_loads && rank < num_tiles && rank != (num_pages - 1) / pages_per_tile;
+  auto start_first_tile = [&] {
 #ifdef LSERVE_SM90A_DEVICE
-  if (threadIdx.x < 32 && rank < num_tiles) read_table(rank);
-  __syncthreads();  // the queries are in shared memory
+    if (threadIdx.x < 32) read_table(rank);  // warp 0 reads the table and copies
 #endif
-  if (rank < num_tiles) load_tile(rank, 0, rank + tile_stride);
+    load_tile(rank, 0, rank + tile_stride);
+  };
+  if (first_early) start_first_tile();
+  if (a.early_loads) ChainWait();
+  if (one_pass) load_q(0, group.heads);
+  __syncthreads();  // the queries are in shared memory
+  if (!first_early && rank < num_tiles) start_first_tile();
   for (int64_t tile = rank, n = 0; tile < num_tiles; tile += tile_stride, ++n) {
     const int stage = static_cast<int>(n % kScoreStages);
     if (tile + tile_stride < num_tiles) {
@@ -399,8 +411,9 @@ absl::Status ScorePages(const ScorePagesParams& p, void* stream) {
   const int64_t per_job_cap = std::max<int64_t>(1, resident / p.num_jobs);
   const int blocks = static_cast<int>(std::clamp<int64_t>(
       (pages + pages_per_tile - 1) / pages_per_tile, 1, std::min<int64_t>(per_job_cap, 4096)));
-  const ScoreArgs args{p.kv,   p.tables, static_cast<const uint16_t*>(p.q), p.q_row_stride,
-                       p.jobs, p.scores, static_cast<int>(p.num_jobs),      resident};
+  const ScoreArgs args{p.kv,          p.tables, static_cast<const uint16_t*>(p.q), p.q_row_stride,
+                       p.jobs,        p.scores, static_cast<int>(p.num_jobs),      resident,
+                       p.after_append};
   LaunchChained(kernel, dim3(blocks, p.num_jobs), kScoreThreads, smem, internal::AsStream(stream),
                 args);
   return CheckLaunch("ScoreKernel");

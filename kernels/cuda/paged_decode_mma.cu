@@ -247,7 +247,7 @@ __global__ void __launch_bounds__(kMmaThreads, 2) DecodeMmaKernel(DecodeArgs a) 
     masks = (masks & ~(uint64_t{0xFFFF} << (16 * stage))) | (uint64_t{keys} << (16 * stage));
   };
   auto issue_prologue = [&] {
-    for (int s = 0; s < kMmaStages - 1; ++s) {
+    for (int s = 0; s < kMmaStages; ++s) {
       if (s < mine) issue(s);
       CpAsyncCommit();
     }
@@ -264,7 +264,7 @@ __global__ void __launch_bounds__(kMmaThreads, 2) DecodeMmaKernel(DecodeArgs a) 
       return (tile_page(i).x << a.page_shift) + row0 + kTileKeys >= len;
     };
     bool early = true;
-    for (int s = 0; s < kMmaStages - 1 && s < mine; ++s) early = early && !holds_newest_key(s);
+    for (int s = 0; s < kMmaStages && s < mine; ++s) early = early && !holds_newest_key(s);
     if (early) {
       issue_prologue();
       prologue_issued = true;
@@ -283,15 +283,12 @@ __global__ void __launch_bounds__(kMmaThreads, 2) DecodeMmaKernel(DecodeArgs a) 
   }
   const int matrix = lane >> 3;
   for (int32_t i = 0; i < mine; ++i) {
-    CpAsyncWait<kMmaStages - 2>();
+    CpAsyncWait<kMmaStages - 1>();  // tile i has landed
     __syncwarp();
     const int stage = i % kMmaStages;
     const uint32_t k_base = SmemAddress(ring + stage * StageBytes<kHeadDim>());
     const uint32_t v_base = k_base + kTileKeys * kHeadDim * 2;
     const uint32_t keys = static_cast<uint32_t>(masks >> (16 * stage)) & 0xFFFFu;
-    // Refill the stage the previous tile used, so two tiles stay in flight during the math.
-    if (i + kMmaStages - 1 < mine) issue(i + kMmaStages - 1);
-    CpAsyncCommit();
     // S = Q K^T over two 8-key column tiles.
     float s[2][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}};
 #pragma unroll
@@ -347,6 +344,9 @@ __global__ void __launch_bounds__(kMmaThreads, 2) DecodeMmaKernel(DecodeArgs a) 
       Mma(o[n + 1], lo0, lo2, vb[2], vb[3]);
     }
     __syncwarp();  // the stage is read before it is refilled
+    // Refill it with the tile kMmaStages ahead: the other stages stay in flight meanwhile.
+    if (i + kMmaStages < mine) issue(i + kMmaStages);
+    CpAsyncCommit();
   }
   CpAsyncWait<0>();
   running_sum += __shfl_xor_sync(0xFFFFFFFFu, running_sum, 1);

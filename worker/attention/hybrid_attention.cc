@@ -150,6 +150,7 @@ absl::Status HybridAttention::ScoreJobs(int layer, const AttentionPlan& plan, Qu
   ASSIGN_OR_RETURN(params.jobs, StageVector(backend_, jobs_));
   params.num_jobs = static_cast<int>(jobs_.size());
   params.scores = scores;
+  params.after_append = true;  // Run follows the layer's RoPE + KV append
   return backend_->ScorePages(params);
 }
 
