@@ -43,12 +43,12 @@ DecodeLaunch PlanDecode(const PagedAttentionParams& p, int num_sms, int min_spli
   const int heads = per_query_head && dense_present ? long_kv_heads * group : long_kv_heads;
   const int64_t seqs = std::max(1, p.tables.num_seqs);
   const int64_t units = seqs * std::max(1, heads);
-  // Streaming heads beside dense ones, when their range is known to be short.
-  const bool streaming_apart =
-      counts_given && dense_present && p.kv.streaming.num_heads > 0 && p.max_streaming_keys > 0;
-  const int64_t streaming_units = streaming_apart ? seqs * p.kv.streaming.num_heads : 0;
   int64_t keys = p.max_keys > 0 ? p.max_keys : p.tables.max_kv_len;
   if (!dense_present && p.max_streaming_keys > 0) keys = p.max_streaming_keys;
+  // Streaming heads beside dense ones, when their range is known to be short.
+  const bool streaming_apart = counts_given && dense_present && p.kv.streaming.num_heads > 0 &&
+                               p.max_streaming_keys > 0 && keys > 0;
+  const int64_t streaming_units = streaming_apart ? seqs * p.kv.streaming.num_heads : 0;
   const int64_t longest = std::clamp<int64_t>(keys / std::max(1, min_split_keys), 1, 128);
   auto streaming_splits = [&](int64_t splits) {
     if (!streaming_apart) return splits;

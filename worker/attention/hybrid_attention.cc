@@ -150,7 +150,7 @@ absl::Status HybridAttention::ScoreJobs(int layer, const AttentionPlan& plan, Qu
   ASSIGN_OR_RETURN(params.jobs, StageVector(backend_, jobs_));
   params.num_jobs = static_cast<int>(jobs_.size());
   params.scores = scores;
-  params.after_append = true;  // Run follows the layer's RoPE + KV append
+  params.after_append = true;  // Run follows the layer's RoPE + KV append (see Run)
   return backend_->ScorePages(params);
 }
 
@@ -270,8 +270,9 @@ absl::Status HybridAttention::Run(int layer, const AttentionPlan& plan, const vo
   params.sink = config_.sink;
   params.local = plan.local();
   params.max_streaming_keys = config_.sink + plan.max_local();
-  // The op before this one is the layer's RoPE + KV append unless scoring and top-k ran
-  // for it (Select), which write the selection.
+  // The op before this one is the layer's RoPE + KV append (Engine::Forward calls Run right
+  // after RopeAppend) unless scoring and top-k ran for it (Select), which write the
+  // selection. A caller running other kernels in between must not take these hints.
   params.selection_settled = !plan.any_selects() || jobs_.empty();
   if (plan.any_selects() && device_rows_ != nullptr) {
     // The layer's rows: slots count from its first one.

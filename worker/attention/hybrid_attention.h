@@ -39,7 +39,9 @@ class HybridAttention {
                           const RopeParams& k_rope, const void* v, int64_t row_stride);
   // Attention of `layer`: scores the selections due at this step, then one launch over
   // every head of the batch. q rows lie q_row_stride values apart (0: packed), each with
-  // num_q_heads * head_dim values; out rows are packed.
+  // num_q_heads * head_dim values; out rows are packed. The last kernel before it on the
+  // backend's stream must be this layer's append (RopeAppend or Append), or none: its
+  // launches may read older K/V and statistics while that append still runs.
   absl::Status Run(int layer, const AttentionPlan& plan, const void* q, void* out,
                    int64_t q_row_stride = 0);
 

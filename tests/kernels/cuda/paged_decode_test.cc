@@ -207,6 +207,11 @@ TEST_F(PagedDecodeTest, SplitPlanIsSizedByTheDenseHeads) {
   EXPECT_GE(apart.streaming_splits, 1);
   EXPECT_LT(apart.streaming_splits, apart.splits);
   EXPECT_EQ(apart.streaming_splits, (384 + dense_chunk - 1) / dense_chunk);
+  // An empty batch (no keys at all) plans one split.
+  p.max_keys = 0;
+  p.tables.max_kv_len = 0;
+  p.tables.num_seqs = 0;
+  EXPECT_EQ(PlanDecode(p, 132).splits, 1);
 }
 
 TEST_F(PagedDecodeTest, SeventyThousandTokensMixedWithShortOnes) {
