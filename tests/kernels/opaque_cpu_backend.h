@@ -34,12 +34,18 @@ class OpaqueHostMemory final : public MemorySpace {
 
 // The CPU backend behind OpaqueHostMemory. With split_rows, attention over a batch whose
 // leading single-row sequences are marked (tables.single_row_prefix) runs as two launches
-// over slices of the batch, as the CUDA backend runs decode rows and prefill chunks.
+// over slices of the batch, as the CUDA backend runs decode rows and prefill chunks. With
+// CheckEarlyLoadOrder(), it also holds callers to the op order that the early-load hints
+// promise (a device backend would read stale data otherwise): attention marked
+// selection_settled and scoring marked after_append must come right after a KV append,
+// or first, else the op fails with FAILED_PRECONDITION.
 class OpaqueCpuBackend final : public Backend {
  public:
   explicit OpaqueCpuBackend(Backend* cpu, bool split_rows = false)
       : cpu_(cpu), split_rows_(split_rows) {}
   int split_launches() const { return split_launches_; }
+  // Callers must feed every op of the stream through this backend.
+  void CheckEarlyLoadOrder() { check_order_ = true; }
   std::string_view name() const override { return "opaque cpu"; }
   DType compute_dtype() const override { return cpu_->compute_dtype(); }
   MemorySpace* memory() override { return &memory_; }
@@ -58,13 +64,21 @@ class OpaqueCpuBackend final : public Backend {
     return tensor;
   }
   absl::Status Synchronize() override { return cpu_->Synchronize(); }
-  absl::Status Embedding(const EmbeddingParams& p) override { return cpu_->Embedding(p); }
-  absl::Status RmsNorm(const RmsNormParams& p) override { return cpu_->RmsNorm(p); }
-  absl::Status Rope(const RopeParams& p) override { return cpu_->Rope(p); }
-  absl::Status SiluMul(const SiluMulParams& p) override { return cpu_->SiluMul(p); }
-  absl::Status Gemm(const GemmParams& p) override { return cpu_->Gemm(p); }
-  absl::Status AppendKv(const AppendKvParams& p) override { return cpu_->AppendKv(p); }
+  absl::Status Embedding(const EmbeddingParams& p) override {
+    return Op(false, cpu_->Embedding(p));
+  }
+  absl::Status RmsNorm(const RmsNormParams& p) override { return Op(false, cpu_->RmsNorm(p)); }
+  absl::Status Rope(const RopeParams& p) override { return Op(false, cpu_->Rope(p)); }
+  absl::Status SiluMul(const SiluMulParams& p) override { return Op(false, cpu_->SiluMul(p)); }
+  absl::Status Gemm(const GemmParams& p) override { return Op(false, cpu_->Gemm(p)); }
+  absl::Status AppendKv(const AppendKvParams& p) override { return Op(true, cpu_->AppendKv(p)); }
   absl::Status PagedAttention(const PagedAttentionParams& p) override {
+    if (check_order_ && p.selection_settled && ran_op_ && !after_append_) {
+      return absl::FailedPreconditionError(
+          "attention marked selection_settled not after an append");
+    }
+    after_append_ = false;
+    ran_op_ = true;
     PagedAttentionParams single_rows, rest;
     if (!split_rows_ || !SplitAtSingleRowPrefix(p, &single_rows, &rest)) {
       return cpu_->PagedAttention(p);
@@ -73,14 +87,31 @@ class OpaqueCpuBackend final : public Backend {
     RETURN_IF_ERROR(cpu_->PagedAttention(single_rows));
     return cpu_->PagedAttention(rest);
   }
-  absl::Status ScorePages(const ScorePagesParams& p) override { return cpu_->ScorePages(p); }
-  absl::Status SelectPages(const SelectPagesParams& p) override { return cpu_->SelectPages(p); }
-  absl::Status Sample(const SampleParams& p) override { return cpu_->Sample(p); }
+  absl::Status ScorePages(const ScorePagesParams& p) override {
+    if (check_order_ && p.after_append && ran_op_ && !after_append_) {
+      return absl::FailedPreconditionError("scoring marked after_append not after an append");
+    }
+    return Op(false, cpu_->ScorePages(p));
+  }
+  absl::Status SelectPages(const SelectPagesParams& p) override {
+    return Op(false, cpu_->SelectPages(p));
+  }
+  absl::Status Sample(const SampleParams& p) override { return Op(false, cpu_->Sample(p)); }
 
  private:
+  // Notes whether the op just run was a KV append, and passes its status on.
+  absl::Status Op(bool append, absl::Status status) {
+    after_append_ = append;
+    ran_op_ = true;
+    return status;
+  }
+
   Backend* cpu_;
   bool split_rows_;
   int split_launches_ = 0;
+  bool check_order_ = false;
+  bool ran_op_ = false;        // any op yet
+  bool after_append_ = false;  // the last op was AppendKv
   OpaqueHostMemory memory_;
 };
 

@@ -49,8 +49,9 @@ std::vector<float> EngineLogits(const std::string& folder, const std::vector<int
     EXPECT_TRUE(created.ok()) << created.status();
     cpu = *std::move(created);
     options.max_kv_cache_bytes = int64_t{64} << 20;
-    engine = Engine::Create(*std::move(weights), options,
-                            std::make_unique<testing::OpaqueCpuBackend>(cpu.get()));
+    auto opaque = std::make_unique<testing::OpaqueCpuBackend>(cpu.get());
+    opaque->CheckEarlyLoadOrder();
+    engine = Engine::Create(*std::move(weights), options, std::move(opaque));
   } else {
     engine = Engine::Create(*std::move(weights), options);
   }

@@ -1,11 +1,15 @@
 // Hybrid sparse attention through the whole engine: invariants 1, 2 and 7 of DESIGN.md §3
 // and the stories260K divergence report.
+#include <cmath>
 #include <cstdio>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "eval/sparse_quality.h"
 #include "gtest/gtest.h"
+#include "kernels/backend_registry.h"
+#include "tests/kernels/opaque_cpu_backend.h"
 #include "tests/worker/engine_test_util.h"
 #include "tests/worker/test_util.h"
 #include "worker/model/synthetic_model.h"
@@ -139,6 +143,57 @@ TEST(SparseEngineTest, MixedLengthBatchEqualsEachSequenceAlone) {
           << "length " << lengths[s] << " scoring " << PageScoringName(scoring);
     }
   }
+}
+
+// On a device-style backend (selections kept in backend memory, every op through one
+// stream) the engine keeps the order its early-load hints promise: attention marked
+// selection_settled and scoring marked after_append come right after the layer's KV
+// append, or the backend fails the op. Its logits match the host path's.
+TEST(SparseEngineTest, DeviceStyleEngineKeepsTheOrderItsEarlyLoadHintsPromise) {
+  for (PageScoring scoring : {PageScoring::kPerQueryHead, PageScoring::kPerKvHead}) {
+    SparseAttentionConfig config = SmallHybrid();
+    config.scoring = scoring;
+    auto cpu = CreateBackend("cpu", {2, 0});
+    ASSERT_TRUE(cpu.ok()) << cpu.status();
+    auto opaque = std::make_unique<testing::OpaqueCpuBackend>(cpu->get());
+    opaque->CheckEarlyLoadOrder();
+    auto weights = Stories();
+    ASSERT_TRUE(weights.ok()) << weights.status();
+    EngineOptions options;
+    options.num_threads = 2;
+    options.attention = config;
+    options.max_sequences = 8;
+    options.max_chunk_tokens = 128;
+    options.max_kv_cache_bytes = int64_t{64} << 20;
+    auto engine = Engine::Create(*std::move(weights), options, std::move(opaque));
+    ASSERT_TRUE(engine.ok()) << engine.status();
+    // 300 prompt tokens and 24 decode steps: six rescorings past the 64-token budget.
+    const std::vector<float> device_style = RunSequence(**engine, 1, Ids(300, 2), 64, 24);
+    const std::vector<float> host = RunSequence(*MakeEngine(config), 1, Ids(300, 2), 64, 24);
+    ASSERT_EQ(device_style.size(), host.size());
+    int far = 0;
+    for (size_t i = 0; i < host.size(); ++i) far += std::fabs(device_style[i] - host[i]) > 1e-3f;
+    EXPECT_EQ(far, 0) << PageScoringName(scoring);
+  }
+}
+
+// The check itself: attention or scoring marked as following an append fails after
+// another op.
+TEST(SparseEngineTest, OpsOutOfTheEarlyLoadOrderFail) {
+  auto cpu = CreateBackend("cpu", {1, 0});
+  ASSERT_TRUE(cpu.ok()) << cpu.status();
+  testing::OpaqueCpuBackend opaque(cpu->get());
+  opaque.CheckEarlyLoadOrder();
+  RopeParams no_tokens;
+  no_tokens.dtype = DType::kF32;
+  no_tokens.head_dim = 2;
+  ASSERT_TRUE(opaque.Rope(no_tokens).ok());
+  PagedAttentionParams attention;
+  attention.selection_settled = true;
+  EXPECT_EQ(opaque.PagedAttention(attention).code(), absl::StatusCode::kFailedPrecondition);
+  ScorePagesParams score;
+  score.after_append = true;
+  EXPECT_EQ(opaque.ScorePages(score).code(), absl::StatusCode::kFailedPrecondition);
 }
 
 // The setting (page 16, budget 64, sink 16, local 64) and two wider ones: prints
