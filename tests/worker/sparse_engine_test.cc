@@ -28,7 +28,9 @@ std::vector<int32_t> Ids(int n, int salt) {
   return ids;
 }
 
-std::unique_ptr<Engine> MakeEngine(const SparseAttentionConfig& attention) {
+// The stories260K engine on the CPU backend, or on `backend` (with a 64 MiB KV cache).
+std::unique_ptr<Engine> MakeEngine(const SparseAttentionConfig& attention,
+                                   std::unique_ptr<Backend> backend = nullptr) {
   auto weights = Stories();
   EXPECT_TRUE(weights.ok()) << weights.status();
   EngineOptions options;
@@ -36,9 +38,15 @@ std::unique_ptr<Engine> MakeEngine(const SparseAttentionConfig& attention) {
   options.attention = attention;
   options.max_sequences = 8;
   options.max_chunk_tokens = 128;
-  auto engine = Engine::Create(*std::move(weights), options);
+  absl::StatusOr<std::unique_ptr<Engine>> engine;
+  if (backend != nullptr) {
+    options.max_kv_cache_bytes = int64_t{64} << 20;
+    engine = Engine::Create(*std::move(weights), options, std::move(backend));
+  } else {
+    engine = Engine::Create(*std::move(weights), options);
+  }
   EXPECT_TRUE(engine.ok()) << engine.status();
-  return *std::move(engine);
+  return engine.ok() ? *std::move(engine) : nullptr;
 }
 
 using testing::SmallHybrid;
@@ -157,18 +165,10 @@ TEST(SparseEngineTest, DeviceStyleEngineKeepsTheOrderItsEarlyLoadHintsPromise) {
     ASSERT_TRUE(cpu.ok()) << cpu.status();
     auto opaque = std::make_unique<testing::OpaqueCpuBackend>(cpu->get());
     opaque->CheckEarlyLoadOrder();
-    auto weights = Stories();
-    ASSERT_TRUE(weights.ok()) << weights.status();
-    EngineOptions options;
-    options.num_threads = 2;
-    options.attention = config;
-    options.max_sequences = 8;
-    options.max_chunk_tokens = 128;
-    options.max_kv_cache_bytes = int64_t{64} << 20;
-    auto engine = Engine::Create(*std::move(weights), options, std::move(opaque));
-    ASSERT_TRUE(engine.ok()) << engine.status();
+    auto engine = MakeEngine(config, std::move(opaque));
+    ASSERT_NE(engine, nullptr);
     // 300 prompt tokens and 24 decode steps: six rescorings past the 64-token budget.
-    const std::vector<float> device_style = RunSequence(**engine, 1, Ids(300, 2), 64, 24);
+    const std::vector<float> device_style = RunSequence(*engine, 1, Ids(300, 2), 64, 24);
     const std::vector<float> host = RunSequence(*MakeEngine(config), 1, Ids(300, 2), 64, 24);
     ASSERT_EQ(device_style.size(), host.size());
     int far = 0;
