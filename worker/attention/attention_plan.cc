@@ -17,6 +17,7 @@ absl::Status AttentionPlan::Build(const KvStore& store, std::span<const Attentio
   batch_.assign(batch.begin(), batch.end());
   q_indptr_.assign(1, 0);
   local_.clear();
+  max_local_ = 0;
   selects_.clear();
   any_selects_ = false;
   std::vector<BatchSequence> entries;
@@ -29,6 +30,7 @@ absl::Status AttentionPlan::Build(const KvStore& store, std::span<const Attentio
     const int64_t kv_len = s.start_pos + s.num_queries;
     q_indptr_.push_back(static_cast<int32_t>(s.q_row + s.num_queries));
     local_.push_back(static_cast<int32_t>(s.decode ? config.decode_local : config.prefill_local));
+    max_local_ = std::max(max_local_, local_.back());
     const bool selects = config.SelectsPages(kv_len, s.decode);
     selects_.push_back(selects ? 1 : 0);
     any_selects_ = any_selects_ || selects;

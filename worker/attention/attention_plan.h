@@ -42,11 +42,7 @@ class AttentionPlan {
   const int32_t* q_indptr() const { return q_indptr_device_; }
   const int32_t* local() const { return local_device_; }
   // The longest streaming window of the batch's sequences (host).
-  int32_t max_local() const {
-    int32_t longest = 0;
-    for (int32_t window : local_) longest = window > longest ? window : longest;
-    return longest;
-  }
+  int32_t max_local() const { return max_local_; }
   // Whether sequence b's dense heads read selected pages in this step.
   bool selects(size_t b) const { return selects_[b] != 0; }
   bool any_selects() const { return any_selects_; }
@@ -57,6 +53,7 @@ class AttentionPlan {
   PageTableArrays host_;
   std::vector<int32_t> q_indptr_;
   std::vector<int32_t> local_;
+  int32_t max_local_ = 0;
   std::vector<uint8_t> selects_;
   bool any_selects_ = false;
   PageTableView tables_;
