@@ -124,27 +124,65 @@ class RandomSource {
   uint16_t* data_;
 };
 
-// Mean milliseconds of `run` over enough repetitions.
-template <typename Run>
-inline double TimeMs(Run run) {
-  for (int i = 0; i < 3; ++i) run();
+// Mean milliseconds per repetition of launch(reps) (which queues `reps` repetitions on
+// `stream`), between events on `stream`, with reps growing from `reps` until the span passes
+// 50 ms or reps reaches max_reps.
+template <typename Launch>
+inline double TimeRepetitionsMs(Launch launch, cudaStream_t stream, int reps, int max_reps) {
   cudaEvent_t start, stop;
   CUDA_OK(cudaEventCreate(&start));
   CUDA_OK(cudaEventCreate(&stop));
-  int reps = 10;
   float ms = 0;
   for (;;) {
-    CUDA_OK(cudaEventRecord(start));
-    for (int i = 0; i < reps; ++i) run();
-    CUDA_OK(cudaEventRecord(stop));
+    CUDA_OK(cudaEventRecord(start, stream));
+    launch(reps);
+    CUDA_OK(cudaEventRecord(stop, stream));
     CUDA_OK(cudaEventSynchronize(stop));
     CUDA_OK(cudaEventElapsedTime(&ms, start, stop));
-    if (ms > 50 || reps >= 2000) break;
+    if (ms > 50 || reps >= max_reps) break;
     reps *= 4;
   }
   cudaEventDestroy(start);
   cudaEventDestroy(stop);
   return ms / reps;
+}
+
+// Mean milliseconds of `run` over enough repetitions.
+template <typename Run>
+inline double TimeMs(Run run) {
+  for (int i = 0; i < 3; ++i) run();
+  return TimeRepetitionsMs(
+      [&](int reps) {
+        for (int i = 0; i < reps; ++i) run();
+      },
+      nullptr, 10, 2000);
+}
+
+// Milliseconds per call of run(stream) as a step runs in the engine: `calls` calls
+// captured into one CUDA graph (kernels launched chained keep their programmatic edges),
+// the graph replayed until 50 ms have passed; per call.
+template <typename Run>
+inline double TimeGraphMs(Run run, int calls = 16) {
+  cudaStream_t stream;
+  CUDA_OK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  for (int i = 0; i < 3; ++i) run(stream);
+  CUDA_OK(cudaStreamSynchronize(stream));
+  cudaGraph_t graph;
+  CUDA_OK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+  for (int i = 0; i < calls; ++i) run(stream);
+  CUDA_OK(cudaStreamEndCapture(stream, &graph));
+  cudaGraphExec_t exec;
+  CUDA_OK(cudaGraphInstantiate(&exec, graph, 0));
+  CUDA_OK(cudaGraphDestroy(graph));
+  CUDA_OK(cudaGraphLaunch(exec, stream));
+  const double ms = TimeRepetitionsMs(
+      [&](int reps) {
+        for (int i = 0; i < reps; ++i) CUDA_OK(cudaGraphLaunch(exec, stream));
+      },
+      stream, 4, 1000);
+  CUDA_OK(cudaGraphExecDestroy(exec));
+  CUDA_OK(cudaStreamDestroy(stream));
+  return ms / calls;
 }
 
 }  // namespace lserve::bench

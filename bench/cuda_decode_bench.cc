@@ -6,6 +6,8 @@
 //      reading their top pages within a 4096-token budget, reused for 4 steps: selector
 //      time (scoring + top-k) apart from attention time, and the step time averaged over
 //      the reuse interval against dense at the same shape.
+// Kernels run back to back from the host ("ms" columns) and, as the engine runs decode
+// steps, replayed from CUDA graphs ("graph ms": a reuse cycle of steps per graph).
 // Pages are scattered (a random permutation), statistics random. Prints a table; --json.
 #include <cuda_runtime_api.h>
 
@@ -156,6 +158,31 @@ double DecodeMs(Batch& b, int num_sms, int min_split_keys, void** workspace,
       [&] { STATUS_OK(cuda::PagedDecodeAttention(b.attention, launch, *workspace, nullptr)); });
 }
 
+// Milliseconds per decode step as the engine runs steps, captured in CUDA graphs: a cycle of
+// kReuse steps, the first scoring and selecting pages (when the batch selects) and the
+// others reusing the selection, each attention marked settled where no selection ran
+// before it (PagedAttentionParams::selection_settled). Call after DecodeMs (workspace).
+double GraphStepMs(Batch& b, int num_sms, int min_split_keys, void* workspace) {
+  const cuda::DecodeLaunch launch = cuda::PlanDecode(b.attention, num_sms, min_split_keys);
+  SelectPagesParams select = b.select;
+  select.after_scoring = true;
+  PagedAttentionParams after_select = b.attention;
+  after_select.selection_settled = b.num_jobs == 0;
+  PagedAttentionParams settled = b.attention;
+  settled.selection_settled = true;
+  return TimeGraphMs([&](cudaStream_t stream) {
+           if (b.num_jobs > 0) {
+             STATUS_OK(cuda::ScorePages(b.score, stream));
+             STATUS_OK(cuda::SelectPages(select, stream));
+           }
+           STATUS_OK(cuda::PagedDecodeAttention(after_select, launch, workspace, stream));
+           for (int i = 1; i < kReuse; ++i) {
+             STATUS_OK(cuda::PagedDecodeAttention(settled, launch, workspace, stream));
+           }
+         }) /
+         kReuse;
+}
+
 }  // namespace
 }  // namespace lserve::bench
 
@@ -196,8 +223,8 @@ int main(int argc, char** argv) {
   report["scattered_pages"] = scatter;
   report["min_split_keys"] = min_split_keys;
   std::printf("Dense paged decode, Llama-3-8B heads, bf16, page 64 (one layer)\n");
-  std::printf("%6s %8s %10s %10s %6s\n", "batch", "keys", "ms", "TB/s", "splits");
-  std::map<std::pair<int, int64_t>, double> dense_ms;
+  std::printf("%6s %8s %10s %10s %6s %10s\n", "batch", "keys", "ms", "TB/s", "splits", "graph ms");
+  std::map<std::pair<int, int64_t>, double> dense_ms, dense_graph_ms;
   for (int batch : batches) {
     for (int64_t len : lengths) {
       Batch b;
@@ -206,10 +233,14 @@ int main(int argc, char** argv) {
       dense_ms[{batch, len}] = ms;
       const double tbs = b.kv_bytes / (ms * 1e-3) / 1e12;
       const int splits = cuda::PlanDecode(b.attention, num_sms, min_split_keys).splits;
-      std::printf("%6d %8lld %10.4f %10.3f %6d\n", batch, (long long)len, ms, tbs, splits);
+      const double graph_ms = GraphStepMs(b, num_sms, min_split_keys, workspace);
+      dense_graph_ms[{batch, len}] = graph_ms;
+      std::printf("%6d %8lld %10.4f %10.3f %6d %10.4f\n", batch, (long long)len, ms, tbs, splits,
+                  graph_ms);
       report["dense"].push_back({{"batch", batch},
                                  {"keys", len},
                                  {"ms", ms},
+                                 {"graph_ms", graph_ms},
                                  {"tb_per_s", tbs},
                                  {"kv_bytes", b.kv_bytes},
                                  {"splits", splits}});
@@ -218,8 +249,9 @@ int main(int argc, char** argv) {
   std::printf(
       "\nHybrid decode: 4 of 8 KV heads streaming (sink 128, local 256), budget 4096, "
       "reuse 4\n");
-  std::printf("%6s %8s %8s %10s %8s %8s %10s %10s %10s %8s\n", "batch", "keys", "scoring",
-              "select ms", "score", "top-k", "attn ms", "step ms", "dense ms", "speedup");
+  std::printf("%6s %8s %8s %10s %8s %8s %10s %10s %10s %8s %10s %8s\n", "batch", "keys", "scoring",
+              "select ms", "score", "top-k", "attn ms", "step ms", "dense ms", "speedup",
+              "graph ms", "speedup");
   for (bool per_kv_head : {false, true}) {
     if (!run_hybrid) break;
     for (int batch : batches) {
@@ -240,10 +272,13 @@ int main(int argc, char** argv) {
             DecodeMs(b, num_sms, min_split_keys, &workspace, &workspace_bytes);
         const double step_ms = attention_ms + select_ms / kReuse;
         const double dense = dense_ms[{batch, len}];
+        const double graph_ms = GraphStepMs(b, num_sms, min_split_keys, workspace);
+        const double dense_graph = dense_graph_ms[{batch, len}];
         const char* mode = per_kv_head ? "kv_head" : "q_head";
-        std::printf("%6d %8lld %8s %10.4f %8.4f %8.4f %10.4f %10.4f %10.4f %8.2f\n", batch,
-                    (long long)len, mode, select_ms, score_only_ms, topk_only_ms, attention_ms,
-                    step_ms, dense, dense / step_ms);
+        std::printf("%6d %8lld %8s %10.4f %8.4f %8.4f %10.4f %10.4f %10.4f %8.2f %10.4f %8.2f\n",
+                    batch, (long long)len, mode, select_ms, score_only_ms, topk_only_ms,
+                    attention_ms, step_ms, dense, dense / step_ms, graph_ms,
+                    dense_graph / graph_ms);
         report["hybrid"].push_back({{"batch", batch},
                                     {"keys", len},
                                     {"scoring", mode},
@@ -253,7 +288,10 @@ int main(int argc, char** argv) {
                                     {"attention_ms", attention_ms},
                                     {"step_ms", step_ms},
                                     {"dense_ms", dense},
-                                    {"speedup_vs_dense", dense / step_ms}});
+                                    {"speedup_vs_dense", dense / step_ms},
+                                    {"graph_step_ms", graph_ms},
+                                    {"dense_graph_ms", dense_graph},
+                                    {"graph_speedup_vs_dense", dense_graph / graph_ms}});
       }
     }
   }

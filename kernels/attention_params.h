@@ -79,6 +79,10 @@ struct RopeAppendKvParams {
   RopeParams q_rope;
   RopeParams k_rope;
   AppendKvParams append;
+  // Host hint: the op right before this one (e.g. the QKV projection) writes only the q, k
+  // and v rows; the tables, lengths, positions, inv_freq and pools are settled, so
+  // backends may read them while it still runs.
+  bool inputs_settled = false;
   LSERVE_PARAMS_EQUALITY(RopeAppendKvParams);
 };
 
@@ -222,6 +226,10 @@ struct SelectPagesParams {
   int32_t* counts = nullptr;          // [rows]
   const int32_t* out_rows = nullptr;  // [num_jobs], optional
   int32_t selected_stride = 0;
+  // Host hint: the op right before this one is the ScorePages that writes `scores`, and
+  // it writes nothing else this op reads; backends may read the jobs, lengths and output
+  // rows while it runs.
+  bool after_scoring = false;
   LSERVE_PARAMS_EQUALITY(SelectPagesParams);
 };
 

@@ -42,6 +42,9 @@ struct AppendArgs {
   int num_q_heads;
   int64_t q_row_stride;
   int64_t num_tokens;
+  // RopeAppendKvParams::inputs_settled: only k, v and q are read after the wait for the
+  // previous kernel.
+  bool inputs_settled;
 };
 
 // Row `row` of k (RoPE at its position) and v into the pool row at `key`: the 8 values at c
@@ -68,21 +71,96 @@ __device__ __forceinline__ void CopyRotatedChunk(const AppendArgs& a, int64_t ro
       *reinterpret_cast<const uint4*>(a.v + src + half);
 }
 
+// A decode step's append of sequence b's one new row (`row` of k/v, at position `pos`) into
+// KV head h with RoPE, by the block: the position's cos/sin table, the pool row and (dense
+// heads) the logical page's stored statistics come first, before the wait for the kernel
+// that writes k and v when the inputs are settled; then thread t rotates the 8 values at
+// 8 t and their partners at 8 t + head_dim / 2, stores them with v, and folds them into
+// kmax/kmin with the comparisons of AppendKernel's row loop.
+__device__ void AppendRotatedRow(const AppendArgs& a, int b, int h, int64_t row, int64_t pos,
+                                 float* table) {
+  const int d = a.kv.head_dim;
+  const int half = d / 2;
+  internal::FillRopeTable(static_cast<float>(a.positions[row]), a.inv_freq, d, table);
+  const int c = threadIdx.x * 8;
+  if (c >= half) return;
+  const int page_size = a.kv.page_size;
+  const int logical = a.kv.logical_page_size;
+  const bool streaming = a.kv.kv_head_streaming[h] != 0;
+  const int slot = a.kv.kv_head_slot[h];
+  const KvPoolView& pool = streaming ? a.kv.streaming : a.kv.dense;
+  const KvLocation at = streaming ? internal::StreamingLocation(a.t, page_size, b, pos)
+                                  : internal::DenseLocation(a.t, page_size, b, pos);
+  uint16_t* key = internal::KeyRow(pool, at, slot, page_size, d);
+  const bool fresh = pos % logical == 0;  // the row starts its logical page
+  uint16_t* kmax = nullptr;
+  uint16_t* kmin = nullptr;
+  float max_low[8], max_high[8], min_low[8], min_high[8];
+  if (!streaming) {
+    kmax =
+        internal::KmaxRow(pool, at.page, slot, at.row / logical, page_size, page_size / logical, d);
+    kmin = kmax + internal::KminOffset(pool, page_size / logical, d);
+    if (!fresh) {
+      internal::LoadBf16<8>(kmax + c, max_low);
+      internal::LoadBf16<8>(kmax + c + half, max_high);
+      internal::LoadBf16<8>(kmin + c, min_low);
+      internal::LoadBf16<8>(kmin + c + half, min_high);
+    }
+  }
+  if (a.inputs_settled) ChainWait();
+  const int64_t src = row * a.row_stride + int64_t{h} * d + c;
+  float low[8], high[8];
+  internal::LoadBf16<8>(a.k + src, low);
+  internal::LoadBf16<8>(a.k + src + half, high);
+  const uint4 value_low = *reinterpret_cast<const uint4*>(a.v + src);
+  const uint4 value_high = *reinterpret_cast<const uint4*>(a.v + src + half);
+#pragma unroll
+  for (int e = 0; e < 8; ++e)
+    internal::RotatePair(low[e], high[e], table[c + e], table[half + c + e]);
+  internal::StoreBf16<8>(key + c, low);
+  internal::StoreBf16<8>(key + c + half, high);
+  const int64_t value_offset = internal::ValueOffset(pool, page_size, d);
+  *reinterpret_cast<uint4*>(key + value_offset + c) = value_low;
+  *reinterpret_cast<uint4*>(key + value_offset + c + half) = value_high;
+  if (streaming) return;
+#pragma unroll
+  for (int e = 0; e < 8; ++e) {
+    const float key_low = Bf16ToFloat(internal::FloatToBf16(low[e]));
+    const float key_high = Bf16ToFloat(internal::FloatToBf16(high[e]));
+    if (fresh) {
+      max_low[e] = min_low[e] = key_low;
+      max_high[e] = min_high[e] = key_high;
+      continue;
+    }
+    max_low[e] = max_low[e] < key_low ? key_low : max_low[e];  // std::max
+    max_high[e] = max_high[e] < key_high ? key_high : max_high[e];
+    min_low[e] = key_low < min_low[e] ? key_low : min_low[e];  // std::min
+    min_high[e] = key_high < min_high[e] ? key_high : min_high[e];
+  }
+  internal::StoreBf16<8>(kmax + c, max_low);
+  internal::StoreBf16<8>(kmax + c + half, max_high);
+  internal::StoreBf16<8>(kmin + c, min_low);
+  internal::StoreBf16<8>(kmin + c + half, min_high);
+}
+
 // One block per (sequence, KV head) and stride of logical pages: it copies the rows that
 // land in each logical page (rotating k first when RoPE is fused), then (dense heads)
 // folds them into the page's kmax/kmin in row order, with the CPU's comparisons (so
 // signed zeros come out the same). Blocks past those rotate the q rows when RoPE is fused.
+// A decode row (one row for the sequence) with RoPE takes AppendRotatedRow.
 __global__ void __launch_bounds__(kAppendThreads) AppendKernel(AppendArgs a) {
-  ChainWait();
+  if (!a.inputs_settled) ChainWait();
+  extern __shared__ float table[];  // fused RoPE: cos [half], then sin [half]
   const int num_kv_heads = a.kv.num_kv_heads;
   if (blockIdx.x >= a.t.num_seqs * num_kv_heads) {
     const int64_t token =
         int64_t{blockIdx.x - a.t.num_seqs * num_kv_heads} * gridDim.y + blockIdx.y;
     if (token < a.num_tokens) {
-      extern __shared__ float table[];  // cos [half], then sin [half]
-      internal::RotateTokenHeads<internal::kBf16PerVector>(
-          a.q + token * a.q_row_stride, a.num_q_heads, a.kv.head_dim,
-          static_cast<float>(a.positions[token]), a.inv_freq, table);
+      internal::FillRopeTable(static_cast<float>(a.positions[token]), a.inv_freq, a.kv.head_dim,
+                              table);
+      if (a.inputs_settled) ChainWait();
+      internal::RotateTokenHeads<internal::kBf16PerVector>(a.q + token * a.q_row_stride,
+                                                           a.num_q_heads, a.kv.head_dim, table);
     }
     return;
   }
@@ -92,6 +170,11 @@ __global__ void __launch_bounds__(kAppendThreads) AppendKernel(AppendArgs a) {
   const int64_t rows = a.q_indptr[b + 1] - first_row;
   if (rows <= 0) return;
   const int64_t len = a.t.kv_len[b];
+  if (rows == 1 && a.inv_freq != nullptr) {
+    if (blockIdx.y == 0) AppendRotatedRow(a, b, h, first_row, len - 1, table);
+    return;
+  }
+  if (a.inputs_settled) ChainWait();
   const int64_t first_pos = len - rows;
   const int d = a.kv.head_dim;
   const int page_size = a.kv.page_size;
@@ -173,7 +256,8 @@ absl::Status AppendKv(const AppendKvParams& p, void* stream) {
                   nullptr,
                   0,
                   0,
-                  0};
+                  0,
+                  false};
   const dim3 grid(p.tables.num_seqs * p.kv.num_kv_heads, AppendBlocksPerHead(p));
   LaunchChained(AppendKernel, grid, kAppendThreads, 0, internal::AsStream(stream), args);
   return internal::CheckLaunch("AppendKernel");
@@ -221,7 +305,8 @@ absl::Status RopeAppendKv(const RopeAppendKvParams& p, void* stream) {
                         static_cast<uint16_t*>(q.x),
                         q.num_heads,
                         q_stride,
-                        q.num_tokens};
+                        q.num_tokens,
+                        p.inputs_settled};
   const int blocks_per_head = AppendBlocksPerHead(append);
   const int64_t query_blocks = (q.num_tokens + blocks_per_head - 1) / blocks_per_head;
   const dim3 grid(

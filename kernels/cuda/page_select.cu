@@ -31,13 +31,14 @@ constexpr int kSelectSharedKeys = 8192;
 // One block per job: radix select (four 8-bit passes) finds the key of the keep-th best
 // page other than the newest; then each thread takes a contiguous run of pages, and two
 // block scans (ties, then pages taken) place, in index order, the pages above that key and
-// the lowest-indexed pages equal to it.
+// the lowest-indexed pages equal to it. The job, its length and output row are read before
+// the wait for the scoring kernel when p.after_scoring says it writes none of them.
 __global__ void __launch_bounds__(kSelectThreads) SelectKernel(SelectPagesParams p) {
-  ChainWait();
+  if (!p.after_scoring) ChainWait();
   using Scan = cub::BlockScan<int, kSelectThreads>;
   __shared__ typename Scan::TempStorage scan_storage;
   __shared__ uint32_t shared_keys[kSelectSharedKeys];
-  __shared__ int histogram[256];
+  __shared__ int histograms[2][256];  // by pass parity: a pass clears the next one's
   __shared__ uint32_t shared_prefix;
   __shared__ int shared_remaining;
   const PageScoreJob job = p.jobs[blockIdx.x];
@@ -46,6 +47,7 @@ __global__ void __launch_bounds__(kSelectThreads) SelectKernel(SelectPagesParams
   const int64_t out_row = p.out_rows != nullptr ? p.out_rows[blockIdx.x] : blockIdx.x;
   int32_t* out = p.selected + out_row * (p.selected_stride > 0 ? p.selected_stride : p.max_pages);
   const float* scores = p.scores + job.out_offset;
+  if (p.after_scoring) ChainWait();
   if (n <= p.max_pages) {
     for (int i = threadIdx.x; i < n; i += blockDim.x) out[i] = i;
     if (threadIdx.x == 0) p.counts[out_row] = n;
@@ -58,25 +60,32 @@ __global__ void __launch_bounds__(kSelectThreads) SelectKernel(SelectPagesParams
     for (int i = threadIdx.x; i < others; i += blockDim.x) shared_keys[i] = OrderedKey(scores[i]);
   }
   auto key_at = [&](int i) { return in_shared ? shared_keys[i] : OrderedKey(scores[i]); };
+  for (int i = threadIdx.x; i < 2 * 256; i += blockDim.x) histograms[i / 256][i % 256] = 0;
   if (threadIdx.x == 0) {
     shared_prefix = 0;
     shared_remaining = keep;
   }
+  __syncthreads();
+  const int warp = threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
   uint32_t mask = 0;
-  for (int shift = 24; shift >= 0 && keep > 0; shift -= 8) {
-    for (int i = threadIdx.x; i < 256; i += blockDim.x) histogram[i] = 0;
-    __syncthreads();
+  for (int shift = 24, pass = 0; shift >= 0 && keep > 0; shift -= 8, ++pass) {
+    int* histogram = histograms[pass & 1];
     const uint32_t prefix = shared_prefix;
-    for (int i = threadIdx.x; i < others; i += blockDim.x) {
-      const uint32_t key = key_at(i);
-      if ((key & mask) == prefix) atomicAdd(&histogram[(key >> shift) & 255], 1);
+    // Whole warps per step: the lanes of a warp that share a bucket add to it once (scores
+    // of one magnitude crowd a few buckets of the first pass).
+    for (int base = warp * 32; base < others; base += blockDim.x) {
+      const int i = base + lane;
+      const uint32_t key = i < others ? key_at(i) : 0u;
+      const int bucket = i < others && (key & mask) == prefix ? (key >> shift) & 255 : -1;
+      const unsigned peers = __match_any_sync(0xFFFFFFFFu, bucket);
+      if (bucket >= 0 && lane == __ffs(peers) - 1) atomicAdd(&histogram[bucket], __popc(peers));
     }
     __syncthreads();
     if (threadIdx.x < 32) {
       // Warp 0 finds the bucket holding the remaining-th largest key: lane l sums buckets
       // 255 - 8l down to 248 - 8l, a prefix sum over lanes locates the lane, which then
       // walks its eight buckets.
-      const int lane = threadIdx.x;
       const int remaining = shared_remaining;
       int own = 0;
       for (int k = 0; k < 8; ++k) own += histogram[255 - 8 * lane - k];
@@ -98,6 +107,10 @@ __global__ void __launch_bounds__(kSelectThreads) SelectKernel(SelectPagesParams
           above += histogram[bucket];
         }
       }
+    } else {
+      // The next pass's histogram (last read before this pass's first barrier).
+      int* next = histograms[(pass + 1) & 1];
+      for (int i = threadIdx.x - 32; i < 256; i += blockDim.x - 32) next[i] = 0;
     }
     mask |= 255u << shift;
     __syncthreads();

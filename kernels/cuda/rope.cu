@@ -35,14 +35,14 @@ struct RopeArgs {
   int64_t token_stride;
 };
 
-// One block per token (internal::RotateTokenHeads).
+// One block per token (internal::FillRopeTable, internal::RotateTokenHeads).
 template <int kVec>
 __global__ void RopeKernel(RopeArgs p) {
   ChainWait();
   extern __shared__ float table[];  // cos [half], then sin [half]
   const int64_t token = blockIdx.x;
-  internal::RotateTokenHeads<kVec>(p.x + token * p.token_stride, p.num_heads, p.head_dim,
-                                   static_cast<float>(p.positions[token]), p.inv_freq, table);
+  internal::FillRopeTable(static_cast<float>(p.positions[token]), p.inv_freq, p.head_dim, table);
+  internal::RotateTokenHeads<kVec>(p.x + token * p.token_stride, p.num_heads, p.head_dim, table);
 }
 
 // The vector widths ApplyRope dispatches to.

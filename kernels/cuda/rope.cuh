@@ -25,20 +25,25 @@ __device__ __forceinline__ void RotatePair(float& lo, float& hi, float cos_a, fl
   lo = new_lo;
 }
 
-// RoPE in place of one token's heads (num_heads x head_dim values from `row`), by the
-// whole block: the token's cos/sin table (head_dim / 2 angles) is computed once in
-// `table` (shared memory, head_dim floats) and serves every head; kVec values per access
-// (kBf16PerVector needs 16-byte aligned rows and head_dim / 2 a multiple of 8). sincosf
-// (not __sincosf) keeps full accuracy for the large angles of long contexts: at position
-// 131072 the angle is ~1.3e5 rad.
-template <int kVec>
-__device__ void RotateTokenHeads(uint16_t* row, int num_heads, int head_dim, float position,
-                                 const float* inv_freq, float* table) {
+// The cos/sin table of one position (head_dim / 2 angles: cos first, then sin) in `table`
+// (shared memory, head_dim floats), filled by the whole block and ready for every thread
+// on return. sincosf (not __sincosf) keeps full accuracy for the large angles of long
+// contexts: at position 131072 the angle is ~1.3e5 rad.
+__device__ __forceinline__ void FillRopeTable(float position, const float* inv_freq, int head_dim,
+                                              float* table) {
   const int half = head_dim / 2;
   for (int i = threadIdx.x; i < half; i += blockDim.x) {
     RopeCosSin(position, inv_freq[i], &table[i], &table[half + i]);
   }
   __syncthreads();
+}
+
+// RoPE in place of one token's heads (num_heads x head_dim values from `row`) by the whole
+// block, from the token's FillRopeTable; kVec values per access (kBf16PerVector needs
+// 16-byte aligned rows and head_dim / 2 a multiple of 8).
+template <int kVec>
+__device__ void RotateTokenHeads(uint16_t* row, int num_heads, int head_dim, const float* table) {
+  const int half = head_dim / 2;
   const int vectors_per_head = half / kVec;
   for (int j = threadIdx.x; j < num_heads * vectors_per_head; j += blockDim.x) {
     const int head = j / vectors_per_head;

@@ -38,7 +38,8 @@ class OpaqueHostMemory final : public MemorySpace {
 // CheckEarlyLoadOrder(), it also holds callers to the op order that the early-load hints
 // promise (a device backend would read stale data otherwise): attention marked
 // selection_settled and scoring marked after_append must come right after a KV append,
-// or first, else the op fails with FAILED_PRECONDITION.
+// a RoPE + KV append marked inputs_settled right after a GEMM, and top-k marked
+// after_scoring right after scoring, or first, else the op fails with FAILED_PRECONDITION.
 class OpaqueCpuBackend final : public Backend {
  public:
   explicit OpaqueCpuBackend(Backend* cpu, bool split_rows = false)
@@ -65,19 +66,27 @@ class OpaqueCpuBackend final : public Backend {
   }
   absl::Status Synchronize() override { return cpu_->Synchronize(); }
   absl::Status Embedding(const EmbeddingParams& p) override {
-    return Op(false, cpu_->Embedding(p));
+    return Op(kOther, cpu_->Embedding(p));
   }
-  absl::Status RmsNorm(const RmsNormParams& p) override { return Op(false, cpu_->RmsNorm(p)); }
-  absl::Status Rope(const RopeParams& p) override { return Op(false, cpu_->Rope(p)); }
-  absl::Status SiluMul(const SiluMulParams& p) override { return Op(false, cpu_->SiluMul(p)); }
-  absl::Status Gemm(const GemmParams& p) override { return Op(false, cpu_->Gemm(p)); }
-  absl::Status AppendKv(const AppendKvParams& p) override { return Op(true, cpu_->AppendKv(p)); }
+  absl::Status RmsNorm(const RmsNormParams& p) override { return Op(kOther, cpu_->RmsNorm(p)); }
+  absl::Status Rope(const RopeParams& p) override { return Op(kOther, cpu_->Rope(p)); }
+  absl::Status SiluMul(const SiluMulParams& p) override { return Op(kOther, cpu_->SiluMul(p)); }
+  absl::Status Gemm(const GemmParams& p) override { return Op(kGemm, cpu_->Gemm(p)); }
+  absl::Status AppendKv(const AppendKvParams& p) override { return Op(kAppend, cpu_->AppendKv(p)); }
+  // Through this backend's Rope and AppendKv (Backend's composition), after the check.
+  absl::Status RopeAppendKv(const RopeAppendKvParams& p) override {
+    if (check_order_ && p.inputs_settled && ran_op_ && last_op_ != kGemm) {
+      return absl::FailedPreconditionError(
+          "RoPE + KV append marked inputs_settled not after a GEMM");
+    }
+    return Backend::RopeAppendKv(p);
+  }
   absl::Status PagedAttention(const PagedAttentionParams& p) override {
-    if (check_order_ && p.selection_settled && ran_op_ && !after_append_) {
+    if (check_order_ && p.selection_settled && ran_op_ && last_op_ != kAppend) {
       return absl::FailedPreconditionError(
           "attention marked selection_settled not after an append");
     }
-    after_append_ = false;
+    last_op_ = kOther;
     ran_op_ = true;
     PagedAttentionParams single_rows, rest;
     if (!split_rows_ || !SplitAtSingleRowPrefix(p, &single_rows, &rest)) {
@@ -88,20 +97,25 @@ class OpaqueCpuBackend final : public Backend {
     return cpu_->PagedAttention(rest);
   }
   absl::Status ScorePages(const ScorePagesParams& p) override {
-    if (check_order_ && p.after_append && ran_op_ && !after_append_) {
+    if (check_order_ && p.after_append && ran_op_ && last_op_ != kAppend) {
       return absl::FailedPreconditionError("scoring marked after_append not after an append");
     }
-    return Op(false, cpu_->ScorePages(p));
+    return Op(kScore, cpu_->ScorePages(p));
   }
   absl::Status SelectPages(const SelectPagesParams& p) override {
-    return Op(false, cpu_->SelectPages(p));
+    if (check_order_ && p.after_scoring && ran_op_ && last_op_ != kScore) {
+      return absl::FailedPreconditionError("top-k marked after_scoring not after scoring");
+    }
+    return Op(kOther, cpu_->SelectPages(p));
   }
-  absl::Status Sample(const SampleParams& p) override { return Op(false, cpu_->Sample(p)); }
+  absl::Status Sample(const SampleParams& p) override { return Op(kOther, cpu_->Sample(p)); }
 
  private:
-  // Notes whether the op just run was a KV append, and passes its status on.
-  absl::Status Op(bool append, absl::Status status) {
-    after_append_ = append;
+  enum OpKind { kOther, kAppend, kGemm, kScore };
+
+  // Notes what the op just run was, and passes its status on.
+  absl::Status Op(OpKind kind, absl::Status status) {
+    last_op_ = kind;
     ran_op_ = true;
     return status;
   }
@@ -110,8 +124,8 @@ class OpaqueCpuBackend final : public Backend {
   bool split_rows_;
   int split_launches_ = 0;
   bool check_order_ = false;
-  bool ran_op_ = false;        // any op yet
-  bool after_append_ = false;  // the last op was AppendKv
+  bool ran_op_ = false;  // any op yet
+  OpKind last_op_ = kOther;
   OpaqueHostMemory memory_;
 };
 

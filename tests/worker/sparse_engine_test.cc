@@ -177,8 +177,9 @@ TEST(SparseEngineTest, DeviceStyleEngineKeepsTheOrderItsEarlyLoadHintsPromise) {
   }
 }
 
-// The check itself: attention or scoring marked as following an append fails after
-// another op.
+// The check itself: attention or scoring marked as following an append, a RoPE + append
+// marked as following the QKV projection, or top-k marked as following scoring, fails
+// after another op.
 TEST(SparseEngineTest, OpsOutOfTheEarlyLoadOrderFail) {
   auto cpu = CreateBackend("cpu", {1, 0});
   ASSERT_TRUE(cpu.ok()) << cpu.status();
@@ -194,6 +195,12 @@ TEST(SparseEngineTest, OpsOutOfTheEarlyLoadOrderFail) {
   ScorePagesParams score;
   score.after_append = true;
   EXPECT_EQ(opaque.ScorePages(score).code(), absl::StatusCode::kFailedPrecondition);
+  RopeAppendKvParams rope_append;
+  rope_append.inputs_settled = true;
+  EXPECT_EQ(opaque.RopeAppendKv(rope_append).code(), absl::StatusCode::kFailedPrecondition);
+  SelectPagesParams select;
+  select.after_scoring = true;
+  EXPECT_EQ(opaque.SelectPages(select).code(), absl::StatusCode::kFailedPrecondition);
 }
 
 // The setting (page 16, budget 64, sink 16, local 64) and two wider ones: prints

@@ -95,8 +95,9 @@ absl::Status HybridAttention::Append(int layer, const AttentionPlan& plan, const
 absl::Status HybridAttention::RopeAppend(int layer, const AttentionPlan& plan,
                                          const RopeParams& q_rope, const RopeParams& k_rope,
                                          const void* v, int64_t row_stride) {
+  // The caller runs this right after the op that writes q, k and v (see the header).
   return backend_->RopeAppendKv(
-      {q_rope, k_rope, AppendParams(layer, plan, k_rope.x, v, row_stride)});
+      {q_rope, k_rope, AppendParams(layer, plan, k_rope.x, v, row_stride), true});
 }
 
 absl::Status HybridAttention::Select(int layer, const AttentionPlan& plan, QueryRows q) {
@@ -229,6 +230,7 @@ absl::Status HybridAttention::SelectOnDevice(int layer, const AttentionPlan& pla
     params.counts = device_rows_->counts();
     ASSIGN_OR_RETURN(params.out_rows, StageVector(backend_, job_rows_));
     params.selected_stride = device_rows_->stride();
+    params.after_scoring = true;  // right after ScoreJobs
     RETURN_IF_ERROR(backend_->SelectPages(params));
   }
   if (selection_slot_device_ == nullptr || selection_slot_ != staged_selection_slot_) {

@@ -34,7 +34,10 @@ class HybridAttention {
   absl::Status Append(int layer, const AttentionPlan& plan, const void* k, const void* v,
                       int64_t row_stride);
   // RoPE of the step's q (in place) and k rows, then Append of k and v, as one backend op
-  // (Backend::RopeAppendKv); k_rope.x is the k given to Append.
+  // (Backend::RopeAppendKv); k_rope.x is the k given to Append. The last op before it on
+  // the backend's stream must be the one that writes q, k and v (the QKV projection), or
+  // none: it lets the backend read everything else before that op ends
+  // (RopeAppendKvParams::inputs_settled).
   absl::Status RopeAppend(int layer, const AttentionPlan& plan, const RopeParams& q_rope,
                           const RopeParams& k_rope, const void* v, int64_t row_stride);
   // Attention of `layer`: scores the selections due at this step, then one launch over

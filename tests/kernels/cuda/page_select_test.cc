@@ -36,10 +36,11 @@ struct Selection {
   std::vector<int32_t> counts;
 };
 
-// Runs SelectPages on a backend whose memory holds copies of the host arrays.
+// Runs SelectPages on a backend whose memory holds copies of the host arrays (with the
+// after_scoring hint: the copies are done before the kernel starts).
 Selection Select(Backend& backend, const std::vector<float>& scores,
                  const std::vector<PageScoreJob>& jobs, const std::vector<int32_t>& kv_len,
-                 int page_size, int max_pages) {
+                 int page_size, int max_pages, bool after_scoring = false) {
   MemorySpace* memory = backend.memory();
   auto scores_d = Upload(memory, scores);
   auto jobs_d = Upload(memory, jobs);
@@ -56,6 +57,7 @@ Selection Select(Backend& backend, const std::vector<float>& scores,
   p.max_pages = max_pages;
   p.selected = selected_d->as<int32_t>();
   p.counts = counts_d->as<int32_t>();
+  p.after_scoring = after_scoring;
   EXPECT_TRUE(backend.SelectPages(p).ok());
   EXPECT_TRUE(backend.Synchronize().ok());
   Selection s{Download<int32_t>(memory, *selected_d, jobs.size() * max_pages),
@@ -102,8 +104,11 @@ TEST_F(PageSelectTest, TopPagesEqualTheCpuWithManyTies) {
         }
       }
       SCOPED_TRACE(::testing::Message() << "max_pages " << max_pages << " page " << page_size);
-      ExpectSameSelections(Select(**cpu, scores, jobs, kv_len, page_size, max_pages),
-                           Select(**gpu, scores, jobs, kv_len, page_size, max_pages), max_pages);
+      const Selection expected = Select(**cpu, scores, jobs, kv_len, page_size, max_pages);
+      ExpectSameSelections(expected, Select(**gpu, scores, jobs, kv_len, page_size, max_pages),
+                           max_pages);
+      ExpectSameSelections(
+          expected, Select(**gpu, scores, jobs, kv_len, page_size, max_pages, true), max_pages);
     }
   }
 }
