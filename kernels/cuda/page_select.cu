@@ -66,26 +66,20 @@ __global__ void __launch_bounds__(kSelectThreads) SelectKernel(SelectPagesParams
     shared_remaining = keep;
   }
   __syncthreads();
-  const int warp = threadIdx.x / 32;
-  const int lane = threadIdx.x % 32;
   uint32_t mask = 0;
   for (int shift = 24, pass = 0; shift >= 0 && keep > 0; shift -= 8, ++pass) {
     int* histogram = histograms[pass & 1];
     const uint32_t prefix = shared_prefix;
-    // Whole warps per step: the lanes of a warp that share a bucket add to it once (scores
-    // of one magnitude crowd a few buckets of the first pass).
-    for (int base = warp * 32; base < others; base += blockDim.x) {
-      const int i = base + lane;
-      const uint32_t key = i < others ? key_at(i) : 0u;
-      const int bucket = i < others && (key & mask) == prefix ? (key >> shift) & 255 : -1;
-      const unsigned peers = __match_any_sync(0xFFFFFFFFu, bucket);
-      if (bucket >= 0 && lane == __ffs(peers) - 1) atomicAdd(&histogram[bucket], __popc(peers));
+    for (int i = threadIdx.x; i < others; i += blockDim.x) {
+      const uint32_t key = key_at(i);
+      if ((key & mask) == prefix) atomicAdd(&histogram[(key >> shift) & 255], 1);
     }
     __syncthreads();
     if (threadIdx.x < 32) {
       // Warp 0 finds the bucket holding the remaining-th largest key: lane l sums buckets
       // 255 - 8l down to 248 - 8l, a prefix sum over lanes locates the lane, which then
       // walks its eight buckets.
+      const int lane = threadIdx.x;
       const int remaining = shared_remaining;
       int own = 0;
       for (int k = 0; k < 8; ++k) own += histogram[255 - 8 * lane - k];
