@@ -47,6 +47,13 @@ struct AppendArgs {
   bool inputs_settled;
 };
 
+// Folds a key into a page's running max and min with the CPU's comparisons (std::max,
+// std::min), so signed zeros come out the same.
+__device__ __forceinline__ void FoldIntoBounds(float key, float& high, float& low) {
+  high = high < key ? key : high;
+  low = key < low ? key : low;
+}
+
 // Row `row` of k (RoPE at its position) and v into the pool row at `key`: the 8 values at c
 // and their rotation partners at c + head_dim / 2.
 __device__ __forceinline__ void CopyRotatedChunk(const AppendArgs& a, int64_t row, int h, int c,
@@ -132,10 +139,8 @@ __device__ void AppendRotatedRow(const AppendArgs& a, int b, int h, int64_t row,
       max_high[e] = min_high[e] = key_high;
       continue;
     }
-    max_low[e] = max_low[e] < key_low ? key_low : max_low[e];  // std::max
-    max_high[e] = max_high[e] < key_high ? key_high : max_high[e];
-    min_low[e] = key_low < min_low[e] ? key_low : min_low[e];  // std::min
-    min_high[e] = key_high < min_high[e] ? key_high : min_high[e];
+    FoldIntoBounds(key_low, max_low[e], min_low[e]);
+    FoldIntoBounds(key_high, max_high[e], min_high[e]);
   }
   internal::StoreBf16<8>(kmax + c, max_low);
   internal::StoreBf16<8>(kmax + c + half, max_high);
@@ -221,9 +226,7 @@ __global__ void __launch_bounds__(kAppendThreads) AppendKernel(AppendArgs a) {
       float high = fresh ? Bf16ToFloat(first_key[c]) : Bf16ToFloat(kmax[c]);
       float low = fresh ? high : Bf16ToFloat(kmin[c]);
       for (int r = fresh ? 1 : first_new; r < hi - lp * logical; ++r) {
-        const float key = Bf16ToFloat(first_key[int64_t{r} * d + c]);
-        high = high < key ? key : high;  // std::max
-        low = key < low ? key : low;     // std::min
+        FoldIntoBounds(Bf16ToFloat(first_key[int64_t{r} * d + c]), high, low);
       }
       kmax[c] = internal::FloatToBf16(high);
       kmin[c] = internal::FloatToBf16(low);
