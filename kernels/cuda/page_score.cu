@@ -6,6 +6,7 @@
 #include <array>
 #include <atomic>
 #include <cstdint>
+#include <cstdlib>
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
@@ -35,8 +36,10 @@ constexpr int kScoreThreads = 128;
 constexpr int kScoreLanesPerPage = 2;
 // Logical pages of one tile (rounded down to whole physical pages).
 constexpr int kScoreTilePages = kScoreThreads / kScoreLanesPerPage;
-// Tiles of statistics in shared memory: one is scored while the next one is copied in.
-constexpr int kScoreStages = 2;
+// Tiles of statistics in shared memory: with two, one is scored while the next one is
+// copied in; with one, a block holds a single tile (more blocks fit an SM), for grids where
+// every block scores one tile.
+constexpr int kScoreMaxStages = 2;
 // Each staged segment (a physical page's rows) is followed by 16 bytes, so the 8-byte reads
 // of the eight pages a half-warp scores fall in distinct banks.
 constexpr int kScoreRowPad = 8;
@@ -44,8 +47,8 @@ constexpr int kScoreRowPad = 8;
 // Shared memory of the staged tiles: for each stage, kmax then kmin segments of
 // kScoreTilePages / logical_per_page physical pages, each padded (as the kernel lays them
 // out). The most is taken at one logical page per page (a pad per row).
-constexpr int StagedBytes(int head_dim, int logical_per_page) {
-  return kScoreStages * 2 * (kScoreTilePages / logical_per_page) *
+constexpr int StagedBytes(int head_dim, int logical_per_page, int stages) {
+  return stages * 2 * (kScoreTilePages / logical_per_page) *
          (logical_per_page * head_dim + kScoreRowPad) * 2;
 }
 
@@ -58,6 +61,7 @@ struct ScoreArgs {
   float* scores;
   int num_jobs;
   int64_t resident_blocks;  // blocks the device runs at once
+  int stages;               // 1 or kScoreMaxStages tiles in shared memory
   bool early_loads;         // ScorePagesParams::after_append
 };
 
@@ -79,14 +83,14 @@ __global__ void __launch_bounds__(kScoreThreads, 2) ScoreKernel(ScoreArgs a) {
   extern __shared__ __align__(16) uint16_t staged[];
   __shared__ __align__(16) float q_pos[kScoreHeadsPerPass][kHeadDim];
   __shared__ __align__(16) float q_neg[kScoreHeadsPerPass][kHeadDim];
-  // Logical pages' bounds, a buffer per stage: a warp may score the next tile while others
-  // still read this one's.
-  __shared__ float best_shared[kScoreStages][kScoreHeadsPerPass][kScoreTilePages];
+  // Logical pages' bounds, two buffers (by tile parity): a warp may score the next tile while
+  // others still read this one's.
+  __shared__ float best_shared[2][kScoreHeadsPerPass][kScoreTilePages];
   __shared__ ScoreGroup group;
 #ifdef LSERVE_SM90A_DEVICE
-  __shared__ __align__(8) uint64_t landed[kScoreStages];  // a stage's bulk copies are done
+  __shared__ __align__(8) uint64_t landed[kScoreMaxStages];  // a stage's copies are done
   if (threadIdx.x == 0) {
-    for (int stage = 0; stage < kScoreStages; ++stage)
+    for (int stage = 0; stage < kScoreMaxStages; ++stage)
       internal::sm90::BarrierInit(&landed[stage], 1);
     internal::sm90::BarrierInitFence();
   }
@@ -238,15 +242,19 @@ __global__ void __launch_bounds__(kScoreThreads, 2) ScoreKernel(ScoreArgs a) {
   __syncthreads();  // the queries are in shared memory
   if (!first_early && rank < num_tiles) start_first_tile();
   for (int64_t tile = rank, n = 0; tile < num_tiles; tile += tile_stride, ++n) {
-    const int stage = static_cast<int>(n % kScoreStages);
-    if (tile + tile_stride < num_tiles) {
-      load_tile(tile + tile_stride, (stage + 1) % kScoreStages, tile + 2 * tile_stride);
+    const int stage = static_cast<int>(n % a.stages);
+    const int buffer = static_cast<int>(n & 1);  // of best_shared
+    const bool more = tile + tile_stride < num_tiles;
+    // With two stages the next tile is copied into the other one now (the previous tile's
+    // last barrier freed it); with one, after this tile's rows are read.
+    if (more && a.stages > 1) {
+      load_tile(tile + tile_stride, (stage + 1) % a.stages, tile + 2 * tile_stride);
     }
 #ifdef LSERVE_SM90A_DEVICE
     // The barrier's phase completes once every byte of this tile has landed.
-    internal::sm90::BarrierWait(&landed[stage], static_cast<uint32_t>(n / kScoreStages) & 1);
+    internal::sm90::BarrierWait(&landed[stage], static_cast<uint32_t>(n / a.stages) & 1);
 #else
-    if (tile + tile_stride < num_tiles) {
+    if (more && a.stages > 1) {
       CpAsyncWait<1>();
     } else {
       CpAsyncWait<0>();
@@ -309,12 +317,13 @@ __global__ void __launch_bounds__(kScoreThreads, 2) ScoreKernel(ScoreArgs a) {
 #pragma unroll
     for (int j = 0; j < kScoreHeadsPerPass; ++j) {
       if (j < group.jobs && half == 0 && pair_logical < logical_per_page) {
-        best_shared[stage][j][tile_page] = job_best[j];
+        best_shared[buffer][j][tile_page] = job_best[j];
       }
     }
     // Every thread is done with this tile's rows (the next load may reuse the stage) and
     // its bounds are in best_shared.
     __syncthreads();
+    if (more && a.stages == 1) load_tile(tile + tile_stride, 0, tile + 2 * tile_stride);
     // Physical pages: the max over their logical pages (those past the history are -inf).
     for (int i = threadIdx.x; i < group.jobs * pages_per_tile; i += blockDim.x) {
       const int j = i / pages_per_tile;
@@ -323,7 +332,7 @@ __global__ void __launch_bounds__(kScoreThreads, 2) ScoreKernel(ScoreArgs a) {
       if (page >= num_pages) continue;
       float best = -INFINITY;
       for (int l = 0; l < logical_per_page; ++l) {
-        const float x = best_shared[stage][j][k * logical_per_page + l];
+        const float x = best_shared[buffer][j][k * logical_per_page + l];
         best = best < x ? x : best;
       }
       a.scores[a.jobs[group.first + j].out_offset + page] = best;
@@ -349,13 +358,14 @@ ScoreKernelFn ScoreKernelFor(int head_dim) {
 }
 
 // Blocks of ScoreKernel<head_dim> resident per SM with the shared memory of its page
-// geometry, or 0 when the kernel cannot be configured. Each kernel's shared-memory limit is
-// set once, for the most any page size takes; occupancies are kept per geometry.
-int ScoreBlocksPerSm(int head_dim, int logical_per_page) {
+// geometry and stage count, or 0 when the kernel cannot be configured. Each kernel's
+// shared-memory limit is set once, for the most any page size takes; occupancies are kept
+// per geometry.
+int ScoreBlocksPerSm(int head_dim, int logical_per_page, int stages) {
   static const bool configured = [] {
     for (int d : {32, 64, 128, 256}) {
       if (cudaFuncSetAttribute(ScoreKernelFor(d), cudaFuncAttributeMaxDynamicSharedMemorySize,
-                               StagedBytes(d, 1)) != cudaSuccess) {
+                               StagedBytes(d, 1, kScoreMaxStages)) != cudaSuccess) {
         (void)cudaGetLastError();
         return false;
       }
@@ -363,16 +373,18 @@ int ScoreBlocksPerSm(int head_dim, int logical_per_page) {
     return true;
   }();
   if (!configured) return 0;
-  static std::array<std::atomic<int>, 4 * (kScoreTilePages + 1)> known{};  // 0: not yet
+  static std::array<std::atomic<int>, 4 * (kScoreTilePages + 1) * kScoreMaxStages> known{};
   int dim_index = 0;
   while (dim_index < 4 && (32 << dim_index) != head_dim) ++dim_index;
-  if (dim_index == 4) return 0;
-  std::atomic<int>& entry = known[dim_index * (kScoreTilePages + 1) + logical_per_page];
+  if (dim_index == 4 || stages < 1 || stages > kScoreMaxStages) return 0;
+  std::atomic<int>& entry =  // 0: not yet known
+      known[((dim_index * (kScoreTilePages + 1)) + logical_per_page) * kScoreMaxStages + stages -
+            1];
   int blocks = entry.load(std::memory_order_relaxed);
   if (blocks == 0) {
     if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(
             &blocks, ScoreKernelFor(head_dim), kScoreThreads,
-            StagedBytes(head_dim, logical_per_page)) != cudaSuccess) {
+            StagedBytes(head_dim, logical_per_page, stages)) != cudaSuccess) {
       (void)cudaGetLastError();
       blocks = -1;
     }
@@ -397,23 +409,45 @@ absl::Status ScorePages(const ScorePagesParams& p, void* stream) {
         absl::StrCat("cuda page scoring: head_dim 32, 64, 128 or 256 and at most ", kScoreTilePages,
                      " logical pages per page; got head_dim ", d, " and ", logical_per_page));
   }
-  const int smem = StagedBytes(d, logical_per_page);
-  const int blocks_per_sm = ScoreBlocksPerSm(d, logical_per_page);
-  if (blocks_per_sm == 0) {
+  // One wave of blocks in all, each looping over its share of the tiles, so the per-block
+  // set-up (finding the group, loading its queries) is paid once per resident block. Two
+  // stages overlap a block's tiles; one stage fits more blocks per SM, and is taken when
+  // its wave leaves every block at most one tile. Jobs over the same statistics (the query
+  // heads of a GQA group scored apart: more jobs than sequences times dense heads) share
+  // their groups' blocks, as many as kScoreHeadsPerPass together.
+  const int pages_per_tile = kScoreTilePages / logical_per_page;
+  const int64_t pages = (int64_t{p.tables.max_kv_len} + p.kv.page_size - 1) / p.kv.page_size;
+  const int64_t tiles = (pages + pages_per_tile - 1) / pages_per_tile;
+  const int64_t streams =
+      int64_t{std::max(1, p.tables.num_seqs)} * std::max(1, p.kv.dense.num_heads);
+  const int64_t group_jobs =
+      std::clamp<int64_t>(p.num_jobs / streams, 1, internal::kScoreHeadsPerPass);
+  // LSERVE_SCORE_STAGES=1 or 2 fixes the stage count (the tests run both).
+  const char* forced_text = std::getenv("LSERVE_SCORE_STAGES");
+  const int forced = forced_text != nullptr ? std::atoi(forced_text) : 0;
+  int stages = kScoreMaxStages;
+  int64_t resident = 0;
+  int blocks = 0;
+  for (const int candidate : {1, kScoreMaxStages}) {
+    if (forced >= 1 && forced <= kScoreMaxStages && candidate != forced) continue;
+    const int64_t fit =
+        int64_t{CurrentDeviceMultiprocessors()} * ScoreBlocksPerSm(d, logical_per_page, candidate);
+    if (fit == 0) continue;
+    const int64_t per_job =
+        std::clamp<int64_t>(std::min<int64_t>(tiles, fit / p.num_jobs), 1, 4096);
+    stages = candidate;
+    resident = fit;
+    blocks = static_cast<int>(per_job);
+    if (per_job * group_jobs >= tiles) break;  // one tile per block
+  }
+  const int smem = StagedBytes(d, logical_per_page, stages);
+  if (resident == 0) {
     return absl::InternalError(absl::StrCat("cuda page scoring: cannot run the kernel with ", smem,
                                             " bytes of shared memory"));
   }
-  // One wave of blocks in all, each looping over its share of the tiles, so the per-block
-  // set-up (finding the group, loading its queries) is paid once per resident block.
-  const int64_t resident = int64_t{CurrentDeviceMultiprocessors()} * blocks_per_sm;
-  const int pages_per_tile = kScoreTilePages / logical_per_page;
-  const int64_t pages = (int64_t{p.tables.max_kv_len} + p.kv.page_size - 1) / p.kv.page_size;
-  const int64_t per_job_cap = std::max<int64_t>(1, resident / p.num_jobs);
-  const int blocks = static_cast<int>(std::clamp<int64_t>(
-      (pages + pages_per_tile - 1) / pages_per_tile, 1, std::min<int64_t>(per_job_cap, 4096)));
-  const ScoreArgs args{p.kv,          p.tables, static_cast<const uint16_t*>(p.q), p.q_row_stride,
-                       p.jobs,        p.scores, static_cast<int>(p.num_jobs),      resident,
-                       p.after_append};
+  const ScoreArgs args{p.kv,   p.tables,      static_cast<const uint16_t*>(p.q), p.q_row_stride,
+                       p.jobs, p.scores,      static_cast<int>(p.num_jobs),      resident,
+                       stages, p.after_append};
   LaunchChained(kernel, dim3(blocks, p.num_jobs), kScoreThreads, smem, internal::AsStream(stream),
                 args);
   return CheckLaunch("ScoreKernel");

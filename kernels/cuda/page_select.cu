@@ -28,10 +28,13 @@ __device__ __forceinline__ uint32_t OrderedKey(float score) {
 // the scores from global memory in every pass).
 constexpr int kSelectSharedKeys = 8192;
 
-// One block per job: radix select (four 8-bit passes) finds the key of the keep-th best
-// page other than the newest; then each thread takes a contiguous run of pages, and two
-// block scans (ties, then pages taken) place, in index order, the pages above that key and
-// the lowest-indexed pages equal to it. The job, its length and output row are read before
+// One block per job: radix select (up to four 8-bit passes, from the top digit) finds the
+// digits of the keep-th best page other than the newest, stopping early once every key
+// under the digits found so far is needed (then the keys are compared on those digits
+// only, and all keys equal there are kept: the same set as the full key would give). Then
+// each thread takes a contiguous run of pages, and two block scans (ties, then pages taken)
+// place, in index order, the pages above that prefix and the lowest-indexed pages equal
+// to it. The job, its length and output row are read before
 // the wait for the scoring kernel when p.after_scoring says it writes none of them.
 __global__ void __launch_bounds__(kSelectThreads) SelectKernel(SelectPagesParams p) {
   if (!p.after_scoring) ChainWait();
@@ -41,6 +44,7 @@ __global__ void __launch_bounds__(kSelectThreads) SelectKernel(SelectPagesParams
   __shared__ int histograms[2][256];  // by pass parity: a pass clears the next one's
   __shared__ uint32_t shared_prefix;
   __shared__ int shared_remaining;
+  __shared__ bool shared_settled;  // every key of the bucket found last is needed
   const PageScoreJob job = p.jobs[blockIdx.x];
   const int64_t len = p.kv_len[job.seq];
   const int n = static_cast<int>((len + p.page_size - 1) / p.page_size);
@@ -64,10 +68,11 @@ __global__ void __launch_bounds__(kSelectThreads) SelectKernel(SelectPagesParams
   if (threadIdx.x == 0) {
     shared_prefix = 0;
     shared_remaining = keep;
+    shared_settled = false;
   }
   __syncthreads();
   uint32_t mask = 0;
-  for (int shift = 24, pass = 0; shift >= 0 && keep > 0; shift -= 8, ++pass) {
+  for (int shift = 24, pass = 0; shift >= 0 && keep > 0 && !shared_settled; shift -= 8, ++pass) {
     int* histogram = histograms[pass & 1];
     const uint32_t prefix = shared_prefix;
     for (int i = threadIdx.x; i < others; i += blockDim.x) {
@@ -96,6 +101,7 @@ __global__ void __launch_bounds__(kSelectThreads) SelectKernel(SelectPagesParams
           if (above + histogram[bucket] >= remaining) {
             shared_remaining = remaining - above;
             shared_prefix = prefix | (static_cast<uint32_t>(bucket) << shift);
+            shared_settled = above + histogram[bucket] == remaining;
             break;
           }
           above += histogram[bucket];
@@ -110,26 +116,28 @@ __global__ void __launch_bounds__(kSelectThreads) SelectKernel(SelectPagesParams
     __syncthreads();
   }
   if (keep > 0) {
+    // The digits found; keys compare on those (all of them unless the search settled).
     const uint32_t threshold = shared_prefix;
     const int ties_wanted = shared_remaining;
+    auto digits_at = [&](int i) { return key_at(i) & mask; };
     const int run = (others + kSelectThreads - 1) / kSelectThreads;
     const int run_begin = min(others, static_cast<int>(threadIdx.x) * run);
     const int run_end = min(others, run_begin + run);
     int ties = 0;
-    for (int i = run_begin; i < run_end; ++i) ties += key_at(i) == threshold ? 1 : 0;
+    for (int i = run_begin; i < run_end; ++i) ties += digits_at(i) == threshold ? 1 : 0;
     int tie_rank = 0;
     Scan(scan_storage).ExclusiveSum(ties, tie_rank);
     __syncthreads();
     int taken = 0;
     for (int i = run_begin, tie = tie_rank; i < run_end; ++i) {
-      const uint32_t key = key_at(i);
+      const uint32_t key = digits_at(i);
       if (key == threshold) taken += tie++ < ties_wanted ? 1 : 0;
       taken += key > threshold ? 1 : 0;
     }
     int position = 0;
     Scan(scan_storage).ExclusiveSum(taken, position);
     for (int i = run_begin, tie = tie_rank; i < run_end; ++i) {
-      const uint32_t key = key_at(i);
+      const uint32_t key = digits_at(i);
       const bool take = key > threshold || (key == threshold && tie++ < ties_wanted);
       if (take) out[position++] = i;
     }

@@ -3,7 +3,10 @@
 // selections equal, ties included (equal scores prefer the lower page index).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <bit>
+#include <cmath>
+#include <cstdlib>
 #include <random>
 #include <utility>
 #include <vector>
@@ -113,6 +116,50 @@ TEST_F(PageSelectTest, TopPagesEqualTheCpuWithManyTies) {
   }
 }
 
+TEST_F(PageSelectTest, SearchesThatSettleAfterOneTwoOrThreeDigitsSelectLikeTheCpu) {
+  // Job d's scores differ first in their d-th byte (as ordered keys), so the radix search
+  // has every key it needs after d passes; a job of equal keys and one mixing both signs
+  // run all four.
+  auto cpu = CreateBackend("cpu", {1, 0});
+  auto gpu = CreateBackend("cuda");
+  ASSERT_TRUE(cpu.ok() && gpu.ok());
+  std::mt19937 rng(11);
+  const int page_size = 16;
+  for (int max_pages : {1, 5, 16, 40}) {
+    std::vector<int32_t> kv_len;
+    std::vector<PageScoreJob> jobs;
+    std::vector<float> scores;
+    for (int job = 0; job < 5; ++job) {
+      std::vector<float> values;
+      for (int i = 0; i < 100; ++i) {
+        switch (job) {
+          case 0:  // exponents two apart: distinct top bytes, both signs
+            values.push_back((i % 2 ? -1.0f : 1.0f) * std::ldexp(1.5f, 2 * (i / 2) - 50));
+            break;
+          case 1:  // one exponent, distinct top mantissa bits: distinct second bytes
+            values.push_back(1.0f + static_cast<float>(i) / 128.0f);
+            break;
+          case 2:  // distinct third bytes
+            values.push_back(1.0f + static_cast<float>(i) / 32768.0f);
+            break;
+          case 3:
+            values.push_back(2.5f);
+            break;
+          default:
+            values.push_back(std::normal_distribution<float>(0.0f, 1.0f)(rng));
+        }
+      }
+      std::shuffle(values.begin(), values.end(), rng);
+      kv_len.push_back(static_cast<int32_t>(values.size()) * page_size);
+      jobs.push_back({job, 0, 0, 1, 0, static_cast<int32_t>(scores.size())});
+      scores.insert(scores.end(), values.begin(), values.end());
+    }
+    SCOPED_TRACE(::testing::Message() << "max_pages " << max_pages);
+    ExpectSameSelections(Select(**cpu, scores, jobs, kv_len, page_size, max_pages),
+                         Select(**gpu, scores, jobs, kv_len, page_size, max_pages), max_pages);
+  }
+}
+
 TEST_F(PageSelectTest, ScoresAreBitwiseTheCpuScoresAndSelectionsMatch) {
   // Head dim 128 at every page size, 64 at two.
   const std::pair<int, int> shapes[] = {{128, 16},  {128, 32}, {128, 64},
@@ -165,8 +212,12 @@ TEST_F(PageSelectTest, ScoresAreBitwiseTheCpuScoresAndSelectionsMatch) {
         total += pages;
       }
     }
+    // The CPU, then the GPU with one and with two staged tiles per block.
     std::vector<float> cpu_scores(total), gpu_scores;
-    for (auto* side : {&twin->cpu(), &twin->gpu()}) {
+    for (const char* stages : {"", "1", "2"}) {
+      SCOPED_TRACE(::testing::Message() << "LSERVE_SCORE_STAGES=" << stages);
+      auto* side = *stages == '\0' ? &twin->cpu() : &twin->gpu();
+      setenv("LSERVE_SCORE_STAGES", stages, 1);
       MemorySpace* memory = side->backend->memory();
       const bool host = memory->host_accessible();
       auto jobs_d = Upload(memory, jobs);
@@ -182,11 +233,13 @@ TEST_F(PageSelectTest, ScoresAreBitwiseTheCpuScoresAndSelectionsMatch) {
       p.scores = host ? cpu_scores.data() : scores_d->as<float>();
       ASSERT_TRUE(side->backend->ScorePages(p).ok());
       ASSERT_TRUE(side->backend->Synchronize().ok());
-      if (!host) gpu_scores = Download<float>(memory, *scores_d, total);
-    }
-    for (int32_t i = 0; i < total; ++i) {
-      ASSERT_EQ(std::bit_cast<uint32_t>(cpu_scores[i]), std::bit_cast<uint32_t>(gpu_scores[i]))
-          << "score " << i << ": cpu " << cpu_scores[i] << " gpu " << gpu_scores[i];
+      unsetenv("LSERVE_SCORE_STAGES");
+      if (host) continue;
+      gpu_scores = Download<float>(memory, *scores_d, total);
+      for (int32_t i = 0; i < total; ++i) {
+        ASSERT_EQ(std::bit_cast<uint32_t>(cpu_scores[i]), std::bit_cast<uint32_t>(gpu_scores[i]))
+            << "score " << i << ": cpu " << cpu_scores[i] << " gpu " << gpu_scores[i];
+      }
     }
     ExpectSameSelections(Select(*twin->cpu().backend, cpu_scores, jobs, kv_len, page_size, 16),
                          Select(*twin->gpu().backend, gpu_scores, jobs, kv_len, page_size, 16), 16);
