@@ -241,18 +241,21 @@ __global__ void __launch_bounds__(kScoreThreads, 2) ScoreKernel(ScoreArgs a) {
   if (one_pass) load_q(0, group.heads);
   __syncthreads();  // the queries are in shared memory
   if (!first_early && rank < num_tiles) start_first_tile();
+  // Tile n's stage (n mod stages) and barrier phase ((n / stages) mod 2), counted rather
+  // than divided (a 64-bit division is a long instruction sequence, once per tile).
+  int stage = 0;
+  uint32_t phase = 0;
   for (int64_t tile = rank, n = 0; tile < num_tiles; tile += tile_stride, ++n) {
-    const int stage = static_cast<int>(n % a.stages);
     const int buffer = static_cast<int>(n & 1);  // of best_shared
     const bool more = tile + tile_stride < num_tiles;
     // With two stages the next tile is copied into the other one now (the previous tile's
     // last barrier freed it); with one, after this tile's rows are read.
     if (more && a.stages > 1) {
-      load_tile(tile + tile_stride, (stage + 1) % a.stages, tile + 2 * tile_stride);
+      load_tile(tile + tile_stride, stage + 1 == a.stages ? 0 : stage + 1, tile + 2 * tile_stride);
     }
 #ifdef LSERVE_SM90A_DEVICE
     // The barrier's phase completes once every byte of this tile has landed.
-    internal::sm90::BarrierWait(&landed[stage], static_cast<uint32_t>(n / a.stages) & 1);
+    internal::sm90::BarrierWait(&landed[stage], phase);
 #else
     if (more && a.stages > 1) {
       CpAsyncWait<1>();
@@ -336,6 +339,10 @@ __global__ void __launch_bounds__(kScoreThreads, 2) ScoreKernel(ScoreArgs a) {
         best = best < x ? x : best;
       }
       a.scores[a.jobs[group.first + j].out_offset + page] = best;
+    }
+    if (++stage == a.stages) {
+      stage = 0;
+      phase ^= 1u;
     }
   }
 }
