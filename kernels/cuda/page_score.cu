@@ -384,9 +384,8 @@ int ScoreBlocksPerSm(int head_dim, int logical_per_page, int stages) {
   int dim_index = 0;
   while (dim_index < 4 && (32 << dim_index) != head_dim) ++dim_index;
   if (dim_index == 4 || stages < 1 || stages > kScoreMaxStages) return 0;
-  std::atomic<int>& entry =  // 0: not yet known
-      known[((dim_index * (kScoreTilePages + 1)) + logical_per_page) * kScoreMaxStages + stages -
-            1];
+  const int geometry = dim_index * (kScoreTilePages + 1) + logical_per_page;
+  std::atomic<int>& entry = known[geometry * kScoreMaxStages + stages - 1];  // 0: not yet known
   int blocks = entry.load(std::memory_order_relaxed);
   if (blocks == 0) {
     if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(

@@ -33,9 +33,9 @@ constexpr int kSelectSharedKeys = 8192;
 // under the digits found so far is needed (then the keys are compared on those digits
 // only, and all keys equal there are kept: the same set as the full key would give). Then
 // each thread takes a contiguous run of pages, and two block scans (ties, then pages taken)
-// place, in index order, the pages above that prefix and the lowest-indexed pages equal
-// to it. The job, its length and output row are read before
-// the wait for the scoring kernel when p.after_scoring says it writes none of them.
+// place, in index order, the pages above that prefix and the lowest-indexed pages equal to
+// it. The job, its length and output row are read before the wait for the scoring kernel
+// when p.after_scoring says it writes none of them.
 __global__ void __launch_bounds__(kSelectThreads) SelectKernel(SelectPagesParams p) {
   if (!p.after_scoring) ChainWait();
   using Scan = cub::BlockScan<int, kSelectThreads>;
