@@ -20,7 +20,7 @@ timeout 300 python3 scripts/make_gpu_fixtures.py --out "$fixtures" >"$out/fixtur
 echo "fixtures: rc=$? in $(($(date +%s) - start)) s" | tee -a "$out/summary.txt"
 tail -n 5 "$out/fixtures.log" | tee -a "$out/summary.txt"
 rc=0
-for t in cuda_engine_parity_test cuda_backend_test backend_registry_test; do
+for t in cuda_engine_parity_test cuda_engine_graph_test cuda_backend_test backend_registry_test; do
   bin=$(find "$build/tests" -name "$t" -type f | head -1)
   timeout 400 "$bin" --gtest_brief=1 >"$out/$t.log" 2>&1
   status=$?
@@ -28,7 +28,7 @@ for t in cuda_engine_parity_test cuda_backend_test backend_registry_test; do
     tee -a "$out/summary.txt"
   [ $status -eq 0 ] || rc=1
 done
-grep -E '^KVSIZE' "$out/cuda_engine_parity_test.log" | tee -a "$out/summary.txt"
+grep -E '^KVSIZE' "$out/cuda_engine_graph_test.log" | tee -a "$out/summary.txt"
 grep -E 'KV cache' "$out/cuda_engine_parity_test.log" | sort | uniq -c | head -4 >>"$out/summary.txt"
 
 # The CLI on one fixture, cuda against cpu: greedy ids of a 300-token prompt.

@@ -118,6 +118,8 @@ class Engine {
   Backend& backend() { return *backend_; }
   // Attention work since creation: (query block, KV span) tiles visited out of listed.
   const AttentionStats& attention_stats() const { return attention_->stats(); }
+  // The attention layer, e.g. to export or import its page selections.
+  HybridAttention& attention() { return *attention_; }
   int64_t selection_recomputations() const { return attention_->selection_recomputations(); }
   int64_t selection_reuses() const { return attention_->selection_reuses(); }
 

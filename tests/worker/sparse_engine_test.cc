@@ -177,6 +177,89 @@ TEST(SparseEngineTest, DeviceStyleEngineKeepsTheOrderItsEarlyLoadHintsPromise) {
   }
 }
 
+// Selections leave the engine as they are used (from device-style selection rows and from
+// the host selector alike) and replay on another engine: a replayed selection is what the
+// engine then uses, whatever its own scores would have picked.
+TEST(SparseEngineTest, SelectionsExportFromDeviceRowsAndReplayOnTheHost) {
+  for (PageScoring scoring : {PageScoring::kPerQueryHead, PageScoring::kPerKvHead}) {
+    SCOPED_TRACE(PageScoringName(scoring));
+    SparseAttentionConfig config = SmallHybrid();
+    config.scoring = scoring;
+    auto cpu = CreateBackend("cpu", {2, 0});
+    ASSERT_TRUE(cpu.ok()) << cpu.status();
+    auto device_style = MakeEngine(config, std::make_unique<testing::OpaqueCpuBackend>(cpu->get()));
+    auto host = MakeEngine(config), replay = MakeEngine(config), other = MakeEngine(config);
+    ASSERT_TRUE(device_style && host && replay && other);
+    std::vector<Engine*> engines = {device_style.get(), host.get(), replay.get(), other.get()};
+    const std::vector<int32_t> prompt = Ids(300, 2);
+    for (Engine* e : engines) {
+      ASSERT_TRUE(e->AddSequence(1).ok());
+      for (size_t b = 0; b < prompt.size(); b += 100) {
+        const size_t end = std::min(prompt.size(), b + 100);
+        ASSERT_TRUE(
+            e->Step({{1, {prompt.begin() + b, prompt.begin() + end}, StepPhase::kPrefill}}).ok());
+      }
+    }
+    EXPECT_EQ(device_style->attention().ImportSelections(1, {}).code(),
+              absl::StatusCode::kFailedPrecondition);
+    int replayed = 0, differing_logits = 0;
+    for (int step = 0; step < 12; ++step) {
+      std::vector<std::vector<float>> logits;
+      std::vector<std::vector<std::vector<int32_t>>> exported;
+      std::vector<std::vector<int32_t>> imposed;
+      for (Engine* e : engines) {
+        if (e == replay.get()) {
+          ASSERT_TRUE(e->attention().ImportSelections(1, exported[0]).ok());
+        }
+        if (e == other.get()) {
+          // The first pages of the budget and the newest, wherever the host selects.
+          imposed = exported[1];
+          for (std::vector<int32_t>& pages : imposed) {
+            if (pages.empty()) continue;
+            const int32_t newest = pages.back();
+            pages.clear();
+            for (int32_t p = 0; p + 1 < config.BudgetPages(); ++p) pages.push_back(p);
+            pages.push_back(newest);
+          }
+          ASSERT_TRUE(e->attention().ImportSelections(1, imposed).ok());
+        }
+        const int64_t before = e->selection_recomputations();
+        auto out = e->Step({{1, {(step * 31 + 5) % 500}, StepPhase::kDecode, LogitRows::kLast}});
+        ASSERT_TRUE(out.ok()) << out.status();
+        logits.push_back((*out)[0].logits);
+        auto selections = e->attention().ExportSelections(1);
+        ASSERT_TRUE(selections.ok()) << selections.status();
+        exported.push_back(*std::move(selections));
+        if (e == other.get() && e->selection_recomputations() > before) {
+          EXPECT_EQ(exported[3], imposed) << "step " << step;
+          ++replayed;
+        }
+      }
+      size_t non_empty = 0;
+      for (const auto& pages : exported[1]) non_empty += !pages.empty();
+      EXPECT_GT(non_empty, 0u);
+      EXPECT_EQ(exported[0], exported[1]) << "device rows vs host selector, step " << step;
+      EXPECT_EQ(exported[2], exported[0]) << "replayed selections, step " << step;
+      EXPECT_EQ(logits[2], logits[1]) << "step " << step;
+      for (size_t i = 0; i < logits[1].size(); ++i) {
+        differing_logits += std::fabs(logits[3][i] - logits[1][i]) > 1e-3f;
+      }
+    }
+    EXPECT_EQ(replayed, 3);  // decode steps 0, 4 and 8 rescore
+    EXPECT_GT(differing_logits, 0);
+    // Malformed imports: the wrong number of keys, pages out of order, over the budget.
+    std::vector<std::vector<int32_t>> bad = host->attention().ExportSelections(1).value();
+    EXPECT_EQ(host->attention().ImportSelections(1, {{0}}).code(),
+              absl::StatusCode::kInvalidArgument);
+    for (std::vector<int32_t> pages :
+         {std::vector<int32_t>{3, 1}, std::vector<int32_t>{0, 1, 2, 3, 4}}) {
+      bad[0] = pages;
+      EXPECT_EQ(host->attention().ImportSelections(1, bad).code(),
+                absl::StatusCode::kInvalidArgument);
+    }
+  }
+}
+
 // The check itself: attention or scoring marked as following an append, a RoPE + append
 // marked as following the QKV projection, or top-k marked as following scoring, fails
 // after another op.

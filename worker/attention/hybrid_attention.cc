@@ -1,6 +1,8 @@
 #include "worker/attention/hybrid_attention.h"
 
+#include <algorithm>
 #include <cmath>
+#include <functional>
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
@@ -187,10 +189,80 @@ absl::Status HybridAttention::SelectOnHost(int layer, const AttentionPlan& plan,
   return absl::OkStatus();
 }
 
+int HybridAttention::KeysPerLayer() const {
+  return config_.scoring == PageScoring::kPerKvHead ? store_->config().num_kv_heads : num_q_heads_;
+}
+
 int32_t HybridAttention::FirstSelectionRowOfLayer(int layer) const {
-  const int keys_per_layer =
-      config_.scoring == PageScoring::kPerKvHead ? store_->config().num_kv_heads : num_q_heads_;
-  return layer * keys_per_layer;
+  return layer * KeysPerLayer();
+}
+
+absl::StatusOr<std::vector<std::vector<int32_t>>> HybridAttention::ExportSelections(SeqId seq) {
+  const int keys = KeysPerLayer();
+  const int num_layers = store_->config().num_layers;
+  std::vector<std::vector<int32_t>> selections(static_cast<size_t>(num_layers) * keys);
+  bool any = false;
+  for (int layer = 0; layer < num_layers; ++layer) {
+    for (int key = 0; key < keys; ++key) any = any || selector_.Computed(seq, layer, key);
+  }
+  if (!any || !config_.page_selection) return selections;
+  std::vector<int32_t> counts(selections.size()), pages;
+  if (device_rows_ != nullptr) {
+    ASSIGN_OR_RETURN(const int32_t first_row, device_rows_->FirstRow(seq));
+    const int stride = device_rows_->stride();
+    pages.resize(selections.size() * stride);
+    RETURN_IF_ERROR(backend_->SynchronizeAndRead(counts.data(), device_rows_->counts() + first_row,
+                                                 counts.size() * sizeof(int32_t)));
+    RETURN_IF_ERROR(backend_->SynchronizeAndRead(
+        pages.data(), device_rows_->pages() + first_row * stride, pages.size() * sizeof(int32_t)));
+  }
+  for (int layer = 0; layer < num_layers; ++layer) {
+    for (int key = 0; key < keys; ++key) {
+      if (!selector_.Computed(seq, layer, key)) continue;
+      const size_t row = static_cast<size_t>(FirstSelectionRowOfLayer(layer) + key);
+      if (device_rows_ == nullptr) {
+        selections[row] = selector_.Current(seq, layer, key);
+        continue;
+      }
+      const int stride = device_rows_->stride();
+      if (counts[row] < 0 || counts[row] > stride) {
+        return absl::InternalError(absl::StrCat("selection row ", row, " holds ", counts[row],
+                                                " pages, over its ", stride));
+      }
+      selections[row].assign(pages.begin() + row * stride,
+                             pages.begin() + row * stride + counts[row]);
+    }
+  }
+  return selections;
+}
+
+absl::Status HybridAttention::ImportSelections(
+    SeqId seq, const std::vector<std::vector<int32_t>>& selections) {
+  if (device_rows_ != nullptr) {
+    return absl::FailedPreconditionError(
+        "importing page selections needs host-visible backend memory");
+  }
+  const int keys = KeysPerLayer();
+  if (selections.size() != static_cast<size_t>(store_->config().num_layers) * keys) {
+    return absl::InvalidArgumentError(absl::StrCat("expected ", store_->config().num_layers * keys,
+                                                   " selections, got ", selections.size()));
+  }
+  for (size_t row = 0; row < selections.size(); ++row) {
+    const std::vector<int32_t>& pages = selections[row];
+    if (pages.empty()) continue;
+    if (std::adjacent_find(pages.begin(), pages.end(), std::greater_equal<int32_t>()) !=
+            pages.end() ||
+        pages.front() < 0 || static_cast<int64_t>(pages.size()) > config_.BudgetPages()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("selection ", row, " is not an ascending set within the budget"));
+    }
+  }
+  for (size_t row = 0; row < selections.size(); ++row) {
+    if (selections[row].empty()) continue;
+    selector_.Import(seq, static_cast<int>(row / keys), static_cast<int>(row % keys),
+                     selections[row]);
+  }
+  return absl::OkStatus();
 }
 
 absl::Status HybridAttention::SelectOnDevice(int layer, const AttentionPlan& plan, QueryRows q) {

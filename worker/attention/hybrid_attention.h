@@ -52,6 +52,16 @@ class HybridAttention {
     selector_.Forget(seq);
     if (device_rows_ != nullptr) device_rows_->Forget(seq);
   }
+  // The selection each key (query head, or KV head when scoring per KV head) of `seq`
+  // holds, at [layer * keys + key], as ascending page indices; empty for streaming heads
+  // and where none was computed yet. Waits for the backend's queued work.
+  absl::StatusOr<std::vector<std::vector<int32_t>>> ExportSelections(SeqId seq);
+  // The next scoring of every key given a non-empty selection (laid out as
+  // ExportSelections') keeps it instead of the top pages of its scores: replays another
+  // backend's choices on the same history. Host-visible memory only (elsewhere the top-k
+  // runs on the device).
+  absl::Status ImportSelections(SeqId seq, const std::vector<std::vector<int32_t>>& selections);
+
   const AttentionStats& stats() const { return stats_; }
   int64_t selection_recomputations() const { return selector_.recomputations(); }
   int64_t selection_reuses() const { return selector_.reuses(); }
@@ -84,6 +94,7 @@ class HybridAttention {
   absl::Status ScoreJobs(int layer, const AttentionPlan& plan, QueryRows q, float* scores);
   // Host-visible memory: top-k on the host, selections kept by selector_.
   absl::Status SelectOnHost(int layer, const AttentionPlan& plan, QueryRows q);
+  int KeysPerLayer() const;
   // Offset of a layer's rows within a sequence's block of selection rows.
   int32_t FirstSelectionRowOfLayer(int layer) const;
   // Device memory: top-k on the device into device_rows_, no copy to the host.

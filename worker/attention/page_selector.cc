@@ -28,10 +28,23 @@ const std::vector<int32_t>& PageSelectionCache::Update(SeqId seq, int layer, int
                                                        int64_t decode_step,
                                                        std::span<const float> scores) {
   Entry& entry = EntryFor(seq, layer, head);
-  entry.pages = SelectTopPages(scores, config_.BudgetPages());
+  // An import naming pages past the scored history does not belong to it: score instead.
+  if (entry.has_import && !entry.imported.empty() &&
+      entry.imported.back() < static_cast<int64_t>(scores.size())) {
+    entry.pages = std::move(entry.imported);
+  } else {
+    entry.pages = SelectTopPages(scores, config_.BudgetPages());
+  }
+  entry.has_import = false;
   entry.computed_at = decode_step;
   ++recomputations_;
   return entry.pages;
+}
+
+void PageSelectionCache::Import(SeqId seq, int layer, int head, std::vector<int32_t> pages) {
+  Entry& entry = EntryFor(seq, layer, head);
+  entry.imported = std::move(pages);
+  entry.has_import = true;
 }
 
 void PageSelectionCache::MarkComputed(SeqId seq, int layer, int head, int64_t decode_step) {

@@ -42,6 +42,14 @@ class PageSelectionCache {
   const std::vector<int32_t>& Current(SeqId seq, int layer, int head) {
     return EntryFor(seq, layer, head).pages;
   }
+  // Whether a selection was computed for the head (here or on a device).
+  bool Computed(SeqId seq, int layer, int head) {
+    return EntryFor(seq, layer, head).computed_at >= 0;
+  }
+  // The next Update of the head keeps `pages` (ascending page indices, the newest among
+  // them) instead of choosing from its scores: a selection made elsewhere, e.g. by another
+  // backend on the same history, replayed here. A later Import replaces a pending one.
+  void Import(SeqId seq, int layer, int head, std::vector<int32_t> pages);
 
   int64_t recomputations() const { return recomputations_; }
   int64_t reuses() const { return reuses_; }
@@ -51,6 +59,8 @@ class PageSelectionCache {
     std::vector<int32_t> pages;
     int64_t computed_at = -1;
     std::vector<int32_t> with_newest;  // pages plus the newest page when reused
+    bool has_import = false;
+    std::vector<int32_t> imported;  // what the next Update keeps (Import)
   };
   Entry& EntryFor(SeqId seq, int layer, int head);
 

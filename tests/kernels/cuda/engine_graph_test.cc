@@ -2,15 +2,18 @@
 // backend's deferred staging keeps array offsets across steps, and an engine that replays
 // its decode steps samples bitwise the tokens and logprobs of one that launches op by op,
 // dense and hybrid, while batches change shape and selections are recomputed on schedule;
-// chained (programmatic dependent) launches sample bitwise what plain launches do.
+// chained (programmatic dependent) launches sample bitwise what plain launches do. Also
+// what Engine::Create checks on the GPU: head dims and the KV pools' share of free memory.
 #include <gtest/gtest.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <memory>
 #include <vector>
 
 #include "kernels/backend_registry.h"
 #include "tests/kernels/cuda/cuda_test_util.h"
+#include "worker/attention/kv_store_sizing.h"
 #include "worker/engine.h"
 #include "worker/model/synthetic_model.h"
 
@@ -170,6 +173,53 @@ TEST_F(EngineGraphTest, ChainedLaunchesSampleWhatPlainLaunchesSample) {
       EXPECT_EQ(chained.logprobs[seq], plain.logprobs[seq]) << "sequence " << seq;
     }
   }
+}
+
+class CudaEngineCreateTest : public testing::CudaDeviceTest {};
+
+ModelConfig SmallLlama(int head_dim, int max_positions) {
+  ModelConfig config = TinySyntheticConfig();
+  config.head_dim = head_dim;
+  config.max_position_embeddings = max_positions;
+  return config;
+}
+
+TEST_F(CudaEngineCreateTest, OtherHeadDimsAreRefusedNamingTheCpuBackend) {
+  for (int head_dim : {32, 256}) {
+    LSERVE_ASSERT_OK_AND_ASSIGN(ModelWeights weights,
+                                MakeSyntheticWeights(SmallLlama(head_dim, 1024), 1));
+    EngineOptions options;
+    options.backend = "cuda";
+    const absl::Status status = Engine::Create(std::move(weights), options).status();
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
+    EXPECT_NE(status.message().find("--backend=cpu"), std::string::npos) << status;
+  }
+}
+
+TEST_F(CudaEngineCreateTest, KvCacheIsSizedFromFreeMemoryByTheFraction) {
+  // Contexts long enough that memory, not max_sequences full contexts, binds.
+  LSERVE_ASSERT_OK_AND_ASSIGN(ModelWeights weights,
+                              MakeSyntheticWeights(SmallLlama(64, 1 << 20), 1));
+  EngineOptions options;
+  options.backend = "cuda";
+  options.attention = SparseAttentionConfig::Dense();
+  options.attention.page_size = 16;
+  options.max_sequences = 64;
+  options.gpu_memory_utilization = 0.05;
+  LSERVE_ASSERT_OK_AND_ASSIGN(auto engine, Engine::Create(weights, options));
+  LSERVE_ASSERT_OK_AND_ASSIGN(const BackendMemoryInfo memory, engine->backend().QueryMemory());
+  const KvStoreConfig& kv = engine->kv_store().config();
+  const int64_t kv_bytes = kv.num_dense_pages * DensePageBytes(kv);
+  // About 5% of what was free before the pools took it: 1/20 of free + KV, within a page.
+  const double share = static_cast<double>(kv_bytes) / (memory.free_bytes + kv_bytes);
+  std::printf("KVSIZE fraction 0.05: %lld MiB of KV, %lld MiB still free of %lld MiB\n",
+              static_cast<long long>(kv_bytes >> 20),
+              static_cast<long long>(memory.free_bytes >> 20),
+              static_cast<long long>(memory.total_bytes >> 20));
+  EXPECT_GT(share, 0.045);
+  EXPECT_LT(share, 0.055);
+  options.gpu_memory_utilization = 1e-9;  // no room for one page
+  EXPECT_EQ(Engine::Create(weights, options).status().code(), absl::StatusCode::kResourceExhausted);
 }
 
 }  // namespace

@@ -91,6 +91,28 @@ TEST(PageSelectionCacheTest, RecomputesOnlyOnScheduleAndAlwaysAddsTheNewestPage)
   EXPECT_EQ(selector.recomputations(), 6);  // a forgotten sequence starts over
 }
 
+TEST(PageSelectionCacheTest, AnImportedSelectionIsKeptOnceInsteadOfTheScores) {
+  SparseAttentionConfig attention;
+  attention.page_size = 16;
+  attention.token_budget = 48;  // 3 pages
+  attention.reuse_interval = 1;
+  PageSelectionCache selector(attention, 2);
+  const std::vector<float> scores = {0.0f, 5.0f, 4.0f, 1.0f, 2.0f, 3.0f};
+  EXPECT_EQ(selector.Update(3, 1, 2, 0, scores), (std::vector<int32_t>{1, 2, 5}));
+  selector.Import(3, 1, 2, {0, 4});
+  selector.Import(3, 1, 2, {0, 3, 5});  // replaces the pending one
+  EXPECT_EQ(selector.Update(3, 1, 2, 1, scores), (std::vector<int32_t>{0, 3, 5}));
+  EXPECT_EQ(selector.Current(3, 1, 2), (std::vector<int32_t>{0, 3, 5}));
+  EXPECT_EQ(selector.Update(3, 1, 2, 2, scores), (std::vector<int32_t>{1, 2, 5}));  // used once
+  // Other heads and layers keep their own choice; an import past the history is ignored.
+  selector.Import(3, 1, 2, {0, 6});
+  EXPECT_EQ(selector.Update(3, 0, 2, 3, scores), (std::vector<int32_t>{1, 2, 5}));
+  EXPECT_EQ(selector.Update(3, 1, 2, 3, scores), (std::vector<int32_t>{1, 2, 5}));
+  EXPECT_TRUE(selector.Computed(3, 1, 2));
+  EXPECT_FALSE(selector.Computed(3, 1, 0));
+  EXPECT_EQ(selector.recomputations(), 5);
+}
+
 TEST(PageSelectionCacheTest, KvHeadScoringTakesTheMaxOverTheGroup) {
   testing::KvDriver driver(DenseConfig(), 8);
   driver.Prefill(1, 200, 50);
